@@ -1,0 +1,69 @@
+"""The trained fp32 baseline every recipe starts from, trained once and cached.
+
+The cache key is a content hash of the task (entry point, params, task source code), so
+two experiments on the same task share one baseline and an edited task retrains. The
+cache lives in ``$AUTOSLIM_CACHE`` (default ``~/.cache/autoslim``) as safetensors plus a
+JSON record of the baseline's metrics; it is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from autoslim.recipe import TaskRef
+from autoslim.task import Task, task_fingerprint
+from autoslim.train import train
+
+BASELINE_SEED = 0
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AUTOSLIM_CACHE", Path.home() / ".cache" / "autoslim"))
+
+
+@dataclass
+class Baseline:
+    model: nn.Module
+    metrics: dict[str, float]
+    fingerprint: str
+
+
+def load_baseline(ref: TaskRef, task: Task, *, log: bool = False) -> Baseline:
+    """Return the trained fp32 model for ``task``, training and caching it if needed."""
+    fingerprint = task_fingerprint(ref)
+    folder = cache_root() / "baselines" / fingerprint
+    model = task.build_model()
+    if (folder / "model.safetensors").is_file():
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        metrics = json.loads((folder / "metrics.json").read_text())["metrics"]
+        return Baseline(model.eval(), metrics, fingerprint)
+    if log:
+        print(f"training the fp32 baseline for {task.name} ({task.train.epochs} epochs, cached as {fingerprint})")
+    train(model, task, epochs=task.train.epochs, lr=task.train.lr, seed=BASELINE_SEED,
+          weight_decay=task.train.weight_decay)
+    metrics = {f"val_{task.metric_name}": task.evaluate(model, "val"),
+               f"test_{task.metric_name}": task.evaluate(model, "test")}
+    _write_cache(folder, model, metrics, ref)
+    return Baseline(model.eval(), metrics, fingerprint)
+
+
+def _write_cache(folder: Path, model: nn.Module, metrics: dict[str, float], ref: TaskRef) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    record = {"metrics": metrics, "task": ref.model_dump()}
+    (tmp / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+    try:
+        tmp.rename(folder)
+    except OSError:
+        # Another process cached the same baseline first; theirs is identical.
+        shutil.rmtree(tmp, ignore_errors=True)

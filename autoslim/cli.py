@@ -1,0 +1,199 @@
+"""The ``autoslim`` command line. Its command and flag names are a user contract.
+
+Every user-facing problem (missing or malformed file, unknown component, layer, bit
+width or objective) ends as one ``error: ...`` line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from autoslim.errors import AutoslimError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2, like every other bad input
+        raise AutoslimError(f"{self.prog}: {message}")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in ("autoslim", "torch", "optuna"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, float):
+        if math.isfinite(value) and value == int(value) and abs(value) >= 1000:
+            return str(int(value))  # byte counts stay exact
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def print_table(rows: list[dict], columns: Sequence[str], labels: dict[str, str] | None = None) -> None:
+    labels = labels or {}
+    header = [labels.get(c, c) for c in columns]
+    cells = [[_format_value(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    for row in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from autoslim.search.local import Overrides, search
+
+    run = search(args.experiment, out=args.out,
+                 overrides=Overrides(trials=args.trials, timeout=args.timeout, seed=args.seed))
+    print(f"run folder: {run.path}")
+    return _print_front(run, as_json=False)
+
+
+def _print_front(run, *, as_json: bool) -> int:
+    front = run.front()
+    names = list(run.objectives)
+    if as_json:
+        payload = {
+            "objectives": run.objectives,
+            "labels": run.labels,
+            "baseline": {n: run.baseline[n] for n in names if n in run.baseline},
+            "front": [{"trial": int(r["trial"]), "values": {n: float(r[n]) for n in names}}
+                      for _, r in front.iterrows()],
+        }
+        print(json.dumps(payload))
+        return 0
+    rows = [{"trial": "baseline", **run.baseline}]
+    rows += [{**r.to_dict(), "trial": int(r["trial"])} for _, r in front.iterrows()]
+    extras = [c for c in ("latency_ms", "peak_memory_bytes", "energy_mj") if c not in names]
+    print(f"Pareto front of {run.info['experiment']}: {len(front)} of {len(run.table())} trials")
+    print_table(rows, ["trial", *names, *extras], labels={**run.labels, "energy_mj": _energy_label(run)})
+    return 0
+
+
+def _energy_label(run) -> str:
+    return f"energy_mj ({run.baseline.get('energy_source', 'estimated')})"
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from autoslim.run import load_run
+
+    return _print_front(load_run(args.run_dir), as_json=args.json)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from autoslim.recipe import Provenance
+    from autoslim.results.select import select_trial
+    from autoslim.run import load_run
+
+    run = load_run(args.run_dir)
+    number = args.trial if args.trial is not None else select_trial(run.table(), run.objectives, run.baseline, args.select)
+    recipe = run.recipe(number)
+    trial = next(t for t in run.study.get_trials(deepcopy=False) if t.number == number)
+    provenance = Provenance(
+        experiment=run.info["experiment"], trial=number, seed=recipe.seed, versions=package_versions(),
+        values={k: float(v) for k, v in trial.user_attrs.get("measured", {}).items() if isinstance(v, (int, float))},
+    )
+    recipe.model_copy(update={"provenance": provenance}).save(args.output)
+    print(f"exported trial {number} of {run.info['experiment']} to {args.output}")
+    return 0
+
+
+def _print_values(values: dict, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"values": values}))
+        return
+    source = values.get("energy_source", "estimated")
+    for key, value in values.items():
+        label = f"energy_mj ({source})" if key == "energy_mj" else key
+        if key != "energy_source":
+            print(f"{label:>24}  {_format_value(value)}")
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from autoslim.artifact import save_artifact
+    from autoslim.measure import measure_in_subprocess
+    from autoslim.pipeline import apply_recipe
+    from autoslim.recipe import Recipe
+
+    recipe = Recipe.load(args.recipe)
+    out = save_artifact(apply_recipe(recipe), recipe, args.output)
+    values = measure_in_subprocess(out, recipe.target, splits=("val", "test"))
+    if not args.json:
+        print(f"artifact written to {out}")
+    _print_values(values, as_json=args.json)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from autoslim.artifact import is_artifact
+    from autoslim.measure import measure_in_subprocess
+    from autoslim.recipe import Recipe
+
+    path = Path(args.artifact)
+    if not is_artifact(path):
+        raise AutoslimError(f"not an autoslim artifact (needs recipe.yaml and weights.safetensors): {path}")
+    recipe = Recipe.load(path / "recipe.yaml")
+    _print_values(measure_in_subprocess(path, recipe.target, splits=("val", "test")), as_json=args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="autoslim", description="Search, export and apply measured compression recipes.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("search", help="run or resume a multi-objective search")
+    p.add_argument("experiment")
+    p.add_argument("--trials", type=int)
+    p.add_argument("--timeout", type=float, help="seconds for this invocation")
+    p.add_argument("--out", help="run folder (default runs/<experiment name>)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_search)
+    p = sub.add_parser("pareto", help="print a run's Pareto front")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pareto)
+    p = sub.add_parser("export", help="write one trial's recipe")
+    p.add_argument("run_dir")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int)
+    which.add_argument("--select", help="knee | min NAME [where COND and ...] | max NAME [...]")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("apply", help="build an artifact from a recipe and measure it")
+    p.add_argument("recipe")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_apply)
+    p = sub.add_parser("evaluate", help="re-measure an artifact")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except AutoslimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Replaying a recipe: each stage kind has a handler that applies it to a model.
+
+A handler's ``apply`` runs the technique (with its fine-tune); ``rebuild`` only reshapes
+a freshly built model so an artifact's stored weights fit it (a structurally pruned
+layer is smaller, a sparse layer may be a different module). Handlers never measure:
+measurement happens on the saved artifact, see :mod:`autoslim.measure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from torch import nn
+
+from autoslim.errors import AutoslimError
+from autoslim.recipe import Recipe, StageConfig
+from autoslim.task import Task, load_task
+from autoslim.train import TrainHooks, train
+
+
+@dataclass
+class ApplyContext:
+    """What a stage may use while applying itself.
+
+    ``hooks`` is shared by every fine-tune of the recipe, which is how a distillation
+    stage changes the loss of pruning's fine-tune and how early stopping listens to
+    per-epoch validation metrics. ``records`` collects facts a stage decided at apply
+    time (e.g. an adaptive schedule's adjustments) so they can be written to the recipe.
+    """
+
+    task: Task
+    seed: int
+    hooks: TrainHooks = field(default_factory=TrainHooks)
+    records: dict[str, Any] = field(default_factory=dict)
+    stage_index: int = 0
+
+    def fine_tune(
+        self, model: nn.Module, *, epochs: int, lr: float, extra: TrainHooks | None = None
+    ) -> nn.Module:
+        """Fine-tune with the recipe's shared hooks plus a stage's own (e.g. mask upkeep)."""
+        hooks = TrainHooks(
+            loss=(extra.loss if extra and extra.loss else self.hooks.loss),
+            after_step=[*self.hooks.after_step, *(extra.after_step if extra else [])],
+            on_epoch_end=[*self.hooks.on_epoch_end, *(extra.on_epoch_end if extra else [])],
+        )
+        # Each stage gets its own seed so reordering stages never reuses a shuffle order.
+        seed = self.seed + 1000 * (self.stage_index + 1)
+        return train(model, self.task, epochs=epochs, lr=lr, seed=seed, hooks=hooks)
+
+
+C = TypeVar("C", bound=StageConfig)
+
+
+class StageHandler(Protocol[C]):
+    def apply(self, model: nn.Module, config: C, ctx: ApplyContext) -> nn.Module: ...
+
+    def rebuild(self, model: nn.Module, config: C) -> nn.Module: ...
+
+
+_HANDLERS: dict[type[StageConfig], StageHandler[Any]] = {}
+
+
+def register_handler(config_type: type[C]) -> Callable[[type], type]:
+    """Class decorator: instances of the class handle stages of ``config_type``."""
+
+    def decorate(handler_cls: type) -> type:
+        _HANDLERS[config_type] = handler_cls()
+        return handler_cls
+
+    return decorate
+
+
+def handler_for(stage: StageConfig) -> StageHandler[Any]:
+    try:
+        return _HANDLERS[type(stage)]
+    except KeyError:
+        raise AutoslimError(f"no handler registered for stage kind {stage.kind!r}") from None
+
+
+def apply_recipe(
+    recipe: Recipe,
+    *,
+    task: Task | None = None,
+    model: nn.Module | None = None,
+    hooks: TrainHooks | None = None,
+) -> nn.Module:
+    """Apply every stage in order to the task's trained fp32 model (or ``model``).
+
+    With the same recipe, seed and thread count this is deterministic on CPU, which is
+    what lets an exported recipe rebuild the artifact the search measured.
+    """
+    import autoslim.techniques  # noqa: F401  (registers every stage kind and handler)
+    from autoslim.baseline import load_baseline
+
+    task = task or load_task(recipe.task)
+    model = model if model is not None else load_baseline(recipe.task, task).model
+    ctx = ApplyContext(task=task, seed=recipe.seed, hooks=hooks or TrainHooks())
+    for index, stage in enumerate(recipe.stages):
+        ctx.stage_index = index
+        model = handler_for(stage).apply(model, stage, ctx)
+    return model.eval()
+
+
+def rebuild_structure(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """Reshape a fresh model so the artifact's weights load into it."""
+    import autoslim.techniques  # noqa: F401
+
+    for stage in recipe.stages:
+        model = handler_for(stage).rebuild(model, stage)
+    return model

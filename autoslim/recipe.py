@@ -1,0 +1,206 @@
+"""Recipes: the ordered, replayable list of compression stages that defines an artifact.
+
+A recipe is data only. Each stage kind is a pydantic model registered by its ``kind``
+string, so technique modules add kinds without this module knowing them; behaviour lives
+in the handlers registered in :mod:`autoslim.pipeline`. Recipes round-trip through YAML
+(``yaml.safe_load``; never pickle) and reject unknown keys, so a typo in a hand-edited
+recipe is an error instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
+
+from autoslim.errors import AutoslimError
+
+SCHEMA_VERSION = 1
+REGEX_PREFIX = "re:"
+
+V = TypeVar("V")
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors and instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageConfig(StrictModel):
+    """One stage of a recipe. Subclasses set ``kind`` to a unique ``Literal`` string."""
+
+    kind: str
+
+    kinds: ClassVar[dict[str, type[StageConfig]]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        # Registration happens once pydantic has built the field, so the default is readable.
+        super().__pydantic_init_subclass__(**kwargs)
+        kind = cls.model_fields["kind"].default
+        if isinstance(kind, str):
+            StageConfig.kinds[kind] = cls
+
+
+def parse_stage(data: Any) -> StageConfig:
+    """Build the registered stage config named by ``data['kind']``."""
+    if isinstance(data, StageConfig):
+        return data
+    if not isinstance(data, Mapping) or "kind" not in data:
+        raise ValueError("each stage must be a mapping with a 'kind' key")
+    kind = data["kind"]
+    if kind not in StageConfig.kinds:
+        known = ", ".join(sorted(StageConfig.kinds))
+        raise ValueError(f"unknown stage kind {kind!r} (known: {known})")
+    return StageConfig.kinds[kind].model_validate(dict(data))
+
+
+class TaskRef(StrictModel):
+    """Where the task comes from: an importable ``package.module:function`` and its kwargs."""
+
+    entry: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Target(StrictModel):
+    """The hardware and settings that latency, memory and energy are measured under."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    warmup: int = Field(default=10, ge=0)
+    repeats: int = Field(default=30, ge=3)
+
+
+class Provenance(StrictModel):
+    """Where a recipe came from, so a shipped model can be traced to its search."""
+
+    experiment: str
+    trial: int | None = None
+    values: dict[str, float] = Field(default_factory=dict)
+    seed: int
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class Recipe(StrictModel):
+    """An ordered list of stages applied to the task's trained fp32 model."""
+
+    schema_version: int = SCHEMA_VERSION
+    task: TaskRef
+    seed: int = 0
+    target: Target = Field(default_factory=Target)
+    stages: list[SerializeAsAny[StageConfig]] = Field(default_factory=list)
+    provenance: Provenance | None = None
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {value} is not supported (this autoslim reads {SCHEMA_VERSION})")
+        return value
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _parse_stages(cls, value: Any) -> list[StageConfig]:
+        if not isinstance(value, list):
+            raise ValueError("stages must be a list")
+        return [parse_stage(item) for item in value]
+
+    def core(self) -> Recipe:
+        """The recipe without provenance: what decides the artifact's bytes."""
+        return self.model_copy(update={"provenance": None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Recipe:
+        return validate_model(cls, data, what="recipe")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        return cls.from_dict(read_yaml(path, what="recipe"))
+
+    def save(self, path: str | Path) -> Path:
+        return write_text_atomic(Path(path), self.to_yaml())
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_model(model: type[M], data: Any, *, what: str) -> M:
+    """Validate ``data`` and turn pydantic's multi-line report into one line."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"{where}: {err['msg']}")
+        raise AutoslimError(f"invalid {what}: " + "; ".join(problems)) from None
+
+
+def read_yaml(path: str | Path, *, what: str) -> Any:
+    """Read a YAML file with ``safe_load``; missing or malformed files are user errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise AutoslimError(f"{what} file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise AutoslimError(f"malformed YAML in {path}{where}: {problem}") from None
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def resolve_layer_map(
+    mapping: Mapping[str, V], layer_names: Iterable[str], *, what: str = "layer"
+) -> dict[str, V]:
+    """Expand a name/regex → value map onto concrete layer names.
+
+    Exact names win over regexes; among regexes the first listed match wins (so a
+    specific pattern can precede a catch-all). A name that does not exist, or a regex
+    that matches nothing, is an error: a recipe that silently targets nothing would
+    report an uncompressed model as compressed.
+    """
+    names = list(layer_names)
+    known = set(names)
+    resolved: dict[str, V] = {}
+    patterns: list[tuple[re.Pattern[str], V, str]] = []
+    for key, value in mapping.items():
+        if key.startswith(REGEX_PREFIX):
+            try:
+                patterns.append((re.compile(key[len(REGEX_PREFIX):]), value, key))
+            except re.error as exc:
+                raise AutoslimError(f"bad {what} regex {key!r}: {exc}") from None
+        elif key not in known:
+            raise AutoslimError(f"unknown {what} {key!r} (known: {', '.join(names)})")
+        else:
+            resolved[key] = value
+    for pattern, value, key in patterns:
+        matched = [n for n in names if pattern.fullmatch(n)]
+        if not matched:
+            raise AutoslimError(f"{what} regex {key!r} matches no layer (known: {', '.join(names)})")
+        for name in matched:
+            resolved.setdefault(name, value)
+    return resolved

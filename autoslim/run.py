@@ -1,0 +1,129 @@
+"""Run folders: one search's durable state and outputs, readable without re-running it.
+
+::
+
+    RUN_DIR/
+      run.json         experiment name, study name, storage, objectives (written first)
+      study.journal    Optuna journal storage: the single source of truth
+      baseline/        the fp32 baseline artifact, measured like any trial
+      artifacts/       trial_N/ artifacts (by default only those on the front survive)
+      trials.csv  pareto.csv  pareto.png  summary.json   (regenerated after each search)
+
+:func:`load_run` is what the CLI's ``pareto``/``export`` and the notebooks use: it reads
+the study, never the CSVs, so it is right even after an interrupted search.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from autoslim.errors import AutoslimError
+from autoslim.recipe import Recipe, write_text_atomic
+from autoslim.results.pareto import pareto_front
+
+RUN_FILE = "run.json"
+JOURNAL_FILE = "study.journal"
+ATTR_PREFIX = "autoslim."
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """A journal file path (server-free, multi-process safe) or an RDB URL."""
+    if "://" in url:
+        return optuna.storages.RDBStorage(url)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(url))
+
+
+@dataclass
+class Run:
+    """A run folder opened for reading."""
+
+    path: Path
+    study: optuna.Study
+    info: dict[str, Any]
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        return dict(self.info["objectives"])
+
+    @property
+    def metric_name(self) -> str:
+        return self.info["metric_name"]
+
+    @property
+    def baseline(self) -> dict[str, float]:
+        return dict(self.study.user_attrs.get(ATTR_PREFIX + "baseline", {}))
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Display labels: energy says whether it was measured or estimated."""
+        source = self.baseline.get("energy_source", "estimated")
+        return {name: f"{name} ({source})" if name == "energy_mj" else name for name in self.objectives}
+
+    def table(self) -> pd.DataFrame:
+        """One row per trial: state, feasibility, objective values, extras, params."""
+        return trials_table(self.study, self.objectives)
+
+    def front(self) -> pd.DataFrame:
+        table = self.table()
+        done = table[table["state"] == "COMPLETE"]
+        values = done[list(self.objectives)].to_numpy(dtype=float)
+        idx = pareto_front(values, list(self.objectives.values()), done["feasible"].to_numpy(bool))
+        return done.iloc[idx].sort_values(list(self.objectives)[0]).reset_index(drop=True)
+
+    def recipe(self, trial_number: int) -> Recipe:
+        trials = [t for t in self.study.get_trials(deepcopy=False) if t.number == trial_number]
+        if not trials:
+            raise AutoslimError(f"run {self.path} has no trial {trial_number}")
+        trial = trials[0]
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            raise AutoslimError(f"trial {trial_number} did not complete ({trial.state.name})")
+        return Recipe.from_dict(trial.user_attrs["recipe"])
+
+
+def trials_table(study: optuna.Study, objectives: dict[str, str]) -> pd.DataFrame:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
+        measured = t.user_attrs.get("measured", {})
+        for i, name in enumerate(objectives):
+            value = t.values[i] if t.values is not None else measured.get(name, math.nan)
+            row[name] = value
+        row["feasible"] = t.state.name == "COMPLETE" and all(v <= 0 for v in t.constraints.values())
+        row.update({k: v for k, v in measured.items() if k not in objectives})
+        row["fail_reason"] = t.user_attrs.get("fail_reason", "")
+        row["seconds"] = t.duration.total_seconds() if t.duration else math.nan
+        row.update({f"param:{k}": v for k, v in t.params.items()})
+        rows.append(row)
+    columns = ["trial", "state", *objectives, "feasible"]
+    return pd.DataFrame(rows, columns=None if rows else columns)
+
+
+def write_run_info(path: Path, info: dict[str, Any]) -> None:
+    write_text_atomic(path / RUN_FILE, json.dumps(info, indent=2, sort_keys=True))
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run folder written by ``autoslim search``."""
+    path = Path(path)
+    info_file = path / RUN_FILE
+    if not info_file.is_file():
+        raise AutoslimError(f"not an autoslim run folder (no {RUN_FILE}): {path}")
+    try:
+        info = json.loads(info_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise AutoslimError(f"corrupt {info_file}: {exc}") from None
+    storage_url = info.get("storage") or str(path / JOURNAL_FILE)
+    try:
+        study = optuna.load_study(study_name=info["study_name"], storage=open_storage(storage_url))
+    except KeyError:
+        raise AutoslimError(f"run {path} has no study named {info.get('study_name')!r} in its storage") from None
+    return Run(path=path, study=study, info=info)

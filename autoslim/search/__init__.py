@@ -1,0 +1,1 @@
+"""Multi-objective search: experiments, the trial body, the local Optuna driver."""

@@ -1,0 +1,129 @@
+"""Experiment files: task + search space + objectives + constraints + budget + target."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from autoslim.errors import AutoslimError
+from autoslim.recipe import StrictModel, Target, TaskRef, read_yaml, validate_model
+from autoslim.space import SearchSpace
+
+Direction = Literal["minimize", "maximize"]
+
+
+class Constraint(StrictModel):
+    """A bound on one objective; exactly one of the bounds is set.
+
+    ``max_drop`` is how much worse than the fp32 baseline the objective may get (in its
+    own units: 0.01 is one point of accuracy); ``max_ratio`` bounds value / baseline.
+    """
+
+    objective: str
+    max: float | None = None
+    min: float | None = None
+    max_drop: float | None = None
+    max_ratio: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Constraint:
+        bounds = [b for b in (self.max, self.min, self.max_drop, self.max_ratio) if b is not None]
+        if len(bounds) != 1:
+            raise ValueError(f"constraint on {self.objective!r} needs exactly one of max, min, max_drop, max_ratio")
+        return self
+
+    @property
+    def label(self) -> str:
+        for key in ("max", "min", "max_drop", "max_ratio"):
+            if getattr(self, key) is not None:
+                return f"{self.objective}.{key}"
+        raise AssertionError("unreachable")
+
+    def violation(self, values: dict[str, float], baseline: dict[str, float], direction: str) -> float:
+        """Optuna convention: <= 0 is feasible, > 0 is by how much it is violated."""
+        value = values[self.objective]
+        if self.max is not None:
+            return value - self.max
+        if self.min is not None:
+            return self.min - value
+        base = baseline[self.objective]
+        if self.max_drop is not None:
+            worse_by = base - value if direction == "maximize" else value - base
+            return worse_by - self.max_drop
+        return value / base - self.max_ratio
+
+
+class SearchSettings(StrictModel):
+    trials: int = Field(default=40, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    startup_trials: int = Field(default=10, ge=0)
+    keep_artifacts: Literal["front", "all", "none"] = "front"
+
+
+class Experiment(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
+    task: TaskRef
+    space: str | list[dict[str, Any]]
+    objectives: dict[str, Direction] = Field(min_length=1)
+    constraints: list[Constraint] = Field(default_factory=list)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    target: Target = Field(default_factory=Target)
+
+    @model_validator(mode="after")
+    def _constraints_name_objectives(self) -> Experiment:
+        for constraint in self.constraints:
+            if constraint.objective not in self.objectives:
+                raise ValueError(
+                    f"constraint on {constraint.objective!r}, which is not an objective "
+                    f"(objectives: {', '.join(self.objectives)})"
+                )
+        return self
+
+
+def load_experiment(path: str | Path) -> tuple[Experiment, SearchSpace]:
+    """Read and validate an experiment file and the search space it names."""
+    path = Path(path)
+    experiment = validate_model(Experiment, read_yaml(path, what="experiment"), what=f"experiment {path}")
+    if isinstance(experiment.space, str):
+        space = SearchSpace.load(_resolve_space_path(experiment.space, path))
+    else:
+        space = SearchSpace.from_spec(experiment.space)
+    return experiment, space
+
+
+def _resolve_space_path(name: str, experiment_path: Path) -> Path:
+    """A space path is relative to the experiment file, else to the working directory."""
+    for candidate in (experiment_path.parent / name, Path(name)):
+        if candidate.is_file():
+            return candidate
+    raise AutoslimError(f"search space file not found: {name} (relative to {experiment_path.parent} or .)")
+
+
+def check_objectives(experiment: Experiment, metric_name: str, known: tuple[str, ...]) -> None:
+    allowed = (metric_name, *known)
+    for name in experiment.objectives:
+        if name not in allowed:
+            raise AutoslimError(f"unknown objective {name!r} (known: {', '.join(allowed)})")
+
+
+def fingerprints(experiment: Experiment, space: SearchSpace) -> dict[str, str]:
+    """Hashes of what a resumed study must share with the one on disk, part by part."""
+    parts = {
+        "task": experiment.task.model_dump(mode="json"),
+        "space": space.spec(),
+        "objectives": experiment.objectives,
+        "constraints": [c.model_dump(mode="json") for c in experiment.constraints],
+        "target": experiment.target.model_dump(mode="json"),
+    }
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:16] for k, v in parts.items()}
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^\w.-]", "_", text)

@@ -1,0 +1,222 @@
+"""The local search driver: an Optuna study in a run folder, resumable after any crash.
+
+Storage is Optuna's journal file inside the run folder: no server, safe for several
+processes, and every finished trial is on disk before the next one starts. Re-running
+the same command reopens the study, fails trials a killed driver left RUNNING (and
+re-queues their parameters), and runs only the remaining budget.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from autoslim.artifact import save_artifact
+from autoslim.baseline import load_baseline
+from autoslim.errors import AutoslimError, TrialFailed
+from autoslim.measure import OBJECTIVE_NAMES, measure_in_subprocess
+from autoslim.recipe import Recipe
+from autoslim.run import ATTR_PREFIX, JOURNAL_FILE, Run, load_run, open_storage, write_run_info
+from autoslim.search.evaluate import SearchContext, evaluate_trial, suggest_recipe
+from autoslim.search.experiment import Experiment, check_objectives, fingerprints, load_experiment
+from autoslim.search.outputs import prune_artifacts, write_outputs
+from autoslim.space import ModelInfo, SearchSpace
+from autoslim.task import load_task
+
+INTERRUPTED = "interrupted: the process running it stopped before it finished"
+
+
+@dataclass(frozen=True)
+class Overrides:
+    trials: int | None = None
+    timeout: float | None = None
+    seed: int | None = None
+
+
+def apply_overrides(experiment: Experiment, overrides: Overrides) -> Experiment:
+    changes = {k: v for k, v in vars(overrides).items() if v is not None}
+    return experiment.model_copy(update={"search": experiment.search.model_copy(update=changes)})
+
+
+def make_sampler(experiment: Experiment, n_existing: int) -> optuna.samplers.BaseSampler:
+    """TPE by default: see README "Design" for why. The seed is offset by the number of
+    trials already in the study so a resumed search does not replay its first draws."""
+    settings = experiment.search
+    seed = settings.seed + n_existing
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if settings.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=settings.startup_trials, multivariate=True, group=True,
+            constant_liar=True,
+        )
+
+
+def check_space(space: SearchSpace, info: ModelInfo, experiment: Experiment) -> None:
+    """Dry-run ``suggest`` once so a bad layer name fails now, not in every trial."""
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(3):
+        trial = probe.ask()
+        Recipe(task=experiment.task, stages=space.suggest(trial, info))
+        probe.tell(trial, 0.0)
+
+
+def open_study(
+    run_dir: Path, experiment: Experiment, space: SearchSpace, metric_name: str
+) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    """Create the study, or reopen it after checking it searches the same experiment."""
+    prints = fingerprints(experiment, space)
+    info_path = run_dir / "run.json"
+    if info_path.exists():
+        stored = load_run(run_dir).info.get("fingerprints", {})
+        changed = [part for part, digest in prints.items() if stored.get(part) != digest]
+        if changed:
+            raise AutoslimError(
+                f"{run_dir} holds a study whose {', '.join(changed)} differ from {experiment.name}'s; "
+                "refusing to resume (use --out for a new run folder)"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {"experiment": experiment.name, "study_name": experiment.name, "storage": None,
+            "objectives": experiment.objectives, "metric_name": metric_name, "fingerprints": prints,
+            "experiment_spec": experiment.model_dump(mode="json")}
+    if not info_path.exists():
+        write_run_info(run_dir, info)
+    storage = open_storage(str(run_dir / JOURNAL_FILE))
+    existing = optuna.study.get_all_study_summaries(storage)
+    n_existing = sum(s.n_trials for s in existing if s.study_name == experiment.name)
+    study = optuna.create_study(
+        study_name=experiment.name, storage=storage, load_if_exists=True,
+        directions=list(experiment.objectives.values()), sampler=make_sampler(experiment, n_existing),
+    )
+    return study, storage
+
+
+def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    """Fail trials left RUNNING by a dead process on this host and re-queue their params."""
+    host, recovered = socket.gethostname(), 0
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner_host = trial.user_attrs.get(ATTR_PREFIX + "host")
+        pid = trial.user_attrs.get(ATTR_PREFIX + "pid")
+        if owner_host != host or pid is None or _alive(pid):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, skip_if_exists=True)
+        recovered += 1
+    return recovered
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that used budget: completed ones and genuine failures (not interruptions)."""
+    return sum(
+        1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        if t.user_attrs.get("fail_reason") != INTERRUPTED
+    )
+
+
+def measure_baseline(study: optuna.Study, ctx: SearchContext) -> dict[str, float]:
+    """Measure the fp32 baseline artifact once per run, like any trial, test split included."""
+    key = ATTR_PREFIX + "baseline"
+    if key in study.user_attrs:
+        return dict(study.user_attrs[key])
+    recipe = Recipe(task=ctx.experiment.task, seed=ctx.seed, target=ctx.experiment.target)
+    out = save_artifact(ctx.baseline_model, recipe, ctx.run_dir / "baseline")
+    values = measure_in_subprocess(out, ctx.experiment.target, splits=("val", "test"))
+    study.set_user_attr(key, values)
+    return values
+
+
+def run_one_trial(study: optuna.Study, ctx: SearchContext) -> None:
+    """Ask, evaluate, tell. Failures are recorded with their reason; the study goes on."""
+    trial = study.ask()
+    trial.set_user_attr(ATTR_PREFIX + "host", socket.gethostname())
+    trial.set_user_attr(ATTR_PREFIX + "pid", os.getpid())
+    try:
+        values = evaluate_trial(trial, ctx)
+    except KeyboardInterrupt:
+        trial.set_user_attr("fail_reason", INTERRUPTED)
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as exc:  # noqa: BLE001 — any crash inside a trial is that trial's failure
+        reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
+        trial.set_user_attr("fail_reason", reason.splitlines()[0] if reason else type(exc).__name__)
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    objectives = ctx.experiment.objectives
+    trial.set_user_attr("measured", values)
+    for constraint in ctx.experiment.constraints:
+        violation = constraint.violation(values, ctx.baseline_values, objectives[constraint.objective])
+        trial.set_constraint(constraint.label, violation)
+    study.tell(trial, [float(values[name]) for name in objectives])
+
+
+def search(
+    experiment_path: str | Path, *, out: str | Path | None = None, overrides: Overrides = Overrides(),
+    progress: bool = True,
+) -> Run:
+    """Run (or resume) the experiment's search; returns the run folder opened for reading."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    experiment, space = load_experiment(experiment_path)
+    experiment = apply_overrides(experiment, overrides)
+    task = load_task(experiment.task)
+    check_objectives(experiment, task.metric_name, OBJECTIVE_NAMES)
+    check_space(space, ModelInfo.from_model(task.build_model()), experiment)
+    baseline = load_baseline(experiment.task, task, log=progress)
+    run_dir = Path(out) if out else Path("runs") / experiment.name
+    study, storage = open_study(run_dir, experiment, space, task.metric_name)
+    ctx = SearchContext(experiment, space, task, baseline.model, {}, run_dir, experiment.search.seed)
+    ctx.baseline_values = measure_baseline(study, ctx)
+    recover_interrupted(study, storage)
+    _loop(study, ctx, progress=progress)
+    write_outputs(load_run(run_dir), experiment)
+    return load_run(run_dir)
+
+
+def _loop(study: optuna.Study, ctx: SearchContext, *, progress: bool) -> None:
+    settings = ctx.experiment.search
+    start = time.monotonic()
+    done = finished_count(study)
+    bar = tqdm(total=settings.trials, initial=min(done, settings.trials), unit="trial",
+               desc=ctx.experiment.name, disable=not progress, dynamic_ncols=True)
+    try:
+        while done < settings.trials:
+            if settings.timeout is not None and time.monotonic() - start > settings.timeout:
+                break
+            run_one_trial(study, ctx)
+            front = prune_artifacts(study, ctx)
+            done = finished_count(study)
+            failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                         if t.user_attrs.get("fail_reason") != INTERRUPTED)
+            bar.set_postfix(front=len(front), failed=failed)
+            bar.update(min(done, settings.trials) - bar.n)
+    finally:
+        bar.close()
+
+
+__all__ = ["Overrides", "search", "suggest_recipe"]

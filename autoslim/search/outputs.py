@@ -1,0 +1,123 @@
+"""What a search leaves in its run folder besides the study: CSVs, the plot, a summary.
+
+All of it is derived from the study, so it can be regenerated at any time; the test
+split is read here, for the front's points only, never during the search.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from autoslim.artifact import is_artifact, load_artifact, save_artifact
+from autoslim.pipeline import apply_recipe
+from autoslim.recipe import write_text_atomic
+from autoslim.results.pareto import (
+    hypervolume,
+    hypervolume_history,
+    pareto_front,
+    reference_point,
+    to_minimization,
+)
+from autoslim.results.plot import plot_front
+from autoslim.run import ATTR_PREFIX, Run
+from autoslim.search.experiment import Experiment
+
+TEST_METRICS = ATTR_PREFIX + "test_metrics"
+
+
+def front_numbers(study: optuna.Study, objectives: dict[str, str]) -> list[int]:
+    """Trial numbers of the feasible Pareto front of the completed trials."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return []
+    values = np.array([t.values for t in done], dtype=float)
+    feasible = np.array([all(v <= 0 for v in t.constraints.values()) for t in done])
+    return [done[i].number for i in pareto_front(values, list(objectives.values()), feasible)]
+
+
+def prune_artifacts(study: optuna.Study, ctx) -> list[int]:
+    """Delete artifacts of trials that left the front (a dominated trial stays dominated)."""
+    front = front_numbers(study, ctx.experiment.objectives)
+    if ctx.experiment.search.keep_artifacts == "front":
+        keep = set(front)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if trial.number not in keep:
+                shutil.rmtree(ctx.artifact_dir(trial.number), ignore_errors=True)
+    return front
+
+
+def test_metric(run: Run, trial_number: int) -> float:
+    """The test-split metric of a trial's artifact, rebuilt from its recipe if deleted."""
+    cache = dict(run.study.user_attrs.get(TEST_METRICS, {}))
+    if str(trial_number) in cache:
+        return cache[str(trial_number)]
+    folder = run.path / "artifacts" / f"trial_{trial_number}"
+    if not is_artifact(folder):
+        recipe = run.recipe(trial_number)
+        save_artifact(apply_recipe(recipe), recipe, folder)
+    artifact = load_artifact(folder)
+    cache[str(trial_number)] = artifact.task.evaluate(artifact.model, "test")
+    run.study.set_user_attr(TEST_METRICS, cache)
+    return cache[str(trial_number)]
+
+
+def hypervolume_summary(run: Run, table: pd.DataFrame) -> tuple[float, list[float], np.ndarray]:
+    """Final hypervolume, its reference point and the per-trial history.
+
+    The reference is the nadir of every completed feasible trial and the baseline, 10 %
+    beyond (see :func:`reference_point`), in minimisation space.
+    """
+    names, directions = list(run.objectives), list(run.objectives.values())
+    done = table[table["state"] == "COMPLETE"]
+    if done.empty:
+        return 0.0, [], np.zeros(0)
+    values = done[names].to_numpy(dtype=float)
+    feasible = done["feasible"].to_numpy(bool)
+    base = np.array([[run.baseline.get(n, np.nan) for n in names]], dtype=float)
+    pool = to_minimization(np.vstack([values[feasible], base]), directions)
+    pool = pool[~np.isnan(pool).any(axis=1)]
+    if len(pool) == 0:
+        return 0.0, [], np.zeros(len(done))
+    ref = reference_point(pool)
+    history = hypervolume_history(values, directions, feasible, ref)
+    mins = to_minimization(values[feasible], directions)
+    return hypervolume(mins, ref), ref.tolist(), history
+
+
+def write_outputs(run: Run, experiment: Experiment) -> dict:
+    """Write trials.csv, pareto.csv, pareto.png and summary.json; return the summary."""
+    table = run.table()
+    table.to_csv(run.path / "trials.csv", index=False)
+    front = run.front()
+    metric = run.metric_name
+    if not front.empty:
+        front[f"test_{metric}"] = [test_metric(run, int(n)) for n in front["trial"]]
+    front.to_csv(run.path / "pareto.csv", index=False)
+    hv, ref, history = hypervolume_summary(run, table)
+    if len(table) and not table[table["state"] == "COMPLETE"].empty:
+        plot_front(table[table["state"] == "COMPLETE"], run.objectives, run.baseline,
+                   front["trial"].tolist(), run.path / "pareto.png", hv_history=history)
+    summary = {
+        "experiment": experiment.name,
+        "objectives": run.objectives,
+        "labels": run.labels,
+        "energy_source": run.baseline.get("energy_source", "estimated"),
+        "baseline": run.baseline,
+        "trials": {state: int((table["state"] == state).sum()) for state in ("COMPLETE", "FAIL", "RUNNING")},
+        "hypervolume": hv,
+        "hypervolume_reference": ref,
+        "front": [
+            {"trial": int(row["trial"]), "values": {n: float(row[n]) for n in run.objectives},
+             f"test_{metric}": float(row[f"test_{metric}"])}
+            for _, row in front.iterrows()
+        ],
+    }
+    write_text_atomic(Path(run.path) / "summary.json", json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,198 @@
+"""Search spaces: ordered components, each declaring its parameters define-by-run.
+
+A component is a pydantic model (its YAML options) with a ``suggest`` method that only
+calls ``trial.suggest_*`` and returns a stage config (or ``None`` to skip its stage). No
+compute happens in ``suggest``, so ``optuna.trial.FixedTrial(params)`` replays a trial's
+choices exactly, under Optuna locally or Ray Tune's ``OptunaSearch`` alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import optuna
+from pydantic import Field, model_validator
+from torch import nn
+
+from autoslim.errors import AutoslimError
+from autoslim.recipe import StageConfig, StrictModel, read_yaml, validate_model
+
+# Layers that carry a weight matrix the techniques can prune or quantize.
+COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layers with a weight the techniques act on, by qualified name, in model order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, COMPRESSIBLE_TYPES)}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    type: str
+    params: int
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a component may know about the model without running it."""
+
+    layers: tuple[LayerInfo, ...]
+    total_params: int
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> ModelInfo:
+        layers = tuple(
+            LayerInfo(name, type(m).__name__, m.weight.numel(), tuple(m.weight.shape))
+            for name, m in compressible_layers(model).items()
+        )
+        return cls(layers=layers, total_params=sum(p.numel() for p in model.parameters()))
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def matching(self, pattern: str) -> list[str]:
+        """Layer names fully matching a regex; matching nothing is a configuration error."""
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise AutoslimError(f"bad layer regex {pattern!r}: {exc}") from None
+        names = [n for n in self.names if regex.fullmatch(n)]
+        if not names:
+            raise AutoslimError(f"layer regex {pattern!r} matches no layer (known: {', '.join(self.names)})")
+        return names
+
+
+@runtime_checkable
+class Component(Protocol):
+    name: str
+
+    def suggest(self, trial: optuna.Trial, info: ModelInfo) -> StageConfig | None: ...
+
+
+class FloatRange(StrictModel):
+    """A float search dimension; ``log`` samples uniformly in log space (learning rates)."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} > high {self.high}")
+        return self
+
+    def suggest(self, trial: optuna.Trial, name: str) -> float:
+        if self.low == self.high:
+            return self.low
+        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+
+
+class IntRange(StrictModel):
+    low: int
+    high: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} > high {self.high}")
+        return self
+
+    def suggest(self, trial: optuna.Trial, name: str) -> int:
+        if self.low == self.high:
+            return self.low
+        return trial.suggest_int(name, self.low, self.high)
+
+
+class ComponentSpec(StrictModel):
+    """Base of every component: ``type`` picks the class, ``name`` namespaces its params.
+
+    ``optional`` lets the search switch the whole stage off, so "no pruning" competes with
+    every pruning setting instead of being unreachable.
+    """
+
+    type: str
+    name: str = ""
+    optional: bool = True
+
+    registry: ClassVar[dict[str, type[ComponentSpec]]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        type_name = cls.model_fields["type"].default
+        if isinstance(type_name, str):
+            ComponentSpec.registry[type_name] = cls
+
+    @model_validator(mode="after")
+    def _default_name(self) -> ComponentSpec:
+        if not self.name:
+            object.__setattr__(self, "name", self.type.split(".")[0])
+        return self
+
+    def enabled(self, trial: optuna.Trial) -> bool:
+        return not self.optional or trial.suggest_categorical(f"{self.name}.enabled", [True, False])
+
+    def suggest(self, trial: optuna.Trial, info: ModelInfo) -> StageConfig | None:
+        raise NotImplementedError
+
+
+def parse_component(data: Any) -> ComponentSpec:
+    if not isinstance(data, dict) or "type" not in data:
+        raise AutoslimError("each search-space component must be a mapping with a 'type' key")
+    type_name = data["type"]
+    cls = ComponentSpec.registry.get(type_name)
+    if cls is None:
+        known = ", ".join(sorted(ComponentSpec.registry))
+        raise AutoslimError(f"unknown component {type_name!r} (known: {known})")
+    return validate_model(cls, data, what=f"component {type_name!r}")
+
+
+class SpaceFile(StrictModel):
+    components: list[dict[str, Any]] = Field(min_length=1)
+
+
+class SearchSpace:
+    """An ordered list of components; the order is the order of stages in each recipe."""
+
+    def __init__(self, components: Sequence[ComponentSpec]) -> None:
+        names = [c.name for c in components]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise AutoslimError(f"duplicate component names in search space: {', '.join(duplicates)}")
+        self.components = list(components)
+
+    @classmethod
+    def from_spec(cls, spec: Sequence[dict[str, Any]]) -> SearchSpace:
+        return cls([parse_component(item) for item in spec])
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchSpace:
+        data = validate_model(SpaceFile, read_yaml(path, what="search space"), what=f"search space {path}")
+        return cls.from_spec(data.components)
+
+    def suggest(self, trial: optuna.Trial, info: ModelInfo) -> list[StageConfig]:
+        stages = []
+        for component in self.components:
+            stage = component.suggest(trial, info)
+            if stage is not None:
+                stages.append(stage)
+        return stages
+
+    def spec(self) -> list[dict[str, Any]]:
+        return [c.model_dump(mode="json") for c in self.components]
+
+    def fingerprint(self) -> str:
+        """Hash of the normalised spec: a resumed study must search the same space."""
+        text = json.dumps(self.spec(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

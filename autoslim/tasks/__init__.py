@@ -1,0 +1,1 @@
+"""Bundled tasks. Each module exposes ``make_task(**params) -> autoslim.Task``."""

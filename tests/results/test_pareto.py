@@ -1,0 +1,179 @@
+"""Pareto maths checked against brute force and hand-computed volumes."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from autoslim.errors import AutoslimError
+from autoslim.results.pareto import (
+    dominates,
+    hypervolume,
+    hypervolume_history,
+    non_dominated_mask,
+    pareto_front,
+    reference_point,
+    to_minimization,
+)
+
+
+def brute_force_mask(points: np.ndarray) -> np.ndarray:
+    n = len(points)
+    mask = np.ones(n, dtype=bool)
+    for j in range(n):
+        for i in range(n):
+            a, b = points[i], points[j]
+            if i != j and all(a <= b) and any(a < b):
+                mask[j] = False
+                break
+    return mask
+
+
+def grid_hypervolume(points: np.ndarray, size: int) -> int:
+    """Count unit cells [c, c+1)^d of the grid {0..size-1}^d dominated by a point."""
+    d = points.shape[1]
+    count = 0
+    for cell in itertools.product(range(size), repeat=d):
+        if any(np.all(p <= np.array(cell)) for p in points):
+            count += 1
+    return count
+
+
+def test_to_minimization_negates_max_columns_and_copies() -> None:
+    values = np.array([[1, 2], [3, 4]])
+    out = to_minimization(values, ["minimize", "maximize"])
+    np.testing.assert_array_equal(out, [[1.0, -2.0], [3.0, -4.0]])
+    assert out.dtype == float
+    assert values[0, 1] == 2
+
+
+def test_to_minimization_rejects_bad_direction_and_shape() -> None:
+    with pytest.raises(AutoslimError, match="'up'"):
+        to_minimization(np.zeros((2, 1)), ["up"])
+    with pytest.raises(AutoslimError, match="do not match"):
+        to_minimization(np.zeros((2, 3)), ["minimize", "maximize"])
+
+
+def test_dominates() -> None:
+    assert dominates([1, 2], [1, 3])
+    assert not dominates([1, 2], [1, 2])
+    assert not dominates([1, 3], [2, 2])
+    assert not dominates([2, 2], [1, 3])
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_non_dominated_mask_matches_brute_force(d: int) -> None:
+    rng = np.random.default_rng(1234 + d)
+    for n in range(61):
+        # Small integer range forces duplicates and ties in single coordinates.
+        points = rng.integers(0, 4, size=(n, d)).astype(float)
+        np.testing.assert_array_equal(non_dominated_mask(points), brute_force_mask(points))
+
+
+def test_non_dominated_mask_keeps_duplicates_and_handles_empty() -> None:
+    points = np.array([[1.0, 2.0], [1.0, 2.0], [2.0, 1.0], [2.0, 2.0]])
+    np.testing.assert_array_equal(non_dominated_mask(points), [True, True, True, False])
+    assert non_dominated_mask(np.empty((0, 3))).shape == (0,)
+
+
+def test_pareto_front_respects_directions_feasibility_and_nan() -> None:
+    values = np.array(
+        [
+            [0.90, 10.0],  # 0 front
+            [0.95, 20.0],  # 1 front
+            [0.99, 5.0],  # 2 infeasible, would dominate everything
+            [0.85, 12.0],  # 3 dominated by 0
+            [np.nan, 1.0],  # 4 ignored
+            [0.95, 20.0],  # 5 duplicate of 1
+        ]
+    )
+    feasible = np.array([True, True, False, True, True, True])
+    front = pareto_front(values, ["maximize", "minimize"], feasible)
+    np.testing.assert_array_equal(front, [0, 1, 5])
+    np.testing.assert_array_equal(pareto_front(values, ["maximize", "minimize"]), [2])
+
+
+def test_hypervolume_hand_computed() -> None:
+    assert hypervolume(np.array([[1, 3], [2, 2], [3, 1]]), np.array([4, 4])) == 6.0
+    assert hypervolume(np.array([[1, 1, 1]]), np.array([2, 3, 4])) == 6.0
+    # Boxes 3*2*1 = 6 and 2*3*2 = 12 overlap in 2*2*1 = 4.
+    assert hypervolume(np.array([[1, 2, 3], [2, 1, 2]]), np.array([4, 4, 4])) == 14.0
+    assert hypervolume(np.array([[2.0], [0.5]]), np.array([3.0])) == 2.5
+
+
+def test_hypervolume_ignores_dominated_and_out_of_reference_points() -> None:
+    base = np.array([[1, 3], [2, 2], [3, 1]])
+    extra = np.array([[3, 3], [0, 4], [5, 0], [4, 1], [2, 2]])
+    assert hypervolume(np.vstack([base, extra]), np.array([4, 4])) == 6.0
+    assert hypervolume(np.array([[5, 5]]), np.array([4, 4])) == 0.0
+    assert hypervolume(np.empty((0, 2)), np.array([4, 4])) == 0.0
+
+
+def test_hypervolume_rejects_mismatched_reference() -> None:
+    with pytest.raises(AutoslimError, match="reference"):
+        hypervolume(np.ones((2, 3)), np.array([4.0, 4.0]))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_hypervolume_matches_grid_count(d: int) -> None:
+    rng = np.random.default_rng(99 + d)
+    for _ in range(25):
+        n = int(rng.integers(1, 12))
+        points = rng.integers(0, 5, size=(n, d)).astype(float)
+        expected = grid_hypervolume(points, 5)
+        assert hypervolume(points, np.full(d, 5.0)) == pytest.approx(expected, abs=1e-9)
+
+
+def test_hypervolume_matches_grid_count_5d() -> None:
+    rng = np.random.default_rng(7)
+    points = rng.integers(0, 4, size=(15, 5)).astype(float)
+    assert hypervolume(points, np.full(5, 4.0)) == grid_hypervolume(points, 4)
+
+
+def test_hypervolume_200_points_3d_is_fast() -> None:
+    rng = np.random.default_rng(0)
+    points = rng.random((200, 3))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)  # all on the front
+    start = time.perf_counter()
+    value = hypervolume(points, np.full(3, 1.1))
+    assert time.perf_counter() - start < 1.0
+    assert 0.0 < value < 1.1**3
+
+
+def test_reference_point_adds_margin() -> None:
+    points = np.array([[0.0, 5.0, 2.0], [10.0, 1.0, 2.0]])
+    np.testing.assert_allclose(reference_point(points), [11.0, 5.4, 2.2])
+    np.testing.assert_allclose(reference_point(points, margin=0.5), [15.0, 7.0, 3.0])
+    np.testing.assert_allclose(reference_point(np.array([[-0.5, 0.0]])), [-0.4, 0.1])
+    with pytest.raises(AutoslimError):
+        reference_point(np.empty((0, 2)))
+
+
+def test_hypervolume_history_monotone_and_ends_at_front_hv() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.random((40, 3))
+    values[7] = np.nan
+    feasible = rng.random(40) > 0.2
+    directions = ["maximize", "minimize", "minimize"]
+    mins = to_minimization(values, directions)
+    ok = feasible & ~np.isnan(mins).any(axis=1)
+    ref = reference_point(mins[ok])
+    history = hypervolume_history(values, directions, feasible, ref)
+    assert history.shape == (40,)
+    assert np.all(np.diff(history) >= 0)
+    front = pareto_front(values, directions, feasible)
+    assert history[-1] == pytest.approx(hypervolume(mins[front], ref))
+    for k in (1, 10, 25):
+        prefix = pareto_front(values[:k], directions, feasible[:k])
+        assert history[k - 1] == pytest.approx(hypervolume(mins[:k][prefix], ref))
+
+
+def test_hypervolume_history_hand_computed() -> None:
+    values = np.array([[3.0, 1.0], [1.0, 3.0], [2.0, 2.0], [0.0, 0.0]])
+    history = hypervolume_history(
+        values, ["minimize", "minimize"], [True, True, True, False], np.array([4.0, 4.0])
+    )
+    np.testing.assert_allclose(history, [3.0, 5.0, 6.0, 6.0])
