@@ -101,7 +101,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     trial = next(t for t in run.study.get_trials(deepcopy=False) if t.number == number)
     provenance = Provenance(
         experiment=run.info["experiment"], trial=number, seed=recipe.seed, versions=package_versions(),
-        values={k: float(v) for k, v in trial.user_attrs.get("measured", {}).items() if isinstance(v, (int, float))},
+        values={k: v for k, v in trial.user_attrs.get("measured", {}).items() if isinstance(v, (int, float))},
     )
     recipe.model_copy(update={"provenance": provenance}).save(args.output)
     print(f"exported trial {number} of {run.info['experiment']} to {args.output}")

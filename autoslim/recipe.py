@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from autoslim.errors import AutoslimError
 
@@ -49,6 +49,8 @@ class StageConfig(StrictModel):
 
 def parse_stage(data: Any) -> StageConfig:
     """Build the registered stage config named by ``data['kind']``."""
+    import autoslim.techniques  # noqa: F401  (registers the stage kinds; lazy to avoid a cycle)
+
     if isinstance(data, StageConfig):
         return data
     if not isinstance(data, Mapping) or "kind" not in data:
@@ -82,7 +84,7 @@ class Provenance(StrictModel):
 
     experiment: str
     trial: int | None = None
-    values: dict[str, float] = Field(default_factory=dict)
+    values: dict[str, int | float] = Field(default_factory=dict)
     seed: int
     versions: dict[str, str] = Field(default_factory=dict)
 
@@ -109,7 +111,13 @@ class Recipe(StrictModel):
     def _parse_stages(cls, value: Any) -> list[StageConfig]:
         if not isinstance(value, list):
             raise ValueError("stages must be a list")
-        return [parse_stage(item) for item in value]
+        stages = []
+        for index, item in enumerate(value):
+            try:
+                stages.append(parse_stage(item))
+            except ValidationError as exc:
+                raise ValueError(f"stage {index} ({item.get('kind')}): {one_line(exc)}") from None
+        return stages
 
     def core(self) -> Recipe:
         """The recipe without provenance: what decides the artifact's bytes."""
@@ -136,18 +144,21 @@ class Recipe(StrictModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate_model(model: type[M], data: Any, *, what: str) -> M:
-    """Validate ``data`` and turn pydantic's multi-line report into one line."""
-    from pydantic import ValidationError
+def one_line(exc: ValidationError) -> str:
+    """Pydantic's multi-line report as ``field.path: problem; ...``."""
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)
 
+
+def validate_model(model: type[M], data: Any, *, what: str) -> M:
+    """Validate ``data``, turning pydantic's report into one line naming each bad field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{where}: {err['msg']}")
-        raise AutoslimError(f"invalid {what}: " + "; ".join(problems)) from None
+        raise AutoslimError(f"invalid {what}: {one_line(exc)}") from None
 
 
 def read_yaml(path: str | Path, *, what: str) -> Any:

@@ -148,6 +148,8 @@ class ComponentSpec(StrictModel):
 
 
 def parse_component(data: Any) -> ComponentSpec:
+    import autoslim.techniques  # noqa: F401  (registers the components; lazy to avoid a cycle)
+
     if not isinstance(data, dict) or "type" not in data:
         raise AutoslimError("each search-space component must be a mapping with a 'type' key")
     type_name = data["type"]

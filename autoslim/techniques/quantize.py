@@ -9,7 +9,7 @@ writer turns that into bit-packed integers, so the bytes on disk are real.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import optuna
 import torch
@@ -20,7 +20,7 @@ from autoslim.pipeline import ApplyContext, register_handler
 from autoslim.recipe import StageConfig, resolve_layer_map
 from autoslim.space import ComponentSpec, ModelInfo, compressible_layers
 
-BitWidth = Union[Literal[2, 3, 4, 8], Literal["fp32"]]
+BitWidth = Literal[2, 3, 4, 8, "fp32"]
 INT_BITS = (2, 3, 4, 8)
 QBITS_ATTR = "autoslim_qbits"
 SCALE_BUFFER = "weight_scale"

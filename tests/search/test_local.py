@@ -1,0 +1,139 @@
+"""End-to-end searches on the tiny task: outputs, export → apply, resume, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from autoslim.cli import main
+from autoslim.run import load_run
+from autoslim.search import local
+from autoslim.search.local import Overrides, search
+
+pytestmark = pytest.mark.slow
+
+
+def completed(run) -> dict[int, tuple]:
+    return {t.number: (tuple(t.values), tuple(sorted(t.params.items())))
+            for t in run.study.get_trials(states=(TrialState.COMPLETE,))}
+
+
+def test_search_writes_run_folder_and_exported_recipe_replays_exactly(tmp_path, experiment_file, capsys):
+    run = search(experiment_file(trials=3), out=tmp_path / "run", progress=False)
+    for name in ("run.json", "study.journal", "trials.csv", "pareto.csv", "pareto.png", "summary.json"):
+        assert (run.path / name).is_file(), name
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert summary["trials"]["COMPLETE"] + summary["trials"]["FAIL"] == 3
+    assert summary["energy_source"] == "estimated"
+    assert summary["labels"] == {"accuracy": "accuracy", "size_bytes": "size_bytes"}
+    assert summary["baseline"]["size_bytes"] > 0 and "test_accuracy" in summary["baseline"]
+
+    assert main(["pareto", str(run.path), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["objectives"] == {"accuracy": "maximize", "size_bytes": "minimize"}
+    assert set(payload["baseline"]) == {"accuracy", "size_bytes"}
+    assert payload["front"] and {"trial", "values"} == set(payload["front"][0])
+
+    chosen = payload["front"][-1]
+    recipe_path = tmp_path / "recipe.yaml"
+    assert main(["export", str(run.path), "--trial", str(chosen["trial"]), "-o", str(recipe_path)]) == 0
+    exported = yaml.safe_load(recipe_path.read_text())
+    assert exported["provenance"]["trial"] == chosen["trial"]
+    assert set(exported["provenance"]["versions"]) == {"autoslim", "torch", "optuna"}
+    capsys.readouterr()
+    assert main(["apply", str(recipe_path), "-o", str(tmp_path / "art"), "--json"]) == 0
+    values = json.loads(capsys.readouterr().out)["values"]
+    assert values["size_bytes"] == chosen["values"]["size_bytes"]
+    assert abs(values["accuracy"] - chosen["values"]["accuracy"]) <= 0.005
+    assert main(["evaluate", str(tmp_path / "art"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)["values"]
+    assert again["size_bytes"] == values["size_bytes"] and again["accuracy"] == values["accuracy"]
+
+
+def test_select_rules_pick_from_the_run(tmp_path, experiment_file, capsys):
+    run = search(experiment_file(trials=3), out=tmp_path / "run", progress=False)
+    table = run.table()
+    done = table[table["state"] == "COMPLETE"]
+    smallest = int(done.sort_values(["size_bytes", "trial"]).iloc[0]["trial"])
+    out = tmp_path / "small.yaml"
+    assert main(["export", str(run.path), "--select", "min size_bytes", "-o", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["provenance"]["trial"] == smallest
+    capsys.readouterr()
+    assert main(["export", str(run.path), "--select", "min size_bytes where size_bytes < 1", "-o", str(out)]) == 2
+    assert "no trial satisfies" in capsys.readouterr().err
+
+
+def test_rerun_resumes_and_refuses_a_changed_space(tmp_path, experiment_file, capsys):
+    path = experiment_file(trials=2)
+    first = completed(search(path, out=tmp_path / "run", progress=False))
+    run = search(path, out=tmp_path / "run", overrides=Overrides(trials=4), progress=False)
+    after = completed(run)
+    assert len(run.study.trials) == 4
+    assert {n: after[n] for n in first} == first  # nothing lost or redone
+
+    changed = experiment_file(trials=4, space=[{"type": "quantize.weight", "bits": [4, 8]}])
+    assert main(["search", str(changed), "--out", str(tmp_path / "run")]) == 2
+    assert "space differ" in capsys.readouterr().err
+    assert len(load_run(tmp_path / "run").study.trials) == 4
+
+
+def test_a_crashing_trial_is_recorded_and_the_study_goes_on(tmp_path, experiment_file, monkeypatch):
+    from autoslim.search import evaluate
+
+    real, calls = evaluate.measure_in_subprocess, []
+
+    def flaky(path, target, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("simulated out-of-memory\nsecond line")
+        return real(path, target, **kw)
+
+    monkeypatch.setattr(evaluate, "measure_in_subprocess", flaky)
+    run = search(experiment_file(trials=3), out=tmp_path / "run", progress=False)
+    states = {t.number: t.state for t in run.study.trials}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, 2: TrialState.COMPLETE}
+    assert run.study.trials[1].user_attrs["fail_reason"] == "RuntimeError: simulated out-of-memory"
+    assert "recipe" in run.study.trials[1].user_attrs
+    assert list(run.table()["fail_reason"])[1] == "RuntimeError: simulated out-of-memory"
+
+
+def test_sigkill_mid_search_then_rerun_loses_and_repeats_nothing(tmp_path, experiment_file):
+    path, out = experiment_file(trials=6), tmp_path / "run"
+    cmd = [sys.executable, "-m", "autoslim.cli", "search", str(path), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 240
+    before: dict = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (out / "run.json").exists():
+            try:
+                before = completed(load_run(out))
+            except (optuna.exceptions.StorageInternalError, KeyError, ValueError):
+                continue
+            if len(before) >= 2:
+                break
+    assert proc.poll() is None, "search finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = completed(load_run(out))
+    assert len(before) >= 2
+
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    run = load_run(out)
+    after = completed(run)
+    assert {n: after[n] for n in before} == before
+    finished = [t for t in run.study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)
+                and t.user_attrs.get("fail_reason") != local.INTERRUPTED]
+    assert len(finished) == 6
+    assert not [t for t in run.study.trials if t.state == TrialState.RUNNING]
+    numbers = [t.number for t in run.study.trials]
+    assert len(numbers) == len(set(numbers))
