@@ -16,6 +16,7 @@ the sparse-storage family extends :data:`ENCODINGS` with more formats.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path) -> Path
     try:
         (tmp / RECIPE_FILE).write_text(recipe.core().to_yaml())
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={LAYOUT_KEY: json.dumps(layout, sort_keys=True)})
+        _set_default_permissions(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -149,6 +151,15 @@ def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path) -> Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _set_default_permissions(folder: Path) -> None:
+    """mkdtemp makes a private 0700 folder; a shipped artifact should be readable like any file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
 
 
 def is_artifact(path: Path) -> bool:

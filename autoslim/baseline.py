@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -40,6 +41,7 @@ def load_baseline(ref: TaskRef, task: Task, *, log: bool = False) -> Baseline:
     """Return the trained fp32 model for ``task``, training and caching it if needed."""
     fingerprint = task_fingerprint(ref)
     folder = cache_root() / "baselines" / fingerprint
+    torch.manual_seed(BASELINE_SEED)  # the initial weights are part of what the cache key promises
     model = task.build_model()
     if (folder / "model.safetensors").is_file():
         model.load_state_dict(load_file(str(folder / "model.safetensors")))

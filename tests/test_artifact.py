@@ -4,11 +4,22 @@ import pytest
 import torch
 from torch import nn
 
-from autoslim.artifact import artifact_bytes, decode_state, encode_state, load_artifact, save_artifact
+from autoslim.artifact import (
+    artifact_bytes,
+    decode_state,
+    encode_state,
+    load_artifact,
+    save_artifact,
+)
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
-from autoslim.techniques.quantize import channel_scale, mark_quantized, quantize_weight, dequantize_weight
+from autoslim.techniques.quantize import (
+    channel_scale,
+    dequantize_weight,
+    mark_quantized,
+    quantize_weight,
+)
 
 
 def quantized_linear(bits: int, sparsity: float) -> nn.Module:

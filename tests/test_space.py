@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+from torch import nn
+
+from autoslim.errors import AutoslimError
+from autoslim.space import ModelInfo, SearchSpace
+from autoslim.techniques.prune import PruneConfig
+from autoslim.techniques.quantize import QuantizeConfig
+
+
+def info() -> ModelInfo:
+    return ModelInfo.from_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2)))
+
+
+SPEC = [
+    {"type": "prune.magnitude", "scopes": ["global", "layer"]},
+    {"type": "quantize.weight", "bits": [2, 4, "fp32"], "layer_bits": {"0": [8, "fp32"]}},
+]
+
+
+def test_model_info_lists_compressible_layers_in_order():
+    layers = info().layers
+    assert [(layer.name, layer.type, layer.params) for layer in layers] == [("0", "Conv2d", 36), ("3", "Linear", 32)]
+
+
+def test_suggest_is_replayed_exactly_by_fixed_trial():
+    space = SearchSpace.from_spec(SPEC)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        trial = study.ask()
+        stages = space.suggest(trial, info())
+        assert space.suggest(optuna.trial.FixedTrial(trial.params), info()) == stages
+        study.tell(trial, 0.0)
+
+
+def test_stage_types_order_and_choice_sets():
+    space = SearchSpace.from_spec(SPEC)
+    params = {"prune.enabled": True, "prune.scope": "layer", "prune.sparsity.0": 0.2, "prune.sparsity.3": 0.7,
+              "prune.fine_tune_epochs": 0, "quant.enabled": True, "quant.bits.0": 8, "quant.bits.3": 2}
+    stages = space.suggest(optuna.trial.FixedTrial(params), info())
+    assert stages == [
+        PruneConfig(scope="layer", layers={"0": 0.2, "3": 0.7}, fine_tune_epochs=0),
+        QuantizeConfig(layers={"0": 8, "3": 2}),
+    ]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        space.suggest(trial, info())
+        if "quant.bits.0" in trial.params:
+            assert trial.params["quant.bits.0"] in (8, "fp32")
+        study.tell(trial, 0.0)
+
+
+def test_disabled_components_produce_no_stage():
+    space = SearchSpace.from_spec(SPEC)
+    stages = space.suggest(optuna.trial.FixedTrial({"prune.enabled": False, "quant.enabled": False}), info())
+    assert stages == []
+
+
+def test_fingerprint_changes_with_the_space_only():
+    a, b = SearchSpace.from_spec(SPEC), SearchSpace.from_spec(SPEC)
+    c = SearchSpace.from_spec([SPEC[0], {**SPEC[1], "bits": [2, 4]}])
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_duplicate_names_and_unknown_types_are_errors(tmp_path):
+    with pytest.raises(AutoslimError, match="duplicate component names"):
+        SearchSpace.from_spec([SPEC[1], SPEC[1]])
+    with pytest.raises(AutoslimError, match="unknown component 'nope'"):
+        SearchSpace.from_spec([{"type": "nope"}])
+    with pytest.raises(AutoslimError, match="low 0.9 > high 0.1"):
+        SearchSpace.from_spec([{"type": "prune.magnitude", "sparsity": {"low": 0.9, "high": 0.1}}])
+    path = tmp_path / "space.yaml"
+    path.write_text("components: []\n")
+    with pytest.raises(AutoslimError, match="components"):
+        SearchSpace.load(path)
+
+
+def test_bundled_presets_load():
+    from pathlib import Path
+
+    for preset in sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml")):
+        assert SearchSpace.load(preset).components
