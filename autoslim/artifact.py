@@ -30,16 +30,16 @@ from torch import nn
 
 from autoslim.errors import AutoslimError
 from autoslim.pack import pack_bits, packed_nbytes, unpack_bits
-from autoslim.pipeline import rebuild_structure
+from autoslim.pipeline import prepare_runtime, rebuild_structure
 from autoslim.recipe import Recipe
 from autoslim.space import compressible_layers
 from autoslim.task import Task, load_task
-from autoslim.techniques.quantize import SCALE_BUFFER, qmax, quantize_weight, quantized_bits
+from autoslim.techniques.quant_grid import GridSpec, dequantize_levels, quantize_levels
+from autoslim.techniques.quantize import SCALE_BUFFER, ZERO_BUFFER, float_width_of, grid_of
 
 RECIPE_FILE = "recipe.yaml"
 WEIGHTS_FILE = "weights.safetensors"
 LAYOUT_KEY = "autoslim.layout"
-FP32_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -48,38 +48,61 @@ class Encoded:
 
     tensors: dict[str, torch.Tensor]
     layout: dict
-    nbytes: int
 
 
-def _encode_ints(name: str, q: torch.Tensor, bits: int) -> Encoded:
-    """Integer levels, dense-packed or as bitmap + packed non-zeros, whichever is smaller."""
-    unsigned = (q.reshape(-1).numpy().astype(np.int16) + qmax(bits)).astype(np.uint8)
-    nonzero = q.reshape(-1).numpy() != 0
-    nnz, n = int(nonzero.sum()), q.numel()
-    layout = {"bits": bits, "shape": list(q.shape)}
+STORED_FLOATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _grid_layout(spec: GridSpec) -> dict:
+    return {"bits": spec.bits, "symmetric": spec.symmetric, "granularity": spec.granularity,
+            "group_size": spec.group_size}
+
+
+def _encode_levels(name: str, levels: torch.Tensor, zero_levels: torch.Tensor, spec: GridSpec) -> Encoded:
+    """Unsigned levels, dense-packed or as bitmap + packed non-zeros, whichever is smaller.
+
+    "Zero" is the level that decodes to 0.0 (the zero point), so pruned weights cost one
+    bit each in the bitmap form whatever the grid.
+    """
+    flat, zero_flat = levels.reshape(-1).numpy(), zero_levels.reshape(-1).numpy()
+    nonzero = flat != zero_flat
+    nnz, n, bits = int(nonzero.sum()), flat.size, spec.bits
+    layout = {"shape": list(levels.shape), "grid": _grid_layout(spec)}
     if packed_nbytes(n, 1) + packed_nbytes(nnz, bits) < packed_nbytes(n, bits):
-        data = {f"{name}::mask": pack_bits(nonzero.astype(np.uint8), 1), f"{name}::q": pack_bits(unsigned[nonzero], bits)}
+        data = {f"{name}::mask": pack_bits(nonzero.astype(np.uint8), 1), f"{name}::q": pack_bits(flat[nonzero], bits)}
         layout |= {"enc": "int_bitmap", "nnz": nnz}
     else:
-        data = {f"{name}::q": pack_bits(unsigned, bits)}
+        data = {f"{name}::q": pack_bits(flat, bits)}
         layout |= {"enc": "int_dense"}
-    tensors = {k: torch.from_numpy(v) for k, v in data.items()}
-    return Encoded(tensors, layout, sum(t.numel() for t in tensors.values()))
+    return Encoded({k: torch.from_numpy(v) for k, v in data.items()}, layout)
 
 
-def _encode_float(name: str, weight: torch.Tensor) -> Encoded:
-    """A full-precision weight: dense, or bitmap + fp32 non-zeros when that is smaller."""
-    flat = weight.detach().reshape(-1).contiguous()
+def _encode_float(name: str, weight: torch.Tensor, width: str) -> Encoded:
+    """A float weight at its stored width: dense, or bitmap + non-zeros when smaller."""
+    dtype = STORED_FLOATS[width]
+    flat = weight.detach().reshape(-1).to(dtype).contiguous()
     nonzero = (flat != 0).numpy()
-    nnz, n = int(nonzero.sum()), flat.numel()
-    if packed_nbytes(n, 1) + FP32_BYTES * nnz < FP32_BYTES * n:
+    nnz, n, size = int(nonzero.sum()), flat.numel(), flat.element_size()
+    layout = {"shape": list(weight.shape), "dtype": width}
+    if packed_nbytes(n, 1) + size * nnz < size * n:
         tensors = {
             f"{name}::mask": torch.from_numpy(pack_bits(nonzero.astype(np.uint8), 1)),
             f"{name}::values": flat[torch.from_numpy(nonzero)].clone(),
         }
-        layout = {"enc": "fp32_bitmap", "shape": list(weight.shape), "nnz": nnz}
-        return Encoded(tensors, layout, packed_nbytes(n, 1) + FP32_BYTES * nnz)
-    return Encoded({name: weight.detach().contiguous()}, {"enc": "raw"}, FP32_BYTES * n)
+        return Encoded(tensors, layout | {"enc": "float_bitmap", "nnz": nnz})
+    if width == "fp32":
+        return Encoded({name: weight.detach().contiguous()}, {"enc": "raw"})
+    return Encoded({f"{name}::values": flat}, layout | {"enc": "float_dense"})
+
+
+def _encode_weight(name: str, module: nn.Module) -> Encoded:
+    spec = grid_of(module)
+    if spec is None:
+        return _encode_float(name, module.weight, float_width_of(module) or "fp32")
+    scale, zero = getattr(module, SCALE_BUFFER), getattr(module, ZERO_BUFFER)
+    levels = quantize_levels(module.weight, scale, zero, spec)
+    zero_levels = quantize_levels(torch.zeros_like(module.weight), scale, zero, spec)
+    return _encode_levels(name, levels, zero_levels, spec)
 
 
 def encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
@@ -87,48 +110,52 @@ def encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, d
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors: dict[str, torch.Tensor] = {}
     layout: dict[str, dict] = {}
-    encoded_names = set()
     for layer_name, module in compressible_layers(model).items():
         name = f"{layer_name}.weight" if layer_name else "weight"
-        bits = quantized_bits(module)
-        if bits is not None:
-            scale = getattr(module, SCALE_BUFFER)
-            enc = _encode_ints(name, quantize_weight(module.weight, scale, bits), bits)
-        else:
-            enc = _encode_float(name, module.weight)
+        enc = _encode_weight(name, module)
         if enc.layout["enc"] != "raw":
             tensors |= enc.tensors
             layout[name] = enc.layout
-            encoded_names.add(name)
-    tensors |= {k: v for k, v in state.items() if k not in encoded_names}
+    tensors |= {k: v for k, v in state.items() if k not in layout}
     return tensors, layout
+
+
+def _decode_float(name: str, entry: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    shape = entry["shape"]
+    values = tensors[f"{name}::values"]
+    if entry["enc"] == "float_dense":
+        return values.float().reshape(shape)
+    count = int(np.prod(shape))
+    mask = torch.from_numpy(unpack_bits(tensors[f"{name}::mask"].numpy(), 1, count).astype(bool))
+    flat = torch.zeros(count, dtype=torch.float32)
+    flat[mask] = values.float()
+    return flat.reshape(shape)
+
+
+def _decode_levels(name: str, entry: dict, tensors: dict[str, torch.Tensor], state: dict) -> torch.Tensor:
+    shape, g = entry["shape"], entry["grid"]
+    spec = GridSpec(bits=g["bits"], symmetric=g["symmetric"], granularity=g["granularity"],
+                    group_size=g["group_size"])
+    prefix = name.removesuffix("weight")
+    scale, zero = state[prefix + SCALE_BUFFER], state[prefix + ZERO_BUFFER]
+    levels = quantize_levels(torch.zeros(shape), scale, zero, spec).reshape(-1).numpy().copy()
+    packed = tensors[f"{name}::q"].numpy()
+    if entry["enc"] == "int_dense":
+        levels[:] = unpack_bits(packed, spec.bits, levels.size)
+    else:
+        mask = unpack_bits(tensors[f"{name}::mask"].numpy(), 1, levels.size).astype(bool)
+        levels[mask] = unpack_bits(packed, spec.bits, entry["nnz"])
+    return dequantize_levels(torch.from_numpy(levels).reshape(shape), scale, zero, spec)
 
 
 def decode_state(tensors: dict[str, torch.Tensor], layout: dict[str, dict]) -> dict[str, torch.Tensor]:
     """Inverse of :func:`encode_state`: a plain ``state_dict`` for ``load_state_dict``."""
     state = {k: v for k, v in tensors.items() if "::" not in k}
     for name, entry in layout.items():
-        shape = entry["shape"]
-        count = int(np.prod(shape)) if shape else 1
-        mask = None
-        if entry["enc"].endswith("_bitmap"):
-            mask = unpack_bits(tensors[f"{name}::mask"].numpy(), 1, count).astype(bool)
-        if entry["enc"] == "fp32_bitmap":
-            flat = torch.zeros(count, dtype=torch.float32)
-            flat[torch.from_numpy(mask)] = tensors[f"{name}::values"]
-            state[name] = flat.reshape(shape)
-            continue
-        bits = entry["bits"]
-        stored = count if mask is None else entry["nnz"]
-        values = unpack_bits(tensors[f"{name}::q"].numpy(), bits, stored).astype(np.int16) - qmax(bits)
-        q = np.zeros(count, dtype=np.int16)
-        if mask is None:
-            q[:] = values
+        if entry["enc"].startswith("float_"):
+            state[name] = _decode_float(name, entry, tensors)
         else:
-            q[mask] = values
-        scale = state[name.removesuffix("weight") + SCALE_BUFFER]
-        q_tensor = torch.from_numpy(q).reshape(shape).to(torch.float32)
-        state[name] = q_tensor * scale.reshape(-1, *([1] * (len(shape) - 1)))
+            state[name] = _decode_levels(name, entry, tensors, state)
     return state
 
 
@@ -179,7 +206,9 @@ class LoadedArtifact:
     size_bytes: int
 
 
-def load_artifact(path: str | Path, *, task: Task | None = None) -> LoadedArtifact:
+def load_artifact(path: str | Path, *, task: Task | None = None, runtime: bool = True) -> LoadedArtifact:
+    """Rebuild the model, load its decoded weights, then (``runtime``) move layers onto
+    the real low-bit kernels the recipe's target has, as they will run when shipped."""
     path = Path(path)
     if not is_artifact(path):
         raise AutoslimError(f"not an autoslim artifact (needs {RECIPE_FILE} and {WEIGHTS_FILE}): {path}")
@@ -194,7 +223,8 @@ def load_artifact(path: str | Path, *, task: Task | None = None) -> LoadedArtifa
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise AutoslimError(f"artifact {path} does not fit its recipe's model: {first}") from None
-    return LoadedArtifact(model.eval(), recipe, task, artifact_bytes(path))
+    model = prepare_runtime(model.eval(), recipe) if runtime else model.eval()
+    return LoadedArtifact(model, recipe, task, artifact_bytes(path))
 
 
 def load(path: str | Path) -> nn.Module:

@@ -103,6 +103,18 @@ def apply_recipe(
     return model.eval()
 
 
+def prepare_runtime(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """After the weights are loaded: move layers onto the kernels the target really has.
+
+    A handler may define ``runtime(model, config, target)``; most need not.
+    """
+    for stage in recipe.stages:
+        runtime = getattr(handler_for(stage), "runtime", None)
+        if runtime is not None:
+            model = runtime(model, stage, recipe.target)
+    return model
+
+
 def rebuild_structure(model: nn.Module, recipe: Recipe) -> nn.Module:
     """Reshape a fresh model so the artifact's weights load into it."""
     import autoslim.techniques  # noqa: F401

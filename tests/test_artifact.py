@@ -14,30 +14,29 @@ from autoslim.artifact import (
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
-from autoslim.techniques.quantize import (
-    channel_scale,
-    dequantize_weight,
-    mark_quantized,
-    quantize_weight,
-)
+from autoslim.techniques.quant_grid import GridSpec, fake_quantize
+from autoslim.techniques.quantize import mark_grid
 
 
-def quantized_linear(bits: int, sparsity: float) -> nn.Module:
-    torch.manual_seed(bits)
+def quantized_linear(spec: GridSpec, sparsity: float) -> nn.Module:
+    torch.manual_seed(spec.bits)
     layer = nn.Linear(64, 32)
     with torch.no_grad():
         w = layer.weight
         w[torch.rand_like(w) < sparsity] = 0.0
-        scale = channel_scale(w, bits)
-        w.copy_(dequantize_weight(quantize_weight(w, scale, bits), scale))
-    mark_quantized(layer, bits, scale)
+        deq, scale, zero = fake_quantize(w, spec)
+        w.copy_(deq)
+    mark_grid(layer, spec, scale, zero)
     return nn.Sequential(layer)
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95])
-def test_encode_decode_round_trip_is_exact(bits, sparsity):
-    model = quantized_linear(bits, sparsity)
+@pytest.mark.parametrize(("symmetric", "granularity", "group"),
+                         [(True, "per_channel", None), (False, "group", 16), (False, "per_tensor", None)])
+def test_encode_decode_round_trip_is_exact(bits, sparsity, symmetric, granularity, group):
+    spec = GridSpec(bits=bits, symmetric=symmetric, granularity=granularity, group_size=group)
+    model = quantized_linear(spec, sparsity)
     tensors, layout = encode_state(model)
     state = decode_state(tensors, layout)
     for key, value in model.state_dict().items():
@@ -54,7 +53,7 @@ def test_sparse_float_weights_are_stored_as_bitmap_plus_values():
     with torch.no_grad():
         layer.weight[:, 10:] = 0.0
     tensors, layout = encode_state(nn.Sequential(layer))
-    assert layout["0.weight"]["enc"] == "fp32_bitmap"
+    assert layout["0.weight"] == {"enc": "float_bitmap", "dtype": "fp32", "shape": [10, 100], "nnz": 100}
     assert tensors["0.weight::values"].numel() == 100
     assert torch.equal(decode_state(tensors, layout)["0.weight"], layer.weight)
 
@@ -99,3 +98,33 @@ def test_refuses_to_overwrite_a_foreign_directory_and_leaves_nothing_behind(tmp_
 def test_loading_a_non_artifact_is_a_user_error(tmp_path):
     with pytest.raises(AutoslimError, match="not an autoslim artifact"):
         load_artifact(tmp_path)
+
+
+def test_fp16_weights_take_two_bytes_each_and_round_trip():
+    from autoslim.techniques.quantize import FLOAT_ATTR
+
+    layer = nn.Linear(32, 16)
+    with torch.no_grad():
+        layer.weight.copy_(layer.weight.half().float())
+    setattr(layer, FLOAT_ATTR, "fp16")
+    tensors, layout = encode_state(nn.Sequential(layer))
+    assert layout["0.weight"]["enc"] == "float_dense"
+    assert tensors["0.weight::values"].dtype == torch.float16
+    assert torch.equal(decode_state(tensors, layout)["0.weight"], layer.weight)
+
+
+def test_eight_bit_linear_layers_load_onto_the_int8_kernel(tmp_path, tiny_task_ref):
+    from autoslim.techniques.kernels import DynamicInt8Linear
+
+    recipe = Recipe.from_dict({"task": tiny_task_ref, "stages": [{"kind": "quantize", "default": 8}]})
+    model = apply_recipe(recipe)
+    out = save_artifact(model, recipe, tmp_path / "art")
+    fast = load_artifact(out).model
+    exact = load_artifact(out, runtime=False).model
+    assert isinstance(fast.classifier[1], DynamicInt8Linear) and isinstance(fast.classifier[4], DynamicInt8Linear)
+    assert isinstance(fast.features[0], nn.Conv2d)  # no int8 conv kernel without activation calibration
+    x = torch.rand(32, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(exact(x), model(x), rtol=0, atol=1e-6)
+        assert (fast(x).argmax(1) == model(x).argmax(1)).float().mean() > 0.9
+        assert (fast(x) - model(x)).abs().max() < 0.1 * model(x).abs().max()

@@ -28,7 +28,7 @@ def assert_one_line_error(code: int, err: str, needle: str) -> None:
     ("kwargs", "needle"),
     [
         ({"space": [{"type": "prune.telepathy"}]}, "unknown component 'prune.telepathy'"),
-        ({"space": [{"type": "quantize.weight", "bits": [16]}]}, "bits.0: Input should be 2, 3, 4, 8 or 'fp32'"),
+        ({"space": [{"type": "quantize.weight", "bits": [16]}]}, "bits.0: Input should be 2, 3, 4, 5, 6, 8, 'fp16', 'bf16' or 'fp32'"),
         ({"space": [{"type": "quantize.weight", "layer_bits": {"features.99": [8]}}]}, "unknown layer 'features.99'"),
         ({"space": [{"type": "quantize.weight", "layers": "head.*"}]}, "layer regex 'head.*' matches no layer"),
         ({"objectives": {"accuracy": "maximize", "speed": "minimize"}}, "unknown objective 'speed'"),
@@ -64,7 +64,7 @@ def test_apply_rejects_bad_recipes_and_writes_nothing(capsys, tmp_path):
         "stages:\n- {kind: quantize, default: 16}\n"
     )
     code, _, err = run_cli(capsys, "apply", str(recipe), "-o", str(tmp_path / "art"))
-    assert_one_line_error(code, err, "Input should be 2, 3, 4, 8 or 'fp32'")
+    assert_one_line_error(code, err, "Input should be 2, 3, 4, 5, 6, 8, 'fp16', 'bf16' or 'fp32'")
     recipe.write_text(
         "task: {entry: 'autoslim.tasks.digits:make_task', params: {width: 4, epochs: 3}}\n"
         "stages:\n- {kind: quantize, layers: {not_a_layer: 4}}\n"

@@ -52,7 +52,7 @@ def test_core_drops_provenance_only():
         (lambda r: r.update(colour="red"), "colour: Extra inputs are not permitted"),
         (lambda r: r["task"].update(entry="no-colon"), "task.entry"),
         (lambda r: r["stages"].append({"kind": "teleport"}), "unknown stage kind 'teleport'"),
-        (lambda r: r["stages"][1].update(default=5), "stage 1 (quantize): default: Input should be 2, 3, 4, 8 or 'fp32'"),
+        (lambda r: r["stages"][1].update(default=7), "stage 1 (quantize): default: Input should be 2, 3, 4, 5, 6, 8, 'fp16', 'bf16' or 'fp32'"),
         (lambda r: r["stages"][1]["layers"].update({"features.3": 16}), "stage 1 (quantize): layers.features.3"),
         (lambda r: r["stages"][0].update(sparsity=1.5), "stage 0 (prune): sparsity"),
         (lambda r: r["stages"][0]["layers"].update({"features.3": -0.1}), "sparsity for 'features.3'"),

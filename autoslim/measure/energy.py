@@ -4,7 +4,8 @@ The estimate counts what the runtime really executes, from one traced forward pa
 multiply-accumulates at the precision the layer's kernel computes in, the weight bytes
 read from DRAM once per batch and the activations moved through on-chip SRAM, priced
 with Horowitz (ISSCC 2014, 45 nm). A weight stored at 4 bits but dequantized to fp32
-before the matmul is priced as fp32 compute. Every estimate is labelled ``estimated``.
+before the matmul is priced as fp32 compute; an int8 kernel as int8 multiplies with
+int32 accumulation (priced at the int8 add, a lower bound). Every estimate is labelled ``estimated``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from autoslim.techniques.kernels import DynamicInt8Linear
+
 # picojoules, Horowitz ISSCC 2014 (45 nm)
 PJ_MULT = {torch.float32: 3.7, torch.float16: 1.1, torch.bfloat16: 1.1, torch.int8: 0.2}
 PJ_ADD = {torch.float32: 0.9, torch.float16: 0.4, torch.bfloat16: 0.4, torch.int8: 0.03}
@@ -23,10 +26,17 @@ PJ_SRAM_PER_BYTE = 5.0 / 4  # 32-bit read from an 8 KB SRAM
 
 
 def _macs(module: nn.Module, output: torch.Tensor) -> int:
-    if isinstance(module, nn.Linear):
+    if isinstance(module, (nn.Linear, DynamicInt8Linear)):
         return output.numel() * module.in_features
     kernel = module.weight[0].numel()  # in_channels/groups × kernel size
     return output.numel() * kernel
+
+
+def _weight_and_dtype(module: nn.Module) -> tuple[int, int, torch.dtype]:
+    """(weight elements, bytes per element, compute dtype) of what the kernel really reads."""
+    if isinstance(module, DynamicInt8Linear):
+        return module.in_features * module.out_features, 1, torch.int8
+    return module.weight.numel(), module.weight.element_size(), module.weight.dtype
 
 
 def estimate_energy_mj(model: nn.Module, batch: torch.Tensor) -> float:
@@ -35,14 +45,14 @@ def estimate_energy_mj(model: nn.Module, batch: torch.Tensor) -> float:
 
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         nonlocal total_pj
-        dtype = module.weight.dtype
+        numel, size, dtype = _weight_and_dtype(module)
         total_pj += _macs(module, output) * (PJ_MULT.get(dtype, 3.7) + PJ_ADD.get(dtype, 0.9))
-        total_pj += module.weight.numel() * module.weight.element_size() * PJ_DRAM_PER_BYTE
+        total_pj += numel * size * PJ_DRAM_PER_BYTE
         moved = inputs[0].numel() * inputs[0].element_size() + output.numel() * output.element_size()
         total_pj += moved * PJ_SRAM_PER_BYTE
 
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    handles = [m.register_forward_hook(hook) for m in layers]
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, DynamicInt8Linear)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     try:
         with torch.inference_mode():
             model(batch)

@@ -1,10 +1,16 @@
-"""Per-layer weight quantization: symmetric, per output channel, min-max calibrated.
+"""Per-layer weight quantization: bit width, grid and calibration per layer.
 
-Each layer gets a bit width from {2, 3, 4, 8} or stays fp32. For ``b`` bits the integer
-grid is the narrow symmetric range ``[-qmax, qmax]`` with ``qmax = 2**(b-1) - 1`` (2 bits
-is ternary), and the scale of output channel ``c`` is ``max|w_c| / qmax``. The quantized
-model keeps ``weight = q * scale`` in fp32 plus a ``weight_scale`` buffer; the artifact
-writer turns that into bit-packed integers, so the bytes on disk are real.
+Each compressible layer gets a width from {2, 3, 4, 5, 6, 8} bits, fp16, bf16, or stays
+fp32. Integer widths use the grids of :mod:`autoslim.techniques.quant_grid` (symmetric
+or asymmetric; per tensor, per output channel or in groups; min-max, percentile or MSE
+calibrated). The quantized model keeps ``weight = dequant(levels)`` in fp32 and the
+grid's ``weight_scale`` / ``weight_zero_point`` buffers; the artifact writer re-derives
+the integer levels and bit-packs them, so the bytes on disk are real.
+
+What runs is decided at load time by :meth:`WeightQuantHandler.runtime`: 8-bit Linear
+layers on a CPU target run on PyTorch's int8 dynamic-quantization kernel (fbgemm/x86,
+activations quantized per batch) when ``int8_kernel`` is on; everything else is decoded
+to fp32 and runs on the fp32 kernels, because no faster kernel exists for it here.
 """
 
 from __future__ import annotations
@@ -13,79 +19,84 @@ from typing import Literal
 
 import optuna
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
+from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext, register_handler
-from autoslim.recipe import StageConfig, resolve_layer_map
+from autoslim.recipe import StageConfig, Target, resolve_layer_map
 from autoslim.space import ComponentSpec, ModelInfo, compressible_layers
+from autoslim.techniques.quant_grid import GridSpec, fake_quantize, grouped
 
-BitWidth = Literal[2, 3, 4, 8, "fp32"]
-INT_BITS = (2, 3, 4, 8)
-QBITS_ATTR = "autoslim_qbits"
+BitWidth = Literal[2, 3, 4, 5, 6, 8, "fp16", "bf16", "fp32"]
+FLOAT_WIDTHS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+SPEC_ATTR = "autoslim_grid"
+FLOAT_ATTR = "autoslim_float"
 SCALE_BUFFER = "weight_scale"
+ZERO_BUFFER = "weight_zero_point"
 
 
-def qmax(bits: int) -> int:
-    return 2 ** (bits - 1) - 1
+def grid_of(module: nn.Module) -> GridSpec | None:
+    """The integer grid a quantize stage gave this module, or None."""
+    return getattr(module, SPEC_ATTR, None)
 
 
-def channel_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """Min-max calibrated symmetric scale per output channel (dim 0).
-
-    An all-zero channel (fully pruned) gets scale 1 so dequantization stays exact zeros
-    instead of dividing by zero.
-    """
-    absmax = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1)
-    scale = absmax / qmax(bits)
-    return torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float32)
+def float_width_of(module: nn.Module) -> str | None:
+    """``"fp16"``/``"bf16"`` if the module's weight is stored at half width, else None."""
+    return getattr(module, FLOAT_ATTR, None)
 
 
-def _broadcast(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return scale.reshape(-1, *([1] * (weight.dim() - 1)))
-
-
-def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integer levels ``clamp(round(w / s), -qmax, qmax)`` as int8."""
-    limit = qmax(bits)
-    q = torch.round(weight.detach() / _broadcast(scale, weight)).clamp_(-limit, limit)
-    return q.to(torch.int8)
-
-
-def dequantize_weight(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.to(torch.float32) * _broadcast(scale, q)
-
-
-def quantized_bits(module: nn.Module) -> int | None:
-    """The bit width a quantize stage gave this module, or None if it is full precision."""
-    return getattr(module, QBITS_ATTR, None)
-
-
-def mark_quantized(module: nn.Module, bits: int, scale: torch.Tensor) -> None:
-    """Record the grid on the module so the artifact writer can pack its integers."""
-    if SCALE_BUFFER in module._buffers:
-        module._buffers[SCALE_BUFFER] = scale
+def _set_buffer(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    if name in module._buffers:
+        module._buffers[name] = value
     else:
-        module.register_buffer(SCALE_BUFFER, scale)
-    setattr(module, QBITS_ATTR, bits)
+        module.register_buffer(name, value)
+
+
+def mark_grid(module: nn.Module, spec: GridSpec, scale: torch.Tensor, zero: torch.Tensor) -> None:
+    """Record the grid on the module so the artifact writer can pack its levels."""
+    _set_buffer(module, SCALE_BUFFER, scale)
+    _set_buffer(module, ZERO_BUFFER, zero)
+    setattr(module, SPEC_ATTR, spec)
 
 
 class QuantizeConfig(StageConfig):
     """Bit width per layer: ``layers`` maps exact names or ``re:`` regexes to a width,
-    every other compressible layer gets ``default``."""
+    every other compressible layer gets ``default``. The grid settings apply to every
+    integer-quantized layer of the stage."""
 
     kind: Literal["quantize"] = "quantize"
     default: BitWidth = "fp32"
     layers: dict[str, BitWidth] = Field(default_factory=dict)
-    granularity: Literal["per_channel"] = "per_channel"
-    symmetric: Literal[True] = True
-    calibration: Literal["minmax"] = "minmax"
+    granularity: Literal["per_tensor", "per_channel", "group"] = "per_channel"
+    group_size: int | None = Field(default=None, ge=2)
+    symmetric: bool = True
+    calibration: Literal["minmax", "percentile", "mse"] = "minmax"
+    percentile: float = Field(default=99.9, gt=50.0, le=100.0)
+    int8_kernel: bool = True
 
-    def bits_by_layer(self, layer_names: list[str]) -> dict[str, int]:
-        """Concrete integer widths per layer (fp32 layers omitted)."""
+    @model_validator(mode="after")
+    def _group_size_for_groups(self) -> QuantizeConfig:
+        if (self.granularity == "group") != (self.group_size is not None):
+            raise ValueError("group_size is required with granularity: group, and only then")
+        return self
+
+    def widths(self, layer_names: list[str]) -> dict[str, int | str]:
+        """Width per layer, fp32 layers omitted."""
         resolved = resolve_layer_map(self.layers, layer_names)
         plan = {name: resolved.get(name, self.default) for name in layer_names}
         return {name: bits for name, bits in plan.items() if bits != "fp32"}
+
+    def grid(self, bits: int) -> GridSpec:
+        return GridSpec(bits=bits, symmetric=self.symmetric, granularity=self.granularity,
+                        group_size=self.group_size, calibration=self.calibration, percentile=self.percentile)
+
+
+def _check_groups(module: nn.Module, spec: GridSpec, name: str) -> None:
+    try:
+        grouped(module.weight, spec)
+    except ValueError as exc:
+        raise AutoslimError(f"layer {name}: {exc}") from None
 
 
 @register_handler(QuantizeConfig)
@@ -93,26 +104,57 @@ class WeightQuantHandler:
     @torch.no_grad()
     def apply(self, model: nn.Module, config: QuantizeConfig, ctx: ApplyContext) -> nn.Module:
         layers = compressible_layers(model)
-        for name, bits in config.bits_by_layer(list(layers)).items():
+        for name, width in config.widths(list(layers)).items():
             module = layers[name]
-            scale = channel_scale(module.weight, bits)
-            module.weight.copy_(dequantize_weight(quantize_weight(module.weight, scale, bits), scale))
-            mark_quantized(module, bits, scale)
+            if width in FLOAT_WIDTHS:
+                module.weight.copy_(module.weight.to(FLOAT_WIDTHS[width]).float())
+                setattr(module, FLOAT_ATTR, width)
+                continue
+            spec = config.grid(width)
+            _check_groups(module, spec, name)
+            dequantized, scale, zero = fake_quantize(module.weight, spec)
+            module.weight.copy_(dequantized)
+            mark_grid(module, spec, scale, zero)
         return model
 
     def rebuild(self, model: nn.Module, config: QuantizeConfig) -> nn.Module:
         layers = compressible_layers(model)
-        for name, bits in config.bits_by_layer(list(layers)).items():
+        for name, width in config.widths(list(layers)).items():
             module = layers[name]
-            mark_quantized(module, bits, torch.ones(module.weight.shape[0]))
+            if width in FLOAT_WIDTHS:
+                setattr(module, FLOAT_ATTR, width)
+                continue
+            spec = config.grid(width)
+            shape = grouped(module.weight, spec).shape[:2]
+            mark_grid(module, spec, torch.ones(shape), torch.zeros(shape))
         return model
+
+    def runtime(self, model: nn.Module, config: QuantizeConfig, target: Target) -> nn.Module:
+        """Swap layers onto real low-bit kernels where the target has one."""
+        from autoslim.techniques.kernels import int8_dynamic_linear, supports_int8_dynamic
+
+        if not (config.int8_kernel and target.device == "cpu" and supports_int8_dynamic()):
+            return model
+        for name, module in list(compressible_layers(model).items()):
+            spec = grid_of(module)
+            if isinstance(module, nn.Linear) and spec is not None and spec.bits == 8 and spec.symmetric \
+                    and spec.granularity != "group":
+                _replace(model, name, int8_dynamic_linear(module, spec))
+        return model
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
 
 
 class WeightQuantSpace(ComponentSpec):
     """Search dimensions: one bit width per layer (or one for all), from ``bits``.
 
     ``layer_bits`` narrows the choices of chosen layers (exact name or ``re:`` regex),
-    e.g. to keep a sensitive first layer at 8 bits or fp32.
+    e.g. to keep a sensitive first layer at 8 bits or fp32. ``granularity`` and
+    ``calibration`` list the grid settings to search (one entry: fixed).
     """
 
     type: Literal["quantize.weight"] = "quantize.weight"
@@ -121,15 +163,23 @@ class WeightQuantSpace(ComponentSpec):
     per_layer: bool = True
     layers: str = ".*"
     layer_bits: dict[str, list[BitWidth]] = Field(default_factory=dict)
+    granularity: list[Literal["per_tensor", "per_channel"]] = Field(default=["per_channel"], min_length=1)
+    calibration: list[Literal["minmax", "percentile", "mse"]] = Field(default=["minmax"], min_length=1)
+    symmetric: bool = True
+
+    def _pick(self, trial: optuna.Trial, key: str, options: list) -> object:
+        return options[0] if len(options) == 1 else trial.suggest_categorical(f"{self.name}.{key}", options)
 
     def suggest(self, trial: optuna.Trial, info: ModelInfo) -> QuantizeConfig | None:
         if not self.enabled(trial):
             return None
+        grid = {"granularity": self._pick(trial, "granularity", self.granularity),
+                "calibration": self._pick(trial, "calibration", self.calibration), "symmetric": self.symmetric}
         if not self.per_layer:
-            return QuantizeConfig(default=trial.suggest_categorical(f"{self.name}.bits", self.bits))
+            return QuantizeConfig(default=trial.suggest_categorical(f"{self.name}.bits", self.bits), **grid)
         choices = resolve_layer_map(self.layer_bits, info.names)
         plan = {
             layer: trial.suggest_categorical(f"{self.name}.bits.{layer}", choices.get(layer, self.bits))
             for layer in info.matching(self.layers)
         }
-        return QuantizeConfig(layers=plan)
+        return QuantizeConfig(layers=plan, **grid)

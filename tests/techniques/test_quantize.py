@@ -4,64 +4,112 @@ import pytest
 import torch
 from torch import nn
 
+from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext
-from autoslim.techniques.quantize import (
-    QuantizeConfig,
-    WeightQuantHandler,
-    channel_scale,
-    dequantize_weight,
-    qmax,
-    quantize_weight,
-    quantized_bits,
+from autoslim.techniques.quant_grid import (
+    GridSpec,
+    dequantize_levels,
+    fake_quantize,
+    qparams,
+    quantize_levels,
 )
+from autoslim.techniques.quantize import QuantizeConfig, WeightQuantHandler, float_width_of, grid_of
 
 
-def reference_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Textbook symmetric per-output-channel min-max fake quantization, row by row."""
-    limit = 2 ** (bits - 1) - 1
-    out = torch.empty_like(w)
-    for c in range(w.shape[0]):
-        row = w[c]
-        scale = row.abs().max() / limit
-        if scale == 0:
-            out[c] = 0
-            continue
-        out[c] = torch.clamp(torch.round(row / scale), -limit, limit) * scale
-    return out
+def reference_fake_quant(w: torch.Tensor, bits: int, symmetric: bool, group: int | None) -> torch.Tensor:
+    """Textbook min-max fake quantization, one group at a time with Python scalars."""
+    rows = w.reshape(w.shape[0], -1)
+    size = group or rows.shape[1]
+    out = torch.empty_like(rows)
+    for r in range(rows.shape[0]):
+        for start in range(0, rows.shape[1], size):
+            g = rows[r, start:start + size]
+            if symmetric:
+                qmax = 2 ** (bits - 1) - 1
+                scale = float(g.abs().max()) / qmax or 1.0
+                q = torch.clamp(torch.round(g / scale), -qmax, qmax)
+                out[r, start:start + size] = q * scale
+            else:
+                lo, hi = min(float(g.min()), 0.0), max(float(g.max()), 0.0)
+                scale = (hi - lo) / (2**bits - 1) or 1.0
+                zero = round(-lo / scale)
+                q = torch.clamp(torch.round(g / scale) + zero, 0, 2**bits - 1)
+                out[r, start:start + size] = (q - zero) * scale
+    return out.reshape(w.shape)
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 3, 3), (3, 2, 5)])
-def test_quantized_values_match_reference_formula(bits, shape):
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+@pytest.mark.parametrize(("granularity", "group"), [("per_channel", None), ("group", 4)])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("shape", [(6, 8), (4, 2, 2, 2)])
+def test_quantize_dequantize_matches_reference_formula(bits, granularity, group, symmetric, shape):
     torch.manual_seed(bits)
     w = torch.randn(shape)
-    w[0] = 0.0  # a fully pruned channel must stay exactly zero
-    scale = channel_scale(w, bits)
-    q = quantize_weight(w, scale, bits)
-    assert q.dtype == torch.int8
-    assert int(q.abs().max()) == qmax(bits)
-    assert len(torch.unique(q)) <= 2 * qmax(bits) + 1
-    torch.testing.assert_close(dequantize_weight(q, scale), reference_quantize(w, bits), rtol=0, atol=1e-6)
+    w[0] = 0.0  # a fully pruned channel stays exactly zero
+    spec = GridSpec(bits=bits, symmetric=symmetric, granularity=granularity, group_size=group)
+    deq, scale, zero = fake_quantize(w, spec)
+    torch.testing.assert_close(deq, reference_fake_quant(w, bits, symmetric, group), rtol=0, atol=1e-5)
+    levels = quantize_levels(w, scale, zero, spec)
+    assert levels.dtype == torch.uint8 and int(levels.max()) < 2**bits
+    assert len(torch.unique(levels)) <= spec.levels
+    torch.testing.assert_close(dequantize_levels(levels, scale, zero, spec), deq, rtol=0, atol=0)
+    assert torch.equal(deq[0], torch.zeros_like(deq[0]))
 
 
-def test_two_bits_is_ternary_and_eight_bits_is_127_levels_each_side():
-    assert qmax(2) == 1 and qmax(8) == 127
+def test_per_tensor_uses_one_scale():
+    w = torch.tensor([[1.0, -0.5], [0.25, 3.0]])
+    scale, zero = qparams(w, GridSpec(bits=8, granularity="per_tensor"))
+    assert scale.shape == (1, 1) and scale.item() == pytest.approx(3.0 / 127)
+    assert zero.item() == 0
+
+
+def test_two_bits_is_ternary():
     w = torch.tensor([[-1.0, -0.4, 0.0, 0.6, 1.0]])
-    q = quantize_weight(w, channel_scale(w, 2), 2)
-    assert q.tolist() == [[-1, 0, 0, 1, 1]]
+    deq, scale, _ = fake_quantize(w, GridSpec(bits=2))
+    assert (deq / scale).round().tolist() == [[-1, 0, 0, 1, 1]]
 
 
-def test_handler_quantizes_only_the_named_layers():
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+def test_percentile_clips_outliers_to_the_hand_computed_value():
+    w = torch.cat([torch.linspace(-1, 1, 1001), torch.tensor([50.0])]).reshape(1, -1)
+    scale, _ = qparams(w, GridSpec(bits=8, calibration="percentile", percentile=99.0))
+    expected = torch.quantile(w.abs(), 0.99).item() / 127
+    assert scale.item() == pytest.approx(expected, rel=1e-6)
+    assert scale.item() < 50.0 / 127 / 10
+
+
+def test_mse_calibration_never_does_worse_than_minmax():
+    torch.manual_seed(0)
+    w = torch.randn(16, 64) * torch.rand(16, 1)
+    w[:, 0] = 8.0  # outliers make min-max waste most of the grid
+    for bits in (2, 3, 4):
+        mm = fake_quantize(w, GridSpec(bits=bits))[0]
+        mse = fake_quantize(w, GridSpec(bits=bits, calibration="mse"))[0]
+        per_row = lambda d: ((d - w) ** 2).sum(dim=1)  # noqa: E731
+        assert (per_row(mse) <= per_row(mm) + 1e-6).all()
+        assert per_row(mse).sum() < per_row(mm).sum()
+
+
+def test_handler_quantizes_only_the_named_layers_and_halves_fp16():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3))
     before = model[2].weight.detach().clone()
-    config = QuantizeConfig(default="fp32", layers={"0": 3})
+    config = QuantizeConfig(default="fp32", layers={"0": 3, "3": "fp16"})
     WeightQuantHandler().apply(model, config, ApplyContext(task=None, seed=0))  # type: ignore[arg-type]
-    assert quantized_bits(model[0]) == 3 and quantized_bits(model[2]) is None
+    assert grid_of(model[0]).bits == 3 and grid_of(model[2]) is None
     assert torch.equal(model[2].weight, before)
-    levels = torch.unique(model[0].weight / model[0].weight_scale[:, None]).round()
+    assert float_width_of(model[3]) == "fp16"
+    assert torch.equal(model[3].weight, model[3].weight.half().float())
+    levels = torch.unique((model[0].weight / model[0].weight_scale).round())
     assert levels.abs().max() <= 3 and len(levels) <= 7
 
 
-def test_bits_by_layer_resolves_default_and_regex():
-    config = QuantizeConfig(default=8, layers={"re:b.*": "fp32", "a": 2})
-    assert config.bits_by_layer(["a", "b1", "c"]) == {"a": 2, "c": 8}
+def test_group_size_must_divide_the_row():
+    model = nn.Sequential(nn.Linear(6, 2))
+    config = QuantizeConfig(default=4, granularity="group", group_size=4)
+    with pytest.raises(AutoslimError, match="layer 0: group_size 4 does not divide the 6 inputs"):
+        WeightQuantHandler().apply(model, config, ApplyContext(task=None, seed=0))  # type: ignore[arg-type]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="group_size is required"):
+        QuantizeConfig(granularity="group")
+    assert QuantizeConfig(default=8, layers={"re:b.*": "fp32", "a": 2}).widths(["a", "b1", "c"]) == {"a": 2, "c": 8}
