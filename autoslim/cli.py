@@ -147,6 +147,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_widths(text: str) -> list[int]:
+    try:
+        widths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AutoslimError(f"--bits takes comma-separated integers, got {text!r}") from None
+    bad = [w for w in widths if w not in (2, 3, 4, 5, 6, 8)]
+    if bad or not widths:
+        raise AutoslimError(f"unsupported bit width(s) {bad or text!r} (choose from 2, 3, 4, 5, 6, 8)")
+    return widths
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from autoslim.baseline import load_baseline
+    from autoslim.results.plot import plot_sensitivity, sensitivity_matrix
+    from autoslim.search.experiment import load_experiment
+    from autoslim.task import load_task
+    from autoslim.techniques.precision import sensitivity_table
+
+    widths = _parse_widths(args.bits)
+    experiment, _ = load_experiment(args.experiment)
+    task = load_task(experiment.task)
+    baseline = load_baseline(experiment.task, task, log=True)
+    table = sensitivity_table(task, baseline.model, baseline.fingerprint, widths, hessian=args.hessian)
+    out = Path(args.out) if args.out else Path("runs") / experiment.name
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "sensitivity.csv", index=False)
+    plot_sensitivity(table, "kl", out / "sensitivity.png")
+    for value, label in (("metric_drop", f"{task.metric_name} drop (val)"), ("kl", "output KL vs fp32 (nats)"),
+                         ("hawq", "HAWQ-V2 Tr(H)/n·||ΔW||²")):
+        if value in table:
+            print(f"\n{label}, one layer quantized at a time:")
+            print(sensitivity_matrix(table, value).to_string(float_format=lambda v: f"{v:.4g}"))
+    print(f"\nwrote {out / 'sensitivity.csv'} and {out / 'sensitivity.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autoslim", description="Search, export and apply measured compression recipes.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -157,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<experiment name>)")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_search)
+    p = sub.add_parser("sensitivity", help="per-layer quantization sensitivity table and heatmap")
+    p.add_argument("experiment")
+    p.add_argument("--bits", default="2,3,4,8")
+    p.add_argument("--hessian", action="store_true", help="add HAWQ-V2 scores (Hutchinson trace)")
+    p.add_argument("--out", help="folder for sensitivity.csv/.png (default runs/<experiment name>)")
+    p.set_defaults(func=cmd_sensitivity)
     p = sub.add_parser("pareto", help="print a run's Pareto front")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true")

@@ -183,3 +183,25 @@ def plot_hypervolume(hv_history: np.ndarray, path: str | Path) -> Path:
     fig, axes = _new_figure(1)
     _draw_hypervolume(axes[0], hv_history)
     return _save(fig, path)
+
+
+def sensitivity_matrix(table: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Layers × bit widths matrix of one sensitivity column, layers in model order."""
+    layers = list(dict.fromkeys(table["layer"]))
+    return table.pivot(index="layer", columns="bits", values=value).reindex(layers)
+
+
+def plot_sensitivity(table: pd.DataFrame, value: str, path: str | Path) -> Path:
+    """Heatmap of per-layer sensitivity (rows: layers, columns: bit widths)."""
+    matrix = sensitivity_matrix(table, value)
+    fig, axes = _new_figure(1)
+    ax = axes[0]
+    image = ax.imshow(matrix.to_numpy(dtype=float), aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(matrix.columns)), [str(c) for c in matrix.columns])
+    ax.set_yticks(range(len(matrix.index)), list(matrix.index))
+    ax.set_xlabel("bits")
+    ax.set_title(f"sensitivity: {value}")
+    for (i, j), v in np.ndenumerate(matrix.to_numpy(dtype=float)):
+        ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(image, ax=ax)
+    return _save(fig, path)

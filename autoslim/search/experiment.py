@@ -65,6 +65,9 @@ class SearchSettings(StrictModel):
     seed: int = 0
     startup_trials: int = Field(default=10, ge=0)
     keep_artifacts: Literal["front", "all", "none"] = "front"
+    # Byte budgets (fractions of the fp32 weight bytes) for the mixed-precision allocator;
+    # each plan is enqueued as a first trial of a fresh study.
+    warm_start: list[float] = Field(default_factory=list)
 
 
 class Experiment(StrictModel):

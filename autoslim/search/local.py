@@ -193,9 +193,22 @@ def search(
     ctx = SearchContext(experiment, space, task, baseline.model, {}, run_dir, experiment.search.seed)
     ctx.baseline_values = measure_baseline(study, ctx)
     recover_interrupted(study, storage)
+    _warm_start(study, ctx, baseline.fingerprint)
     _loop(study, ctx, progress=progress)
     write_outputs(load_run(run_dir), experiment)
     return load_run(run_dir)
+
+
+def _warm_start(study: optuna.Study, ctx: SearchContext, fingerprint: str) -> None:
+    budgets = ctx.experiment.search.warm_start
+    if not budgets or study.trials:
+        return
+    from autoslim.search.warm_start import enqueue_plans, plan_params, quant_component
+
+    component = quant_component(ctx.space)
+    if component is None:
+        raise AutoslimError("search.warm_start needs a per-layer quantize.weight component in the space")
+    enqueue_plans(study, plan_params(ctx.task, ctx.baseline_model, fingerprint, component, budgets))
 
 
 def _loop(study: optuna.Study, ctx: SearchContext, *, progress: bool) -> None:

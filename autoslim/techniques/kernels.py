@@ -32,11 +32,14 @@ def int8_dynamic_linear(linear: nn.Linear, spec: GridSpec) -> nn.Module:
     scale = linear.weight_scale.detach()
     zero = linear.weight_zero_point.detach()
     q = (quantize_levels(weight, scale, zero, spec).to(torch.int16) - spec.qmax).to(torch.int8)
-    if spec.granularity == "per_tensor":
-        qweight = torch._make_per_tensor_quantized_tensor(q, float(scale.reshape(-1)[0]), 0)
-    else:
-        scales = scale.reshape(-1).double()
-        qweight = torch._make_per_channel_quantized_tensor(q, scales, torch.zeros_like(scales, dtype=torch.long), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensor creation is deprecated, still the int8 path
+        if spec.granularity == "per_tensor":
+            qweight = torch._make_per_tensor_quantized_tensor(q, float(scale.reshape(-1)[0]), 0)
+        else:
+            scales = scale.reshape(-1).double()
+            zeros = torch.zeros_like(scales, dtype=torch.long)
+            qweight = torch._make_per_channel_quantized_tensor(q, scales, zeros, 0)
     module = DynamicInt8Linear(linear.in_features, linear.out_features, bias_=linear.bias is not None,
                                dtype=torch.qint8)
     module.set_weight_bias(qweight, None if linear.bias is None else linear.bias.detach().float())

@@ -167,6 +167,11 @@ class WeightQuantSpace(ComponentSpec):
     calibration: list[Literal["minmax", "percentile", "mse"]] = Field(default=["minmax"], min_length=1)
     symmetric: bool = True
 
+    def matching_layers(self, names: list[str]) -> list[str]:
+        from autoslim.space import LayerInfo
+
+        return ModelInfo(tuple(LayerInfo(n, "", 0, ()) for n in names), 0).matching(self.layers)
+
     def _pick(self, trial: optuna.Trial, key: str, options: list) -> object:
         return options[0] if len(options) == 1 else trial.suggest_categorical(f"{self.name}.{key}", options)
 

@@ -137,3 +137,16 @@ def test_sigkill_mid_search_then_rerun_loses_and_repeats_nothing(tmp_path, exper
     assert not [t for t in run.study.trials if t.state == TrialState.RUNNING]
     numbers = [t.number for t in run.study.trials]
     assert len(numbers) == len(set(numbers))
+
+
+def test_warm_start_enqueues_allocator_plans_as_first_trials(tmp_path, experiment_file):
+    space = [{"type": "quantize.weight", "bits": [2, 4, 8, "fp32"], "optional": False}]
+    path = experiment_file(trials=2, space=space, search={"trials": 2, "seed": 0, "warm_start": [0.1, 0.3]})
+    run = search(path, out=tmp_path / "run", progress=False)
+    first, second = run.study.trials[0], run.study.trials[1]
+    assert first.system_attrs.get("fixed_params") and second.system_attrs.get("fixed_params")
+    widths = lambda t: [t.params[k] for k in sorted(t.params)]  # noqa: E731
+    bits = lambda w: sum(32 if b == "fp32" else b for b in w)  # noqa: E731
+    assert bits(widths(first)) < bits(widths(second))  # the tighter budget gets fewer bits
+    assert first.state == TrialState.COMPLETE
+    assert first.user_attrs["measured"]["size_bytes"] < second.user_attrs["measured"]["size_bytes"]
