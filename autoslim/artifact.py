@@ -35,7 +35,7 @@ from autoslim.recipe import Recipe
 from autoslim.space import compressible_layers
 from autoslim.task import Task, load_task
 from autoslim.techniques.quant_grid import GridSpec, dequantize_levels, quantize_levels
-from autoslim.techniques.quantize import SCALE_BUFFER, ZERO_BUFFER, float_width_of, grid_of
+from autoslim.techniques.quantize import SCALE_BUFFER, ZERO_BUFFER, float_width_of, grid_of, grid_params
 
 RECIPE_FILE = "recipe.yaml"
 WEIGHTS_FILE = "weights.safetensors"
@@ -99,7 +99,7 @@ def _encode_weight(name: str, module: nn.Module) -> Encoded:
     spec = grid_of(module)
     if spec is None:
         return _encode_float(name, module.weight, float_width_of(module) or "fp32")
-    scale, zero = getattr(module, SCALE_BUFFER), getattr(module, ZERO_BUFFER)
+    scale, zero = grid_params(module)
     levels = quantize_levels(module.weight, scale, zero, spec)
     zero_levels = quantize_levels(torch.zeros_like(module.weight), scale, zero, spec)
     return _encode_levels(name, levels, zero_levels, spec)
@@ -137,7 +137,8 @@ def _decode_levels(name: str, entry: dict, tensors: dict[str, torch.Tensor], sta
     spec = GridSpec(bits=g["bits"], symmetric=g["symmetric"], granularity=g["granularity"],
                     group_size=g["group_size"])
     prefix = name.removesuffix("weight")
-    scale, zero = state[prefix + SCALE_BUFFER], state[prefix + ZERO_BUFFER]
+    scale = state[prefix + SCALE_BUFFER]
+    zero = state.get(prefix + ZERO_BUFFER, torch.zeros_like(scale))
     levels = quantize_levels(torch.zeros(shape), scale, zero, spec).reshape(-1).numpy().copy()
     packed = tensors[f"{name}::q"].numpy()
     if entry["enc"] == "int_dense":

@@ -28,9 +28,10 @@ def supports_int8_dynamic() -> bool:
 
 def int8_dynamic_linear(linear: nn.Linear, spec: GridSpec) -> nn.Module:
     """The same int8 levels and scales as the artifact, on the int8 GEMM kernel."""
+    from autoslim.techniques.quantize import grid_params
+
     weight = linear.weight.detach()
-    scale = linear.weight_scale.detach()
-    zero = linear.weight_zero_point.detach()
+    scale, zero = grid_params(linear)
     q = (quantize_levels(weight, scale, zero, spec).to(torch.int16) - spec.qmax).to(torch.int8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantized tensor creation is deprecated, still the int8 path

@@ -54,10 +54,22 @@ def _set_buffer(module: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def mark_grid(module: nn.Module, spec: GridSpec, scale: torch.Tensor, zero: torch.Tensor) -> None:
-    """Record the grid on the module so the artifact writer can pack its levels."""
+    """Record the grid on the module so the artifact writer can pack its levels.
+
+    Symmetric grids have no zero-point buffer: their zero point is 0 by definition, and
+    storing it would cost 4 bytes per group for nothing.
+    """
     _set_buffer(module, SCALE_BUFFER, scale)
-    _set_buffer(module, ZERO_BUFFER, zero)
+    if not spec.symmetric:
+        _set_buffer(module, ZERO_BUFFER, zero)
     setattr(module, SPEC_ATTR, spec)
+
+
+def grid_params(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, zero_point)`` of a quantized module (zeros for symmetric grids)."""
+    scale = getattr(module, SCALE_BUFFER).detach()
+    zero = module._buffers.get(ZERO_BUFFER)
+    return scale, (torch.zeros_like(scale) if zero is None else zero.detach())
 
 
 class QuantizeConfig(StageConfig):
