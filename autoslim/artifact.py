@@ -35,7 +35,13 @@ from autoslim.recipe import Recipe
 from autoslim.space import compressible_layers
 from autoslim.task import Task, load_task
 from autoslim.techniques.quant_grid import GridSpec, dequantize_levels, quantize_levels
-from autoslim.techniques.quantize import SCALE_BUFFER, ZERO_BUFFER, float_width_of, grid_of, grid_params
+from autoslim.techniques.quantize import (
+    SCALE_BUFFER,
+    ZERO_BUFFER,
+    float_width_of,
+    grid_of,
+    grid_params,
+)
 
 RECIPE_FILE = "recipe.yaml"
 WEIGHTS_FILE = "weights.safetensors"

@@ -100,9 +100,9 @@ def onnx_runtime_mlp(folder: Path) -> dict | None:
     options.intra_op_num_threads = TARGET["threads"]
     options.inter_op_num_threads = 1
     result = {"onnx_fp32_bytes": fp32_path.stat().st_size, "onnx_int8_bytes": int8_path.stat().st_size}
+    feed = {"x": x.numpy()}
     for key, path in (("ort_fp32_ms", fp32_path), ("ort_int8_ms", int8_path)):
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {"x": x.numpy()}
         result[key] = time_calls(lambda s=session: s.run(None, feed), warmup=10, repeats=50).median_ms
     torch.set_num_threads(TARGET["threads"])
     with torch.inference_mode():
