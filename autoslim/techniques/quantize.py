@@ -25,8 +25,15 @@ from torch import nn
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext, register_handler
 from autoslim.recipe import StageConfig, Target, resolve_layer_map
-from autoslim.space import ComponentSpec, ModelInfo, compressible_layers
-from autoslim.techniques.quant_grid import GridSpec, fake_quantize, grouped
+from autoslim.space import ComponentSpec, FloatRange, IntRange, ModelInfo, compressible_layers
+from autoslim.techniques.qat import attach, detach_quantizer, fold_batchnorm
+from autoslim.techniques.quant_grid import (
+    GridSpec,
+    dequantize_levels,
+    fake_quantize,
+    grouped,
+    quantize_levels,
+)
 
 BitWidth = Literal[2, 3, 4, 5, 6, 8, "fp16", "bf16", "fp32"]
 FLOAT_WIDTHS = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -86,11 +93,17 @@ class QuantizeConfig(StageConfig):
     calibration: Literal["minmax", "percentile", "mse"] = "minmax"
     percentile: float = Field(default=99.9, gt=50.0, le=100.0)
     int8_kernel: bool = True
+    fold_bn: bool = False
+    qat_epochs: int = Field(default=0, ge=0)
+    qat_lr: float = Field(default=1e-4, gt=0.0)
+    qat_method: Literal["ste", "lsq"] = "ste"
 
     @model_validator(mode="after")
-    def _group_size_for_groups(self) -> QuantizeConfig:
+    def _consistent(self) -> QuantizeConfig:
         if (self.granularity == "group") != (self.group_size is not None):
             raise ValueError("group_size is required with granularity: group, and only then")
+        if self.qat_method == "lsq" and not self.symmetric:
+            raise ValueError("qat_method lsq learns symmetric grids only (set symmetric: true)")
         return self
 
     def widths(self, layer_names: list[str]) -> dict[str, int | str]:
@@ -113,23 +126,29 @@ def _check_groups(module: nn.Module, spec: GridSpec, name: str) -> None:
 
 @register_handler(QuantizeConfig)
 class WeightQuantHandler:
-    @torch.no_grad()
     def apply(self, model: nn.Module, config: QuantizeConfig, ctx: ApplyContext) -> nn.Module:
+        if config.fold_bn:
+            fold_batchnorm(model)
         layers = compressible_layers(model)
+        specs = {}
         for name, width in config.widths(list(layers)).items():
-            module = layers[name]
             if width in FLOAT_WIDTHS:
-                module.weight.copy_(module.weight.to(FLOAT_WIDTHS[width]).float())
-                setattr(module, FLOAT_ATTR, width)
+                with torch.no_grad():
+                    layers[name].weight.copy_(layers[name].weight.to(FLOAT_WIDTHS[width]).float())
+                setattr(layers[name], FLOAT_ATTR, width)
                 continue
-            spec = config.grid(width)
-            _check_groups(module, spec, name)
-            dequantized, scale, zero = fake_quantize(module.weight, spec)
-            module.weight.copy_(dequantized)
-            mark_grid(module, spec, scale, zero)
+            specs[name] = config.grid(width)
+            _check_groups(layers[name], specs[name], name)
+        learned = {}
+        if config.qat_epochs > 0 and specs:
+            learned = _train_aware(model, {n: layers[n] for n in specs}, specs, config, ctx)
+        for name, spec in specs.items():
+            _snap_to_grid(layers[name], spec, learned=learned.get(name))
         return model
 
     def rebuild(self, model: nn.Module, config: QuantizeConfig) -> nn.Module:
+        if config.fold_bn:
+            fold_batchnorm(model)
         layers = compressible_layers(model)
         for name, width in config.widths(list(layers)).items():
             module = layers[name]
@@ -155,6 +174,35 @@ class WeightQuantHandler:
         return model
 
 
+def _train_aware(model: nn.Module, layers: dict[str, nn.Module], specs: dict[str, GridSpec],
+                 config: QuantizeConfig, ctx: ApplyContext) -> dict[str, tuple]:
+    """QAT: fake-quantize the layers' weights, fine-tune through the estimator, and
+    return the grids LSQ learned (STE grids are re-calibrated afterwards)."""
+    for name, module in layers.items():
+        attach(module, specs[name], config.qat_method)
+    learned = {}
+    try:
+        ctx.fine_tune(model, epochs=config.qat_epochs, lr=config.qat_lr)
+    finally:
+        for name, module in layers.items():
+            grid = detach_quantizer(module)
+            if grid is not None:
+                learned[name] = grid
+    return learned
+
+
+@torch.no_grad()
+def _snap_to_grid(module: nn.Module, spec: GridSpec, *, learned: tuple | None = None) -> None:
+    """Put the weight exactly on its grid (PTQ calibration, or LSQ's learned step)."""
+    if learned is None:
+        dequantized, scale, zero = fake_quantize(module.weight, spec)
+    else:
+        scale, zero = learned
+        dequantized = dequantize_levels(quantize_levels(module.weight, scale, zero, spec), scale, zero, spec)
+    module.weight.copy_(dequantized)
+    mark_grid(module, spec, scale, zero)
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -178,11 +226,22 @@ class WeightQuantSpace(ComponentSpec):
     granularity: list[Literal["per_tensor", "per_channel"]] = Field(default=["per_channel"], min_length=1)
     calibration: list[Literal["minmax", "percentile", "mse"]] = Field(default=["minmax"], min_length=1)
     symmetric: bool = True
+    fold_bn: list[bool] = Field(default=[False], min_length=1)
+    qat_epochs: IntRange = IntRange(low=0, high=0)
+    qat_lr: FloatRange = FloatRange(low=1e-5, high=1e-3, log=True)
+    qat_method: list[Literal["ste", "lsq"]] = Field(default=["ste"], min_length=1)
 
     def matching_layers(self, names: list[str]) -> list[str]:
         from autoslim.space import LayerInfo
 
         return ModelInfo(tuple(LayerInfo(n, "", 0, ()) for n in names), 0).matching(self.layers)
+
+    def _suggest_qat(self, trial: optuna.Trial) -> dict:
+        epochs = self.qat_epochs.suggest(trial, f"{self.name}.qat_epochs")
+        if epochs == 0:
+            return {}
+        return {"qat_epochs": epochs, "qat_lr": self.qat_lr.suggest(trial, f"{self.name}.qat_lr"),
+                "qat_method": self._pick(trial, "qat_method", self.qat_method)}
 
     def _pick(self, trial: optuna.Trial, key: str, options: list) -> object:
         return options[0] if len(options) == 1 else trial.suggest_categorical(f"{self.name}.{key}", options)
@@ -191,7 +250,8 @@ class WeightQuantSpace(ComponentSpec):
         if not self.enabled(trial):
             return None
         grid = {"granularity": self._pick(trial, "granularity", self.granularity),
-                "calibration": self._pick(trial, "calibration", self.calibration), "symmetric": self.symmetric}
+                "calibration": self._pick(trial, "calibration", self.calibration), "symmetric": self.symmetric,
+                "fold_bn": self._pick(trial, "fold_bn", self.fold_bn), **self._suggest_qat(trial)}
         if not self.per_layer:
             return QuantizeConfig(default=trial.suggest_categorical(f"{self.name}.bits", self.bits), **grid)
         choices = resolve_layer_map(self.layer_bits, info.names)
