@@ -14,7 +14,10 @@ Calibration picks the clipping range per group:
 - ``minmax``: the full range of the weights (no clipping);
 - ``percentile``: the ``percentile``-th percentile of ``|w|`` (sym) or both tails (asym);
 - ``mse``: the clip in a fixed grid of ratios of the min-max range that minimises the
-  group's squared quantization error.
+  group's squared quantization error;
+- ``kl``: the entropy calibration of TensorRT (Migacz 2017) on a histogram of ``|w|``:
+  the threshold whose quantized distribution is closest in KL divergence to the clipped
+  original one. Asymmetric grids apply the symmetric threshold to both tails.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 MSE_RATIOS = torch.linspace(0.3, 1.0, 36)
+KL_BINS = 256
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class GridSpec:
     symmetric: bool = True
     granularity: str = "per_channel"  # per_tensor | per_channel | group
     group_size: int | None = None
-    calibration: str = "minmax"  # minmax | percentile | mse
+    calibration: str = "minmax"  # minmax | percentile | mse | kl
     percentile: float = 99.9
 
     @property
@@ -66,10 +70,51 @@ def _clip_range(groups: torch.Tensor, spec: GridSpec) -> tuple[torch.Tensor, tor
             high = torch.quantile(groups.abs(), q, dim=-1)
             return -high, high
         return torch.quantile(groups, 1 - q, dim=-1), torch.quantile(groups, q, dim=-1)
+    if spec.calibration == "kl":
+        high = kl_threshold(groups.abs(), spec.qmax + 1)
+        return (-high, high) if spec.symmetric else (torch.maximum(groups.amin(dim=-1), -high),
+                                                     torch.minimum(groups.amax(dim=-1), high))
     if spec.symmetric:
         high = groups.abs().amax(dim=-1)
         return -high, high
     return groups.amin(dim=-1), groups.amax(dim=-1)
+
+
+def _kl_rows(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    p = p / p.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    q = q / q.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    mask = p > 0
+    return torch.where(mask, p * (torch.log(p.clamp_min(1e-12)) - torch.log(q.clamp_min(1e-12))), 0).sum(-1)
+
+
+def _quantized_histogram(p: torch.Tensor, levels: int) -> torch.Tensor:
+    """Merge ``p``'s bins into ``levels`` equal chunks, spreading each chunk's mass over its
+    non-empty bins (empty bins stay empty, as in TensorRT's calibration)."""
+    width = p.shape[-1]
+    chunk = torch.div(torch.arange(width) * levels, width, rounding_mode="floor")
+    one_hot = torch.nn.functional.one_hot(chunk, levels).to(p.dtype)  # [width, levels]
+    mass = p @ one_hot
+    support = (p > 0).to(p.dtype) @ one_hot
+    spread = mass / support.clamp_min(1)
+    return (spread @ one_hot.T) * (p > 0)
+
+
+def kl_threshold(magnitudes: torch.Tensor, levels: int) -> torch.Tensor:
+    """Per-group clip of ``|w|`` minimising KL(clipped || quantized), over KL_BINS bins."""
+    top = magnitudes.amax(dim=-1).clamp_min(1e-12)
+    index = torch.clamp((magnitudes / top[..., None] * KL_BINS).long(), max=KL_BINS - 1)
+    hist = torch.zeros(*index.shape[:-1], KL_BINS, dtype=torch.float64)
+    hist.scatter_add_(-1, index, torch.ones_like(index, dtype=torch.float64))
+    best = torch.full(top.shape, float("inf"), dtype=torch.float64)
+    threshold = top.clone()
+    for cut in range(levels, KL_BINS + 1):
+        p = hist[..., :cut].clone()
+        p[..., -1] += hist[..., cut:].sum(dim=-1)
+        divergence = _kl_rows(p, _quantized_histogram(hist[..., :cut], levels))
+        better = divergence < best
+        best = torch.where(better, divergence, best)
+        threshold = torch.where(better, top * cut / KL_BINS, threshold)
+    return threshold.to(magnitudes.dtype)
 
 
 def _params_for(low: torch.Tensor, high: torch.Tensor, spec: GridSpec) -> tuple[torch.Tensor, torch.Tensor]:

@@ -90,7 +90,7 @@ class QuantizeConfig(StageConfig):
     granularity: Literal["per_tensor", "per_channel", "group"] = "per_channel"
     group_size: int | None = Field(default=None, ge=2)
     symmetric: bool = True
-    calibration: Literal["minmax", "percentile", "mse"] = "minmax"
+    calibration: Literal["minmax", "percentile", "mse", "kl"] = "minmax"
     percentile: float = Field(default=99.9, gt=50.0, le=100.0)
     int8_kernel: bool = True
     fold_bn: bool = False
@@ -224,7 +224,7 @@ class WeightQuantSpace(ComponentSpec):
     layers: str = ".*"
     layer_bits: dict[str, list[BitWidth]] = Field(default_factory=dict)
     granularity: list[Literal["per_tensor", "per_channel"]] = Field(default=["per_channel"], min_length=1)
-    calibration: list[Literal["minmax", "percentile", "mse"]] = Field(default=["minmax"], min_length=1)
+    calibration: list[Literal["minmax", "percentile", "mse", "kl"]] = Field(default=["minmax"], min_length=1)
     symmetric: bool = True
     fold_bn: list[bool] = Field(default=[False], min_length=1)
     qat_epochs: IntRange = IntRange(low=0, high=0)

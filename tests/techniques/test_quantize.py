@@ -113,3 +113,16 @@ def test_config_validation():
     with pytest.raises(ValueError, match="group_size is required"):
         QuantizeConfig(granularity="group")
     assert QuantizeConfig(default=8, layers={"re:b.*": "fp32", "a": 2}).widths(["a", "b1", "c"]) == {"a": 2, "c": 8}
+
+
+def test_kl_calibration_keeps_uniform_data_whole_and_clips_an_outlier():
+    from autoslim.techniques.quant_grid import kl_threshold
+
+    uniform = torch.linspace(0.0, 1.0, 4096).reshape(1, -1)
+    assert kl_threshold(uniform, 8).item() == pytest.approx(1.0)
+    torch.manual_seed(0)
+    outlier = torch.cat([torch.randn(1, 4000).abs(), torch.tensor([[30.0]])], dim=1)
+    clip = kl_threshold(outlier, 8).item()
+    assert 2.0 < clip < 5.0  # most of the grid goes to the bulk, not to the single 30
+    scale, _ = qparams(outlier, GridSpec(bits=4, calibration="kl"))
+    assert scale.item() == pytest.approx(clip / 7)
