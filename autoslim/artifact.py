@@ -34,8 +34,10 @@ from autoslim.pipeline import prepare_runtime, rebuild_structure
 from autoslim.recipe import Recipe
 from autoslim.space import compressible_layers
 from autoslim.task import Task, load_task
+from autoslim.techniques.codebook import CodebookSpec, assign, lookup
 from autoslim.techniques.quant_grid import GridSpec, dequantize_levels, quantize_levels
 from autoslim.techniques.quantize import (
+    CODEBOOK_BUFFER,
     SCALE_BUFFER,
     ZERO_BUFFER,
     float_width_of,
@@ -59,12 +61,44 @@ class Encoded:
 STORED_FLOATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _grid_layout(spec: GridSpec) -> dict:
-    return {"bits": spec.bits, "symmetric": spec.symmetric, "granularity": spec.granularity,
+def _grid_layout(spec: GridSpec | CodebookSpec) -> dict:
+    if isinstance(spec, CodebookSpec):
+        return {"kind": "codebook", "bits": spec.bits, "codebook": spec.kind, "per_channel": spec.per_channel}
+    return {"kind": "uniform", "bits": spec.bits, "symmetric": spec.symmetric, "granularity": spec.granularity,
             "group_size": spec.group_size}
 
 
-def _encode_levels(name: str, levels: torch.Tensor, zero_levels: torch.Tensor, spec: GridSpec) -> Encoded:
+def _spec_from_layout(grid: dict) -> GridSpec | CodebookSpec:
+    if grid.get("kind") == "codebook":
+        return CodebookSpec(bits=grid["bits"], kind=grid["codebook"], per_channel=grid["per_channel"])
+    return GridSpec(bits=grid["bits"], symmetric=grid["symmetric"], granularity=grid["granularity"],
+                    group_size=grid["group_size"])
+
+
+def _codebook_zero_levels(codebook: torch.Tensor, shape: list[int], spec: CodebookSpec) -> torch.Tensor:
+    """Per weight, the index of the codebook's exact 0.0 entry (255 where there is none)."""
+    is_zero = codebook == 0
+    index = torch.where(is_zero.any(dim=1), is_zero.float().argmax(dim=1), torch.tensor(255))
+    return index.to(torch.uint8)[:, None].expand(codebook.shape[0], int(np.prod(shape)) // codebook.shape[0])
+
+
+def _levels_and_zero(weight: torch.Tensor, spec, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored levels of a weight and, per element, the level that decodes to 0.0."""
+    if isinstance(spec, CodebookSpec):
+        codebook = params["codebook"]
+        return assign(weight, codebook, spec), _codebook_zero_levels(codebook, list(weight.shape), spec)
+    scale, zero = params["scale"], params["zero"]
+    return (quantize_levels(weight, scale, zero, spec),
+            quantize_levels(torch.zeros_like(weight), scale, zero, spec))
+
+
+def _dequantize(levels: torch.Tensor, spec, params: dict) -> torch.Tensor:
+    if isinstance(spec, CodebookSpec):
+        return lookup(levels, params["codebook"], spec)
+    return dequantize_levels(levels, params["scale"], params["zero"], spec)
+
+
+def _encode_levels(name: str, levels: torch.Tensor, zero_levels: torch.Tensor, spec: GridSpec | CodebookSpec) -> Encoded:
     """Unsigned levels, dense-packed or as bitmap + packed non-zeros, whichever is smaller.
 
     "Zero" is the level that decodes to 0.0 (the zero point), so pruned weights cost one
@@ -105,10 +139,22 @@ def _encode_weight(name: str, module: nn.Module) -> Encoded:
     spec = grid_of(module)
     if spec is None:
         return _encode_float(name, module.weight, float_width_of(module) or "fp32")
-    scale, zero = grid_params(module)
-    levels = quantize_levels(module.weight, scale, zero, spec)
-    zero_levels = quantize_levels(torch.zeros_like(module.weight), scale, zero, spec)
+    levels, zero_levels = _levels_and_zero(module.weight, spec, _module_params(module, spec))
     return _encode_levels(name, levels, zero_levels, spec)
+
+
+def _module_params(module: nn.Module, spec) -> dict:
+    if isinstance(spec, CodebookSpec):
+        return {"codebook": getattr(module, CODEBOOK_BUFFER).detach()}
+    scale, zero = grid_params(module)
+    return {"scale": scale, "zero": zero}
+
+
+def _state_params(state: dict, prefix: str, spec) -> dict:
+    if isinstance(spec, CodebookSpec):
+        return {"codebook": state[prefix + CODEBOOK_BUFFER]}
+    scale = state[prefix + SCALE_BUFFER]
+    return {"scale": scale, "zero": state.get(prefix + ZERO_BUFFER, torch.zeros_like(scale))}
 
 
 def encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
@@ -139,20 +185,17 @@ def _decode_float(name: str, entry: dict, tensors: dict[str, torch.Tensor]) -> t
 
 
 def _decode_levels(name: str, entry: dict, tensors: dict[str, torch.Tensor], state: dict) -> torch.Tensor:
-    shape, g = entry["shape"], entry["grid"]
-    spec = GridSpec(bits=g["bits"], symmetric=g["symmetric"], granularity=g["granularity"],
-                    group_size=g["group_size"])
-    prefix = name.removesuffix("weight")
-    scale = state[prefix + SCALE_BUFFER]
-    zero = state.get(prefix + ZERO_BUFFER, torch.zeros_like(scale))
-    levels = quantize_levels(torch.zeros(shape), scale, zero, spec).reshape(-1).numpy().copy()
+    shape, spec = entry["shape"], _spec_from_layout(entry["grid"])
+    params = _state_params(state, name.removesuffix("weight"), spec)
+    _, zero_levels = _levels_and_zero(torch.zeros(shape), spec, params)
+    levels = zero_levels.reshape(-1).numpy().copy()
     packed = tensors[f"{name}::q"].numpy()
     if entry["enc"] == "int_dense":
         levels[:] = unpack_bits(packed, spec.bits, levels.size)
     else:
         mask = unpack_bits(tensors[f"{name}::mask"].numpy(), 1, levels.size).astype(bool)
         levels[mask] = unpack_bits(packed, spec.bits, entry["nnz"])
-    return dequantize_levels(torch.from_numpy(levels).reshape(shape), scale, zero, spec)
+    return _dequantize(torch.from_numpy(levels).reshape(shape), spec, params)
 
 
 def decode_state(tensors: dict[str, torch.Tensor], layout: dict[str, dict]) -> dict[str, torch.Tensor]:

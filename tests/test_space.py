@@ -83,3 +83,18 @@ def test_bundled_presets_load():
 
     for preset in sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml")):
         assert SearchSpace.load(preset).components
+
+
+def test_codebook_grids_use_their_own_width_parameters():
+    space = SearchSpace.from_spec([{"type": "quantize.weight", "optional": False, "bits": [2, 4, 8, "fp32"],
+                                    "grid_kind": ["uniform", "kmeans"]}])
+    params = {"quant.grid_kind": "kmeans", "quant.cbits.0": 2, "quant.cbits.3": "fp32"}
+    (stage,) = space.suggest(optuna.trial.FixedTrial(params), info())
+    assert stage == QuantizeConfig(layers={"0": 2, "3": "fp32"}, grid_kind="kmeans")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        (stage,) = space.suggest(trial, info())
+        widths = set(stage.layers.values())
+        assert stage.grid_kind == "uniform" or widths <= {2, 4, "fp32"}
+        study.tell(trial, 0.0)

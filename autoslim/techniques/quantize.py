@@ -26,6 +26,13 @@ from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext, register_handler
 from autoslim.recipe import StageConfig, Target, resolve_layer_map
 from autoslim.space import ComponentSpec, FloatRange, IntRange, ModelInfo, compressible_layers
+from autoslim.techniques.codebook import (
+    MAX_CODEBOOK_BITS,
+    CodebookSpec,
+    assign,
+    lookup,
+    make_codebook,
+)
 from autoslim.techniques.qat import attach, detach_quantizer, fold_batchnorm
 from autoslim.techniques.quant_grid import (
     GridSpec,
@@ -40,10 +47,11 @@ FLOAT_WIDTHS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 SPEC_ATTR = "autoslim_grid"
 FLOAT_ATTR = "autoslim_float"
 SCALE_BUFFER = "weight_scale"
+CODEBOOK_BUFFER = "weight_codebook"
 ZERO_BUFFER = "weight_zero_point"
 
 
-def grid_of(module: nn.Module) -> GridSpec | None:
+def grid_of(module: nn.Module) -> GridSpec | CodebookSpec | None:
     """The integer grid a quantize stage gave this module, or None."""
     return getattr(module, SPEC_ATTR, None)
 
@@ -97,9 +105,18 @@ class QuantizeConfig(StageConfig):
     qat_epochs: int = Field(default=0, ge=0)
     qat_lr: float = Field(default=1e-4, gt=0.0)
     qat_method: Literal["ste", "lsq"] = "ste"
+    grid_kind: Literal["uniform", "pow2", "log", "kmeans"] = "uniform"
+    codebook_per_channel: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantizeConfig:
+        if self.grid_kind != "uniform":
+            widths = [self.default, *self.layers.values()]
+            too_wide = sorted({w for w in widths if isinstance(w, int) and w > MAX_CODEBOOK_BITS})
+            if too_wide:
+                raise ValueError(f"{self.grid_kind} codebooks take 2-{MAX_CODEBOOK_BITS} bits, not {too_wide}")
+            if self.qat_epochs:
+                raise ValueError("QAT learns uniform grids; use grid_kind: uniform with qat_epochs")
         if (self.granularity == "group") != (self.group_size is not None):
             raise ValueError("group_size is required with granularity: group, and only then")
         if self.qat_method == "lsq" and not self.symmetric:
@@ -112,7 +129,9 @@ class QuantizeConfig(StageConfig):
         plan = {name: resolved.get(name, self.default) for name in layer_names}
         return {name: bits for name, bits in plan.items() if bits != "fp32"}
 
-    def grid(self, bits: int) -> GridSpec:
+    def grid(self, bits: int) -> GridSpec | CodebookSpec:
+        if self.grid_kind != "uniform":
+            return CodebookSpec(bits=bits, kind=self.grid_kind, per_channel=self.codebook_per_channel)
         return GridSpec(bits=bits, symmetric=self.symmetric, granularity=self.granularity,
                         group_size=self.group_size, calibration=self.calibration, percentile=self.percentile)
 
@@ -138,7 +157,8 @@ class WeightQuantHandler:
                 setattr(layers[name], FLOAT_ATTR, width)
                 continue
             specs[name] = config.grid(width)
-            _check_groups(layers[name], specs[name], name)
+            if isinstance(specs[name], GridSpec):
+                _check_groups(layers[name], specs[name], name)
         learned = {}
         if config.qat_epochs > 0 and specs:
             learned = _train_aware(model, {n: layers[n] for n in specs}, specs, config, ctx)
@@ -156,6 +176,11 @@ class WeightQuantHandler:
                 setattr(module, FLOAT_ATTR, width)
                 continue
             spec = config.grid(width)
+            if isinstance(spec, CodebookSpec):
+                groups = module.weight.shape[0] if spec.per_channel else 1
+                _set_buffer(module, CODEBOOK_BUFFER, torch.zeros(groups, spec.entries))
+                setattr(module, SPEC_ATTR, spec)
+                continue
             shape = grouped(module.weight, spec).shape[:2]
             mark_grid(module, spec, torch.ones(shape), torch.zeros(shape))
         return model
@@ -168,8 +193,8 @@ class WeightQuantHandler:
             return model
         for name, module in list(compressible_layers(model).items()):
             spec = grid_of(module)
-            if isinstance(module, nn.Linear) and spec is not None and spec.bits == 8 and spec.symmetric \
-                    and spec.granularity != "group":
+            if isinstance(module, nn.Linear) and isinstance(spec, GridSpec) and spec.bits == 8 \
+                    and spec.symmetric and spec.granularity != "group":
                 _replace(model, name, int8_dynamic_linear(module, spec))
         return model
 
@@ -192,8 +217,14 @@ def _train_aware(model: nn.Module, layers: dict[str, nn.Module], specs: dict[str
 
 
 @torch.no_grad()
-def _snap_to_grid(module: nn.Module, spec: GridSpec, *, learned: tuple | None = None) -> None:
+def _snap_to_grid(module: nn.Module, spec: GridSpec | CodebookSpec, *, learned: tuple | None = None) -> None:
     """Put the weight exactly on its grid (PTQ calibration, or LSQ's learned step)."""
+    if isinstance(spec, CodebookSpec):
+        codebook = make_codebook(module.weight, spec)
+        module.weight.copy_(lookup(assign(module.weight, codebook, spec), codebook, spec))
+        _set_buffer(module, CODEBOOK_BUFFER, codebook)
+        setattr(module, SPEC_ATTR, spec)
+        return
     if learned is None:
         dequantized, scale, zero = fake_quantize(module.weight, spec)
     else:
@@ -230,6 +261,7 @@ class WeightQuantSpace(ComponentSpec):
     qat_epochs: IntRange = IntRange(low=0, high=0)
     qat_lr: FloatRange = FloatRange(low=1e-5, high=1e-3, log=True)
     qat_method: list[Literal["ste", "lsq"]] = Field(default=["ste"], min_length=1)
+    grid_kind: list[Literal["uniform", "pow2", "log", "kmeans"]] = Field(default=["uniform"], min_length=1)
 
     def matching_layers(self, names: list[str]) -> list[str]:
         from autoslim.space import LayerInfo
@@ -251,12 +283,25 @@ class WeightQuantSpace(ComponentSpec):
             return None
         grid = {"granularity": self._pick(trial, "granularity", self.granularity),
                 "calibration": self._pick(trial, "calibration", self.calibration), "symmetric": self.symmetric,
-                "fold_bn": self._pick(trial, "fold_bn", self.fold_bn), **self._suggest_qat(trial)}
+                "fold_bn": self._pick(trial, "fold_bn", self.fold_bn),
+                "grid_kind": self._pick(trial, "grid_kind", self.grid_kind)}
+        uniform = grid["grid_kind"] == "uniform"
+        if uniform:
+            grid |= self._suggest_qat(trial)
+        # Codebook grids allow fewer widths; a separate parameter name keeps each
+        # Optuna distribution's choice set fixed across trials.
+        key, allowed = ("bits", self.bits) if uniform else ("cbits", self._codebook_widths(self.bits))
         if not self.per_layer:
-            return QuantizeConfig(default=trial.suggest_categorical(f"{self.name}.bits", self.bits), **grid)
+            return QuantizeConfig(default=trial.suggest_categorical(f"{self.name}.{key}", allowed), **grid)
         choices = resolve_layer_map(self.layer_bits, info.names)
-        plan = {
-            layer: trial.suggest_categorical(f"{self.name}.bits.{layer}", choices.get(layer, self.bits))
-            for layer in info.matching(self.layers)
-        }
+        plan = {}
+        for layer in info.matching(self.layers):
+            options = choices.get(layer, self.bits)
+            options = options if uniform else self._codebook_widths(options)
+            plan[layer] = trial.suggest_categorical(f"{self.name}.{key}.{layer}", options)
         return QuantizeConfig(layers=plan, **grid)
+
+    @staticmethod
+    def _codebook_widths(options: list) -> list:
+        kept = [b for b in options if not isinstance(b, int) or b <= MAX_CODEBOOK_BITS]
+        return kept or ["fp32"]
