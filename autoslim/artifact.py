@@ -33,6 +33,9 @@ from autoslim.pack import pack_bits, packed_nbytes, unpack_bits
 from autoslim.pipeline import prepare_runtime, rebuild_structure
 from autoslim.recipe import Recipe
 from autoslim.space import compressible_layers
+from autoslim.sparse.choose import smallest_format
+from autoslim.sparse.formats import decode_tensor
+from autoslim.sparse.runtime import sparse_runtime
 from autoslim.task import Task, load_task
 from autoslim.techniques.codebook import CodebookSpec, assign, lookup
 from autoslim.techniques.quant_grid import GridSpec, dequantize_levels, quantize_levels
@@ -117,22 +120,21 @@ def _encode_levels(name: str, levels: torch.Tensor, zero_levels: torch.Tensor, s
     return Encoded({k: torch.from_numpy(v) for k, v in data.items()}, layout)
 
 
+def _encode_matrix(name: str, matrix: torch.Tensor, shape: list[int], *, value_bits: int | None) -> Encoded:
+    """The smallest of every sparse format for this weight (dense included), measured by
+    actually encoding it (:func:`autoslim.sparse.choose.smallest_format`)."""
+    fmt, encoded = smallest_format(matrix.reshape(shape[0], -1), value_bits=value_bits)
+    tensors = {f"{name}::{key}": torch.from_numpy(np.ascontiguousarray(array)) for key, array in encoded.arrays.items()}
+    return Encoded(tensors, {"enc": "sparse", "format": fmt, "meta": encoded.meta, "shape": shape})
+
+
 def _encode_float(name: str, weight: torch.Tensor, width: str) -> Encoded:
-    """A float weight at its stored width: dense, or bitmap + non-zeros when smaller."""
-    dtype = STORED_FLOATS[width]
-    flat = weight.detach().reshape(-1).to(dtype).contiguous()
-    nonzero = (flat != 0).numpy()
-    nnz, n, size = int(nonzero.sum()), flat.numel(), flat.element_size()
-    layout = {"shape": list(weight.shape), "dtype": width}
-    if packed_nbytes(n, 1) + size * nnz < size * n:
-        tensors = {
-            f"{name}::mask": torch.from_numpy(pack_bits(nonzero.astype(np.uint8), 1)),
-            f"{name}::values": flat[torch.from_numpy(nonzero)].clone(),
-        }
-        return Encoded(tensors, layout | {"enc": "float_bitmap", "nnz": nnz})
-    if width == "fp32":
+    """A float weight at its stored width, in its smallest format (fp32 dense stays raw)."""
+    stored = weight.detach().to(STORED_FLOATS[width]).contiguous()
+    enc = _encode_matrix(name, stored, list(weight.shape), value_bits=None)
+    if width == "fp32" and enc.layout["format"] == "dense":
         return Encoded({name: weight.detach().contiguous()}, {"enc": "raw"})
-    return Encoded({f"{name}::values": flat}, layout | {"enc": "float_dense"})
+    return enc
 
 
 def _encode_weight(name: str, module: nn.Module) -> Encoded:
@@ -140,6 +142,12 @@ def _encode_weight(name: str, module: nn.Module) -> Encoded:
     if spec is None:
         return _encode_float(name, module.weight, float_width_of(module) or "fp32")
     levels, zero_levels = _levels_and_zero(module.weight, spec, _module_params(module, spec))
+    if isinstance(spec, GridSpec) and spec.symmetric:
+        # Signed levels make 0.0 the integer 0, which every sparse format treats as absent.
+        signed = (levels.to(torch.int16) - spec.qmax).to(torch.int8)
+        enc = _encode_matrix(name, signed, list(levels.shape), value_bits=spec.bits)
+        enc.layout["grid"] = _grid_layout(spec)
+        return enc
     return _encode_levels(name, levels, zero_levels, spec)
 
 
@@ -172,16 +180,15 @@ def encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, d
     return tensors, layout
 
 
-def _decode_float(name: str, entry: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    shape = entry["shape"]
-    values = tensors[f"{name}::values"]
-    if entry["enc"] == "float_dense":
-        return values.float().reshape(shape)
-    count = int(np.prod(shape))
-    mask = torch.from_numpy(unpack_bits(tensors[f"{name}::mask"].numpy(), 1, count).astype(bool))
-    flat = torch.zeros(count, dtype=torch.float32)
-    flat[mask] = values.float()
-    return flat.reshape(shape)
+def _decode_matrix(name: str, entry: dict, tensors: dict[str, torch.Tensor], state: dict) -> torch.Tensor:
+    prefix = f"{name}::"
+    arrays = {k[len(prefix):]: v.numpy() for k, v in tensors.items() if k.startswith(prefix)}
+    matrix = decode_tensor((arrays, entry["meta"])).reshape(entry["shape"])
+    if "grid" not in entry:
+        return matrix.float()
+    spec = _spec_from_layout(entry["grid"])
+    levels = (matrix.to(torch.int16) + spec.qmax).to(torch.uint8)
+    return _dequantize(levels, spec, _state_params(state, name.removesuffix("weight"), spec))
 
 
 def _decode_levels(name: str, entry: dict, tensors: dict[str, torch.Tensor], state: dict) -> torch.Tensor:
@@ -202,8 +209,8 @@ def decode_state(tensors: dict[str, torch.Tensor], layout: dict[str, dict]) -> d
     """Inverse of :func:`encode_state`: a plain ``state_dict`` for ``load_state_dict``."""
     state = {k: v for k, v in tensors.items() if "::" not in k}
     for name, entry in layout.items():
-        if entry["enc"].startswith("float_"):
-            state[name] = _decode_float(name, entry, tensors)
+        if entry["enc"] == "sparse":
+            state[name] = _decode_matrix(name, entry, tensors, state)
         else:
             state[name] = _decode_levels(name, entry, tensors, state)
     return state
@@ -273,7 +280,9 @@ def load_artifact(path: str | Path, *, task: Task | None = None, runtime: bool =
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise AutoslimError(f"artifact {path} does not fit its recipe's model: {first}") from None
-    model = prepare_runtime(model.eval(), recipe) if runtime else model.eval()
+    model = model.eval()
+    if runtime:
+        model = sparse_runtime(prepare_runtime(model, recipe), recipe.target)
     return LoadedArtifact(model, recipe, task, artifact_bytes(path))
 
 

@@ -77,6 +77,8 @@ class Target(StrictModel):
     batch_size: int = Field(default=64, ge=1)
     warmup: int = Field(default=10, ge=0)
     repeats: int = Field(default=30, ge=3)
+    # Run pruned Linear layers on the CSR kernel where the measured crossover says it wins.
+    sparse_kernels: bool = True
 
 
 class Provenance(StrictModel):

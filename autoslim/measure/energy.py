@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from autoslim.sparse.execute import SparseLinear
 from autoslim.techniques.kernels import DynamicInt8Linear
 
 # picojoules, Horowitz ISSCC 2014 (45 nm)
@@ -26,7 +27,9 @@ PJ_SRAM_PER_BYTE = 5.0 / 4  # 32-bit read from an 8 KB SRAM
 
 
 def _macs(module: nn.Module, output: torch.Tensor) -> int:
-    if isinstance(module, (nn.Linear, DynamicInt8Linear)):
+    if isinstance(module, SparseLinear) and module.kernel == "csr":
+        return output.numel() // module.out_features * module.matrix.values.numel()  # only non-zeros
+    if isinstance(module, (nn.Linear, DynamicInt8Linear, SparseLinear)):
         return output.numel() * module.in_features
     kernel = module.weight[0].numel()  # in_channels/groups × kernel size
     return output.numel() * kernel
@@ -36,6 +39,9 @@ def _weight_and_dtype(module: nn.Module) -> tuple[int, int, torch.dtype]:
     """(weight elements, bytes per element, compute dtype) of what the kernel really reads."""
     if isinstance(module, DynamicInt8Linear):
         return module.in_features * module.out_features, 1, torch.int8
+    if isinstance(module, SparseLinear) and module.kernel == "csr":
+        matrix = module.matrix  # value + int64 column index per non-zero; row pointers ignored
+        return matrix.values.numel(), matrix.values.element_size() + matrix.col_indices.element_size(), torch.float32
     return module.weight.numel(), module.weight.element_size(), module.weight.dtype
 
 
@@ -51,7 +57,7 @@ def estimate_energy_mj(model: nn.Module, batch: torch.Tensor) -> float:
         moved = inputs[0].numel() * inputs[0].element_size() + output.numel() * output.element_size()
         total_pj += moved * PJ_SRAM_PER_BYTE
 
-    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, DynamicInt8Linear)
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, DynamicInt8Linear, SparseLinear)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     try:
         with torch.inference_mode():

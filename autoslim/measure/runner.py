@@ -42,12 +42,15 @@ def measure_artifact(path: str | Path, target: Target, *, splits: tuple[str, ...
     from autoslim.measure.latency import model_latency
     from autoslim.measure.memory import peak_memory_bytes
     from autoslim.recipe import Recipe
+    from autoslim.sparse.runtime import warm_crossovers
     from autoslim.task import load_task
 
     torch.set_num_threads(target.threads)
     task = load_task(Recipe.load(Path(path) / "recipe.yaml").task)
     batch = task.example_batch(target.batch_size).to(target.device)
     _warm_up_runtime(target.device)
+    # Crossover timings allocate test matrices; take them (or their cache) before the peak window.
+    warm_crossovers(load_artifact(path, task=task, runtime=False).model, target)
     loaded: dict = {}
 
     def load_and_run() -> None:

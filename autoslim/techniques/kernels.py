@@ -51,5 +51,7 @@ def kernel_name(module: nn.Module) -> str:
     """What executes this layer, for reports and the energy estimate."""
     if isinstance(module, DynamicInt8Linear):
         return "int8 dynamic (torch fbgemm/x86)"
+    if getattr(module, "kernel", None) == "csr":
+        return "fp32 CSR (torch.sparse)"
     dtype = getattr(getattr(module, "weight", None), "dtype", torch.float32)
     return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32 dense")
