@@ -226,7 +226,7 @@ def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path) -> Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (tmp / RECIPE_FILE).write_text(recipe.core().to_yaml())
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={LAYOUT_KEY: json.dumps(layout, sort_keys=True)})
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={LAYOUT_KEY: json.dumps(layout, sort_keys=True, separators=(",", ":"))})
         _set_default_permissions(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)

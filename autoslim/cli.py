@@ -183,6 +183,15 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from autoslim.results.report import write_report
+    from autoslim.run import load_run
+
+    html_path, md_path = write_report(load_run(args.run_dir), args.output, stages=not args.no_stages)
+    print(f"wrote {html_path} and {md_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autoslim", description="Search, export and apply measured compression recipes.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -210,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--select", help="knee | min NAME [where COND and ...] | max NAME [...]")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("report", help="self-contained HTML report (+ Markdown summary) of a run")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output", default="report.html")
+    p.add_argument("--no-stages", action="store_true", help="skip the measured per-stage breakdown")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("apply", help="build an artifact from a recipe and measure it")
     p.add_argument("recipe")
     p.add_argument("-o", "--output", required=True)

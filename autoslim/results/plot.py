@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -143,9 +143,11 @@ def _new_figure(panels: int) -> tuple[Figure, list[Axes]]:
     return fig, axes
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _save(fig: Figure, path: str | Path | BinaryIO) -> Path | BinaryIO:
+    """Write PNG to a path (parents created) or to a binary file object (for embedding)."""
+    out = path if hasattr(path, "write") else Path(path)
+    if isinstance(out, Path):
+        out.parent.mkdir(parents=True, exist_ok=True)
     try:
         fig.savefig(out, format="png", dpi=100)
     finally:

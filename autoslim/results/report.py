@@ -1,0 +1,194 @@
+"""Self-contained reports of a run: one HTML file (plots embedded) and a Markdown summary.
+
+The report puts the fp32 baseline next to the points a user most often wants (knee, most
+accurate within 1 pt, smallest, fastest). For each point it gives the per-stage
+breakdown, as the seed article's ResNet-50 table does, but measured. Every stage prefix
+of the point's recipe is rebuilt, saved and measured like any artifact, so each row is
+what shipping the pipeline up to that stage would give.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from autoslim.recipe import write_text_atomic
+from autoslim.results.select import select_named_points
+from autoslim.run import Run
+
+STAGE_COLUMNS = ("size_bytes", "latency_ms", "peak_memory_bytes", "energy_mj")
+POINT_TITLES = {"knee": "knee point", "most_accurate_within_1pt": "most accurate within 1 pt",
+                "smallest": "smallest", "fastest": "fastest"}
+
+
+@dataclass
+class Report:
+    run: Run
+    points: dict[str, int]
+    stages: dict[int, pd.DataFrame] = field(default_factory=dict)
+
+
+def stage_breakdown(run: Run, trial_number: int) -> pd.DataFrame:
+    """Measure the artifact after each stage prefix of a trial's recipe (fresh processes)."""
+    from autoslim.artifact import save_artifact
+    from autoslim.measure import measure_in_subprocess
+    from autoslim.pipeline import apply_recipe
+
+    recipe = run.recipe(trial_number)
+    metric = run.metric_name
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in range(len(recipe.stages) + 1):
+            prefix = recipe.model_copy(update={"stages": recipe.stages[:count]})
+            label = "fp32 baseline" if count == 0 else f"+ {recipe.stages[count - 1].kind}"
+            out = save_artifact(apply_recipe(prefix), prefix, Path(tmp) / f"stage_{count}")
+            values = measure_in_subprocess(out, prefix.target, splits=("val", "test"))
+            rows.append({"stage": label, metric: values[metric], f"test_{metric}": values[f"test_{metric}"],
+                         **{k: values[k] for k in STAGE_COLUMNS}})
+    return pd.DataFrame(rows)
+
+
+def build_report(run: Run, *, stages: bool = True) -> Report:
+    table = run.table()
+    points = select_named_points(table, run.objectives, run.baseline, run.metric_name)
+    report = Report(run=run, points=points)
+    if stages:
+        for number in sorted(set(points.values())):
+            report.stages[number] = stage_breakdown(run, number)
+    return report
+
+
+def _energy_label(run: Run) -> str:
+    return f"energy_mj ({run.baseline.get('energy_source', 'estimated')})"
+
+
+def points_table(report: Report) -> pd.DataFrame:
+    """The baseline and each selected point, with every measured value and ratios."""
+    run, table = report.run, report.run.table().set_index("trial")
+    metric = run.metric_name
+    columns = [metric, *STAGE_COLUMNS]
+    rows = [{"point": "fp32 baseline", "trial": "", **{c: run.baseline.get(c) for c in columns}}]
+    for key, number in report.points.items():
+        row = table.loc[number]
+        rows.append({"point": POINT_TITLES[key], "trial": number, **{c: row.get(c) for c in columns}})
+    frame = pd.DataFrame(rows)
+    base = run.baseline
+    frame["size ×"] = frame["size_bytes"] / base["size_bytes"]
+    frame["latency ×"] = frame["latency_ms"] / base["latency_ms"]
+    frame[f"{metric} drop (pt)"] = 100 * (base[metric] - frame[metric])
+    return frame.rename(columns={"energy_mj": _energy_label(run)})
+
+
+def _png_data_uri(draw) -> str:
+    buffer = io.BytesIO()
+    draw(buffer)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _plots(run: Run) -> list[tuple[str, str]]:
+    from autoslim.results.plot import plot_front
+    from autoslim.search.outputs import hypervolume_summary
+
+    table = run.table()
+    done = table[table["state"] == "COMPLETE"]
+    if done.empty:
+        return []
+    _, _, history = hypervolume_summary(run, table)
+    front = run.front()["trial"].tolist()
+    uri = _png_data_uri(lambda buf: plot_front(done, run.objectives, run.baseline, front, buf, hv_history=history))
+    return [("Pareto front (projections) and hypervolume over trials", uri)]
+
+
+def _fmt(value: float) -> str:
+    """Byte counts and other large integral values exactly; the rest to 4 significant digits."""
+    if value != value:
+        return ""
+    if value == int(value) and abs(value) >= 1000:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=_fmt, na_rep="", border=0, escape=True)
+
+
+def render_html(report: Report) -> str:
+    run = report.run
+    title = f"autoslim report: {html.escape(run.info['experiment'])}"
+    parts = [f"<h1>{title}</h1>", _summary_paragraph(report, markdown=False)]
+    parts += ["<h2>Baseline and selected points</h2>", _html_table(points_table(report))]
+    for name, number in report.points.items():
+        if number in report.stages:
+            parts += [f"<h3>Per-stage breakdown: {POINT_TITLES[name]} (trial {number})</h3>",
+                      _html_table(report.stages[number].rename(columns={"energy_mj": _energy_label(run)}))]
+    for caption, uri in _plots(run):
+        parts += [f"<h2>{html.escape(caption)}</h2>", f'<img class="plot" alt="{html.escape(caption)}" src="{uri}">']
+    parts += ["<h2>Pareto front</h2>", _html_table(run.front())]
+    return _page(title, "\n".join(parts))
+
+
+def _summary_paragraph(report: Report, *, markdown: bool) -> str:
+    run, table = report.run, report.run.table()
+    counts = table["state"].value_counts().to_dict()
+    source = run.baseline.get("energy_source", "estimated")
+    text = (f"{len(table)} trials ({counts.get('COMPLETE', 0)} complete, {counts.get('FAIL', 0)} failed); "
+            f"objectives {json.dumps(run.objectives)}; every value measured on the saved artifact; "
+            f"energy is {source}.")
+    return text if markdown else f"<p>{html.escape(text)}</p>"
+
+
+def _page(title: str, body: str) -> str:
+    # The inline script records how many plots decoded, so a headless browser can check them.
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}img.plot{{max-width:100%}}</style>
+</head><body>
+{body}
+<script>
+window.addEventListener("load", function () {{
+  var imgs = Array.from(document.querySelectorAll("img.plot"));
+  document.body.dataset.plotsLoaded = imgs.filter(function (i) {{ return i.naturalWidth > 0; }}).length;
+  document.body.dataset.plots = imgs.length;
+}});
+</script>
+</body></html>
+"""
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    def cell(value: object) -> str:
+        return _fmt(value) if isinstance(value, float) else str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def render_markdown(report: Report) -> str:
+    run = report.run
+    lines = [f"# autoslim report: {run.info['experiment']}", "", _summary_paragraph(report, markdown=True), "",
+             "## Baseline and selected points", "", _md_table(points_table(report))]
+    for name, number in report.points.items():
+        if number in report.stages:
+            lines += ["", f"### Per-stage breakdown: {POINT_TITLES[name]} (trial {number})", "",
+                      _md_table(report.stages[number])]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run: Run, out_html: str | Path, *, stages: bool = True) -> tuple[Path, Path]:
+    """Write ``report.html`` and the Markdown summary beside it (``.md``)."""
+    report = build_report(run, stages=stages)
+    out_html = Path(out_html)
+    write_text_atomic(out_html, render_html(report))
+    out_md = out_html.with_suffix(".md")
+    write_text_atomic(out_md, render_markdown(report))
+    return out_html, out_md
