@@ -35,11 +35,18 @@ class ApplyContext:
     hooks: TrainHooks = field(default_factory=TrainHooks)
     records: dict[str, Any] = field(default_factory=dict)
     stage_index: int = 0
+    skip_training: bool = False
 
     def fine_tune(
         self, model: nn.Module, *, epochs: int, lr: float, extra: TrainHooks | None = None
     ) -> nn.Module:
-        """Fine-tune with the recipe's shared hooks plus a stage's own (e.g. mask upkeep)."""
+        """Fine-tune with the recipe's shared hooks plus a stage's own (e.g. mask upkeep).
+
+        A dry run (``skip_training``) builds the final structure without training, which
+        is all the cost objectives (size, latency, memory, energy) depend on.
+        """
+        if self.skip_training:
+            return model
         hooks = TrainHooks(
             loss=(extra.loss if extra and extra.loss else self.hooks.loss),
             after_step=[*self.hooks.after_step, *(extra.after_step if extra else [])],
@@ -85,6 +92,7 @@ def apply_recipe(
     task: Task | None = None,
     model: nn.Module | None = None,
     hooks: TrainHooks | None = None,
+    dry_run: bool = False,
 ) -> nn.Module:
     """Apply every stage in order to the task's trained fp32 model (or ``model``).
 
@@ -96,7 +104,7 @@ def apply_recipe(
 
     task = task or load_task(recipe.task)
     model = model if model is not None else load_baseline(recipe.task, task).model
-    ctx = ApplyContext(task=task, seed=recipe.seed, hooks=hooks or TrainHooks())
+    ctx = ApplyContext(task=task, seed=recipe.seed, hooks=hooks or TrainHooks(), skip_training=dry_run)
     for index, stage in enumerate(recipe.stages):
         ctx.stage_index = index
         model = handler_for(stage).apply(model, stage, ctx)

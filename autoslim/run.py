@@ -99,7 +99,8 @@ def trials_table(study: optuna.Study, objectives: dict[str, str]) -> pd.DataFram
             row[name] = value
         row["feasible"] = t.state.name == "COMPLETE" and all(v <= 0 for v in t.constraints.values())
         row.update({k: v for k, v in measured.items() if k not in objectives})
-        row["fail_reason"] = t.user_attrs.get("fail_reason", "")
+        row["fail_reason"] = t.user_attrs.get("fail_reason", "") or t.user_attrs.get("stop_reason", "")
+        row["epochs_run"] = len(t.user_attrs.get("curve", []))
         row["seconds"] = t.duration.total_seconds() if t.duration else math.nan
         row.update({f"param:{k}": v for k, v in t.params.items()})
         rows.append(row)

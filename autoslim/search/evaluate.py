@@ -1,7 +1,9 @@
 """The one trial body: suggest → recipe → apply → artifact → measure → objectives.
 
 Both the local driver and (later) the Ray backend call :func:`evaluate_trial`; it never
-reads a number from the in-memory model, only from the saved artifact.
+reads a number from the in-memory model, only from the saved artifact. With early
+stopping on, the costs are measured first on a dry-run artifact (no training), and each
+fine-tune epoch's validation metric goes to the stopping rule.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from pathlib import Path
 import optuna
 from torch import nn
 
-from autoslim.artifact import save_artifact
+from autoslim.artifact import artifact_bytes, save_artifact
 from autoslim.errors import TrialFailed
 from autoslim.measure import measure_in_subprocess
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
+from autoslim.search.early_stop import ParetoStopper, StopTrial
 from autoslim.search.experiment import Experiment
 from autoslim.space import ModelInfo, SearchSpace
 from autoslim.task import Task
+from autoslim.train import TrainHooks
 
 
 @dataclass
@@ -41,6 +45,10 @@ class SearchContext:
     def info(self) -> ModelInfo:
         return ModelInfo.from_model(self.baseline_model)
 
+    @property
+    def cost_objectives(self) -> list[str]:
+        return [name for name in self.experiment.objectives if name != self.task.metric_name]
+
     def artifact_dir(self, trial_number: int) -> Path:
         return self.run_dir / "artifacts" / f"trial_{trial_number}"
 
@@ -50,15 +58,48 @@ def suggest_recipe(trial: optuna.Trial, ctx: SearchContext) -> Recipe:
     return Recipe(task=ctx.experiment.task, seed=ctx.seed, target=ctx.experiment.target, stages=stages)
 
 
-def evaluate_trial(trial: optuna.Trial, ctx: SearchContext) -> dict[str, float]:
+def dry_run_costs(recipe: Recipe, ctx: SearchContext, out: Path) -> dict[str, float]:
+    """Cost objectives of the recipe's structure, from an artifact built without training."""
+    model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), dry_run=True)
+    save_artifact(model, recipe, out)
+    try:
+        if set(ctx.cost_objectives) <= {"size_bytes"}:
+            values = {"size_bytes": artifact_bytes(out)}  # bytes need no measuring process
+        else:
+            values = measure_in_subprocess(out, ctx.experiment.target)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return {name: float(values[name]) for name in ctx.cost_objectives}
+
+
+def _epoch_hook(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper, costs: dict[str, float]):
+    curve: list[float] = []
+
+    def on_epoch_end(model: nn.Module, epoch: int) -> None:
+        curve.append(ctx.task.evaluate(model, "val"))
+        trial.set_user_attr("curve", list(curve))
+        reason = stopper.decide(len(curve) - 1, curve[-1], costs)
+        if reason is not None:
+            raise StopTrial(reason)
+
+    return on_epoch_end
+
+
+def evaluate_trial(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper | None = None) -> dict[str, float]:
     """Run one trial and return every measured value (objectives and extras).
 
     Records the recipe on the trial first, so even a failed trial says what it tried.
+    Raises :class:`StopTrial` when the stopping rule ends its fine-tuning.
     """
     recipe = suggest_recipe(trial, ctx)
     trial.set_user_attr("recipe", recipe.to_dict())
-    model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model))
     out = ctx.artifact_dir(trial.number)
+    hooks = TrainHooks()
+    if stopper is not None:
+        costs = dry_run_costs(recipe, ctx, out)
+        trial.set_user_attr("dry_run_costs", costs)
+        hooks.on_epoch_end.append(_epoch_hook(trial, ctx, stopper, costs))
+    model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), hooks=hooks)
     save_artifact(model, recipe, out)
     try:
         values = measure_in_subprocess(out, ctx.experiment.target)

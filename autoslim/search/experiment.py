@@ -58,6 +58,14 @@ class Constraint(StrictModel):
         return value / base - self.max_ratio
 
 
+class EarlyStopping(StrictModel):
+    """Pareto-aware early stopping of fine-tunes (see :mod:`autoslim.search.early_stop`)."""
+
+    enabled: bool = False
+    quantile: float = Field(default=0.9, gt=0.0, le=1.0)
+    min_curves: int = Field(default=3, ge=1)
+
+
 class SearchSettings(StrictModel):
     trials: int = Field(default=40, ge=1)
     timeout: float | None = Field(default=None, gt=0)
@@ -68,6 +76,7 @@ class SearchSettings(StrictModel):
     # Byte budgets (fractions of the fp32 weight bytes) for the mixed-precision allocator;
     # each plan is enqueued as a first trial of a fresh study.
     warm_start: list[float] = Field(default_factory=list)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
 
 
 class Experiment(StrictModel):

@@ -25,9 +25,10 @@ from autoslim.errors import AutoslimError, TrialFailed
 from autoslim.measure import OBJECTIVE_NAMES, measure_in_subprocess
 from autoslim.recipe import Recipe
 from autoslim.run import ATTR_PREFIX, JOURNAL_FILE, Run, load_run, open_storage, write_run_info
+from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, StopTrial
 from autoslim.search.evaluate import SearchContext, evaluate_trial, suggest_recipe
 from autoslim.search.experiment import Experiment, check_objectives, fingerprints, load_experiment
-from autoslim.search.outputs import prune_artifacts, write_outputs
+from autoslim.search.outputs import front_numbers, prune_artifacts, write_outputs
 from autoslim.space import ModelInfo, SearchSpace
 from autoslim.task import load_task
 
@@ -133,11 +134,27 @@ def _alive(pid: int) -> bool:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that used budget: completed ones and genuine failures (not interruptions)."""
+    """Trials that used budget: completed, early-stopped and genuinely failed (not interrupted)."""
     return sum(
-        1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
         if t.user_attrs.get("fail_reason") != INTERRUPTED
     )
+
+
+def make_stopper(study: optuna.Study, ctx: SearchContext) -> ParetoStopper | None:
+    """The early-stopping rule calibrated on the study's completed trials so far."""
+    settings = ctx.experiment.search.early_stopping
+    metric = ctx.task.metric_name
+    if not settings.enabled or metric not in ctx.experiment.objectives:
+        return None
+    done = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    curves = tuple(Curve(tuple(t.user_attrs["curve"]), t.user_attrs["measured"][metric])
+                   for t in done.values() if t.user_attrs.get("curve"))
+    front = tuple(FrontPoint(done[n].user_attrs["measured"][metric],
+                             {c: done[n].user_attrs["measured"][c] for c in ctx.cost_objectives})
+                  for n in front_numbers(study, ctx.experiment.objectives))
+    return ParetoStopper(curves=curves, front=front, maximize=ctx.experiment.objectives[metric] == "maximize",
+                         quantile=settings.quantile, min_curves=settings.min_curves)
 
 
 def measure_baseline(study: optuna.Study, ctx: SearchContext) -> dict[str, float]:
@@ -158,7 +175,11 @@ def run_one_trial(study: optuna.Study, ctx: SearchContext) -> None:
     trial.set_user_attr(ATTR_PREFIX + "host", socket.gethostname())
     trial.set_user_attr(ATTR_PREFIX + "pid", os.getpid())
     try:
-        values = evaluate_trial(trial, ctx)
+        values = evaluate_trial(trial, ctx, make_stopper(study, ctx))
+    except StopTrial as stop:
+        trial.set_user_attr("stop_reason", str(stop))
+        study.tell(trial, state=TrialState.PRUNED)
+        return
     except KeyboardInterrupt:
         trial.set_user_attr("fail_reason", INTERRUPTED)
         study.tell(trial, state=TrialState.FAIL)
@@ -226,7 +247,8 @@ def _loop(study: optuna.Study, ctx: SearchContext, *, progress: bool) -> None:
             done = finished_count(study)
             failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                          if t.user_attrs.get("fail_reason") != INTERRUPTED)
-            bar.set_postfix(front=len(front), failed=failed)
+            stopped = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+            bar.set_postfix(front=len(front), failed=failed, stopped=stopped)
             bar.update(min(done, settings.trials) - bar.n)
     finally:
         bar.close()

@@ -110,7 +110,8 @@ def write_outputs(run: Run, experiment: Experiment) -> dict:
         "labels": run.labels,
         "energy_source": run.baseline.get("energy_source", "estimated"),
         "baseline": run.baseline,
-        "trials": {state: int((table["state"] == state).sum()) for state in ("COMPLETE", "FAIL", "RUNNING")},
+        "trials": {state: int((table["state"] == state).sum())
+                   for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
         "hypervolume": hv,
         "hypervolume_reference": ref,
         "front": [

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, dominated, optimistic_gain
+from autoslim.search.local import search
+
+CURVES = (Curve((0.80, 0.85, 0.88), 0.90), Curve((0.70, 0.80, 0.85), 0.86), Curve((0.60, 0.75, 0.82), 0.84))
+
+
+def test_optimistic_gain_is_the_quantile_of_the_gains_still_to_come():
+    # gains after epoch 0: 0.10, 0.16, 0.24 -> the 0.5 quantile is 0.16, the max is 0.24
+    assert optimistic_gain(CURVES, 0, quantile=0.5, maximize=True) == pytest.approx(0.16)
+    assert optimistic_gain(CURVES, 0, quantile=1.0, maximize=True) == pytest.approx(0.24)
+    assert optimistic_gain(CURVES, 5, quantile=0.5, maximize=True) is None
+    losses = (Curve((2.0, 1.5), 1.0),)
+    assert optimistic_gain(losses, 0, quantile=1.0, maximize=False) == pytest.approx(1.0)
+
+
+def test_domination_needs_no_worse_everywhere_and_better_somewhere():
+    front = (FrontPoint(0.95, {"size_bytes": 1000.0}),)
+    assert dominated(0.90, {"size_bytes": 1000.0}, front, maximize=True)
+    assert dominated(0.95, {"size_bytes": 2000.0}, front, maximize=True)
+    assert not dominated(0.95, {"size_bytes": 1000.0}, front, maximize=True)  # equal is not dominated
+    assert not dominated(0.90, {"size_bytes": 500.0}, front, maximize=True)  # cheaper: may join the front
+
+
+def test_stopper_waits_for_enough_curves_then_stops_only_hopeless_trials():
+    front = (FrontPoint(0.90, {"size_bytes": 1000.0}),)
+    stopper = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3)
+    assert stopper.decide(0, 0.60, {"size_bytes": 1500.0}) is not None  # 0.60 + 0.24 < 0.90
+    assert stopper.decide(0, 0.70, {"size_bytes": 1500.0}) is None  # 0.70 + 0.24 could still reach it
+    assert stopper.decide(0, 0.10, {"size_bytes": 900.0}) is None  # cheaper than every front point
+    cautious = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=4)
+    assert cautious.decide(0, 0.10, {"size_bytes": 1500.0}) is None
+
+
+@pytest.mark.slow
+def test_search_records_stopped_trials_and_exact_dry_run_costs(tmp_path, experiment_file, monkeypatch):
+    space = [{"type": "prune.magnitude", "optional": False, "scopes": ["global"],
+              "fine_tune_epochs": {"low": 3, "high": 3}}]
+    path = experiment_file(trials=3, space=space,
+                           search={"trials": 3, "seed": 0, "early_stopping": {"enabled": True}})
+
+    def decide(self, epoch, metric, costs):
+        return "stopped by the test" if epoch == 1 and len(self.curves) >= 1 else None
+
+    monkeypatch.setattr(ParetoStopper, "decide", decide)
+    run = search(path, out=tmp_path / "run", progress=False)
+    trials = run.study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    first = trials[0]
+    assert len(first.user_attrs["curve"]) == 3
+    assert first.user_attrs["dry_run_costs"]["size_bytes"] == first.user_attrs["measured"]["size_bytes"]
+    assert [len(t.user_attrs["curve"]) for t in trials[1:]] == [2, 2]
+    assert trials[1].user_attrs["stop_reason"] == "stopped by the test"
+    table = run.table()
+    assert list(table["epochs_run"]) == [3, 2, 2]
