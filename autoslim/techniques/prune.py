@@ -1,29 +1,50 @@
-"""Unstructured magnitude pruning, layer-wise or global, with a masked fine-tune.
+"""Unstructured pruning, layer-wise or global, one-shot or on a schedule, with a masked fine-tune.
 
-Masking and exact top-k selection come from ``torch.nn.utils.prune`` (it keeps the mask
-applied during fine-tuning through a forward pre-hook); this module decides *how much*
-to prune where, and makes the zeros permanent afterwards. Zeros only become bytes and
-time through the artifact's sparse encoding, never by assumption.
+Masks live in ``torch.nn.utils.prune``'s reparametrisation (``weight_orig`` × ``weight_mask``,
+re-applied by a forward pre-hook), so a fine-tune never revives a pruned weight; this
+module decides *which* weights (an importance criterion, see
+:mod:`autoslim.techniques.importance`) and *when*:
+
+- ``oneshot``: prune to the target, then fine-tune;
+- ``cubic`` / ``polynomial``: Zhu & Gupta's gradual schedule, applied after optimiser
+  steps of the fine-tune through ``TrainHooks.after_step``;
+- ``iterative``: ``rounds`` of prune → fine-tune, each removing the same share of survivors;
+- ``lottery``: iterative magnitude pruning with rewinding (Frankle et al. 2019): the
+  surviving weights go back to an early checkpoint of a fresh model trained for
+  ``rewind_epochs``, then retrain.
+
+A weight pruned once stays pruned (its score is −inf at later events). Everything depends
+only on the recipe, seed and data, so replay is exact. Zeros only become bytes and time
+through the artifact's sparse encoding, never by assumption.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Literal
 
 import optuna
+import torch
 from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext, register_handler
 from autoslim.recipe import StageConfig, resolve_layer_map
 from autoslim.space import ComponentSpec, FloatRange, IntRange, ModelInfo, compressible_layers
+from autoslim.techniques.importance import GradStats, calibrate, element_scores, get_criterion
+from autoslim.techniques.schedules import is_pruning_step, iterative_sparsities, polynomial_sparsity
+from autoslim.train import TrainHooks
 
 Sparsity = float
+Schedule = Literal["oneshot", "cubic", "polynomial", "iterative", "lottery"]
+UnstructuredCriterion = Literal["l1", "l2", "taylor", "fisher", "random"]
 
 
 class PruneConfig(StageConfig):
-    """Zero the smallest-magnitude weights: ``global`` ranks all targeted layers together,
+    """Zero the least important weights: ``global`` ranks all targeted layers together,
     ``layer`` prunes each layer to its own sparsity (``layers`` overrides ``sparsity``)."""
 
     kind: Literal["prune"] = "prune"
@@ -32,6 +53,16 @@ class PruneConfig(StageConfig):
     layers: dict[str, float] = Field(default_factory=dict)
     fine_tune_epochs: int = Field(default=0, ge=0)
     lr: float = Field(default=1e-3, gt=0.0)
+    criterion: UnstructuredCriterion = "l1"
+    calibration_samples: int = Field(default=64, ge=1)
+    schedule: Schedule = "oneshot"
+    initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
+    start_step: int = Field(default=0, ge=0)
+    end_step: int | None = Field(default=None, ge=1)
+    frequency: int = Field(default=10, ge=1)
+    power: float = Field(default=3.0, gt=0.0)
+    rounds: int = Field(default=3, ge=1)
+    rewind_epochs: int = Field(default=1, ge=0)
 
     @model_validator(mode="after")
     def _check_layers(self) -> PruneConfig:
@@ -40,6 +71,10 @@ class PruneConfig(StageConfig):
         for name, value in self.layers.items():
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"sparsity for {name!r} must be in [0, 1), got {value}")
+        if self.schedule == "cubic" and self.power != 3.0:
+            raise ValueError("schedule cubic has power 3; use schedule polynomial for another power")
+        if self.schedule != "oneshot" and self.fine_tune_epochs == 0:
+            raise ValueError(f"schedule {self.schedule} needs fine_tune_epochs >= 1")
         return self
 
 
@@ -48,40 +83,150 @@ def prune_count(numel: int, sparsity: float) -> int:
     return round(numel * sparsity)
 
 
-def apply_masks(model: nn.Module, config: PruneConfig) -> list[nn.Module]:
-    """Attach ``torch.nn.utils.prune`` masks per the config; returns the masked modules."""
+def _effective(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked weight, trained parameter): under a mask the parameter is ``weight_orig``."""
+    if hasattr(module, "weight_mask"):
+        return module.weight_orig.detach() * module.weight_mask, module.weight_orig
+    return module.weight.detach(), module.weight
+
+
+def _scores(module: nn.Module, config: PruneConfig, stats: GradStats) -> torch.Tensor:
+    weight, param = _effective(module)
+    scores = element_scores(weight, get_criterion(config.criterion), stats, param).float()
+    if hasattr(module, "weight_mask"):
+        scores = scores.masked_fill(module.weight_mask == 0, float("-inf"))  # pruned stays pruned
+    return scores
+
+
+def _lowest_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Ones except the ``count`` lowest scores (torch's L1Unstructured picks the same)."""
+    mask = torch.ones(scores.numel())
+    if count > 0:
+        mask[torch.topk(scores.reshape(-1), k=count, largest=False).indices] = 0
+    return mask.reshape(scores.shape)
+
+
+def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    if hasattr(module, "weight_mask"):
+        module.weight_mask.copy_(mask)
+    else:
+        torch_prune.custom_from_mask(module, "weight", mask)
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, config: PruneConfig, *, target: Callable[[float], float] | None = None,
+                stats: GradStats | None = None) -> list[nn.Module]:
+    """Mask every targeted layer; returns the masked modules.
+
+    ``target`` maps a final sparsity (global, or a layer's own) to the one in force now,
+    which is how schedules walk towards the recipe's target; by default it is the final.
+    """
+    stats = stats or GradStats()
+    target = target or (lambda final: final)
     layers = compressible_layers(model)
     if config.scope == "global":
-        params = [(module, "weight") for module in layers.values()]
-        total = sum(module.weight.numel() for module in layers.values())
-        amount = prune_count(total, config.sparsity)
-        torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=amount)
+        sizes = [m.weight.numel() for m in layers.values()]
+        count = prune_count(sum(sizes), target(config.sparsity))
+        flat = torch.cat([_scores(m, config, stats).reshape(-1) for m in layers.values()]) if count else torch.zeros(sum(sizes))
+        for module, piece in zip(layers.values(), _lowest_mask(flat, count).split(sizes), strict=True):
+            _set_mask(module, piece.reshape(module.weight.shape))
         return list(layers.values())
     per_layer = resolve_layer_map(config.layers, layers)
-    masked = []
     for name, module in layers.items():
-        sparsity = per_layer.get(name, config.sparsity)
-        torch_prune.l1_unstructured(module, "weight", amount=prune_count(module.weight.numel(), sparsity))
-        masked.append(module)
-    return masked
+        count = prune_count(module.weight.numel(), target(per_layer.get(name, config.sparsity)))
+        scores = _scores(module, config, stats) if count else torch.zeros(module.weight.shape)
+        _set_mask(module, _lowest_mask(scores, count))
+    return list(layers.values())
+
+
+def _stats(model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> GradStats:
+    """Gradient statistics when the criterion needs them, and the seeded generator."""
+    stats = GradStats()
+    if get_criterion(config.criterion).needs_grad:
+        train = ctx.task.data.train
+        stats = calibrate(model, train.inputs[: config.calibration_samples],
+                          train.targets[: config.calibration_samples], ctx.task.loss)
+    stats.generator = torch.Generator().manual_seed(ctx.seed + 7919 * ctx.stage_index)
+    return stats
+
+
+def _remove(modules: list[nn.Module]) -> None:
+    for module in modules:
+        # Folds weight_orig * weight_mask into a plain weight with exact zeros.
+        torch_prune.remove(module, "weight")
 
 
 @register_handler(PruneConfig)
 class MagnitudePruneHandler:
     def apply(self, model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> nn.Module:
-        masked = apply_masks(model, config)
-        ctx.fine_tune(model, epochs=config.fine_tune_epochs, lr=config.lr)
-        for module in masked:
-            # Folds weight_orig * weight_mask into a plain weight with exact zeros.
-            torch_prune.remove(module, "weight")
+        if config.schedule in ("cubic", "polynomial"):
+            masked = self._gradual(model, config, ctx)
+        elif config.schedule in ("iterative", "lottery"):
+            masked = self._rounds(model, config, ctx)
+        else:
+            masked = apply_masks(model, config, stats=_stats(model, config, ctx))
+            ctx.fine_tune(model, epochs=config.fine_tune_epochs, lr=config.lr)
+        _remove(masked)
         return model
+
+    def _gradual(self, model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> list[nn.Module]:
+        steps = config.fine_tune_epochs * math.ceil(len(ctx.task.data.train) / ctx.task.train.batch_size)
+        start = config.start_step
+        end = min(config.end_step or max(start + 1, int(0.7 * steps)), steps - 1)
+        if end <= start:
+            raise AutoslimError(f"gradual pruning: start_step {start} is not before the end step {end}")
+        masked = apply_masks(model, config, target=lambda final: 0.0)
+
+        def after_step(m: nn.Module, step: int) -> None:
+            if is_pruning_step(step, start=start, end=end, frequency=config.frequency):
+                def now(final: float) -> float:
+                    return polynomial_sparsity(step, final=final, initial=min(config.initial_sparsity, final),
+                                               start=start, end=end, frequency=config.frequency, power=config.power)
+                apply_masks(m, config, target=now, stats=_stats(m, config, ctx))
+
+        ctx.fine_tune(model, epochs=config.fine_tune_epochs, lr=config.lr, extra=TrainHooks(after_step=[after_step]))
+        return masked
+
+    def _rounds(self, model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> list[nn.Module]:
+        checkpoint = _rewind_point(model, config, ctx) if config.schedule == "lottery" else None
+        masked: list[nn.Module] = []
+        for i in range(config.rounds):
+            def now(final: float, i: int = i) -> float:
+                return iterative_sparsities(final, config.rounds)[i]
+            masked = apply_masks(model, config, target=now, stats=_stats(model, config, ctx))
+            if checkpoint is not None:
+                _rewind(model, checkpoint)
+            ctx.fine_tune(model, epochs=config.fine_tune_epochs, lr=config.lr)
+        return masked
 
     def rebuild(self, model: nn.Module, config: PruneConfig) -> nn.Module:
         return model  # unstructured zeros keep every shape
 
 
+def _rewind_point(model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> dict[str, torch.Tensor]:
+    """The early checkpoint: a fresh model (seeded init) trained for ``rewind_epochs``."""
+    torch.manual_seed(ctx.seed)
+    fresh = ctx.task.build_model()
+    ctx.fine_tune(fresh, epochs=config.rewind_epochs, lr=ctx.task.train.lr)
+    state = {k: v.detach().clone() for k, v in fresh.state_dict().items()}
+    current = {k.replace("weight_orig", "weight"): v.shape for k, v in model.state_dict().items() if not k.endswith("_mask")}
+    if {k: v.shape for k, v in state.items()} != current:
+        raise AutoslimError("lottery rewinding needs the task's own architecture: put it before structural stages")
+    return state
+
+
+@torch.no_grad()
+def _rewind(model: nn.Module, checkpoint: dict[str, torch.Tensor]) -> None:
+    """Load the checkpoint into every parameter and buffer, keeping the masks."""
+    for name, tensor in model.state_dict().items():
+        if name.endswith("_mask"):
+            continue
+        tensor.copy_(checkpoint[name.replace("weight_orig", "weight")])
+
+
 class MagnitudePruneSpace(ComponentSpec):
-    """Search dimensions: scope, sparsity (global or per layer), fine-tune epochs and lr."""
+    """Search dimensions: scope, sparsity (global or per layer), schedule, criterion,
+    fine-tune epochs and lr. One-element choice lists add no trial parameter."""
 
     type: Literal["prune.magnitude"] = "prune.magnitude"
     scopes: list[Literal["global", "layer"]] = Field(default=["global", "layer"], min_length=1)
@@ -89,17 +234,25 @@ class MagnitudePruneSpace(ComponentSpec):
     layers: str = ".*"
     fine_tune_epochs: IntRange = IntRange(low=0, high=3)
     lr: FloatRange = FloatRange(low=1e-4, high=3e-3, log=True)
+    schedules: list[Schedule] = Field(default=["oneshot"], min_length=1)
+    criteria: list[UnstructuredCriterion] = Field(default=["l1"], min_length=1)
+
+    def _pick(self, trial: optuna.Trial, key: str, choices: list) -> str:
+        return choices[0] if len(choices) == 1 else trial.suggest_categorical(f"{self.name}.{key}", choices)
 
     def suggest(self, trial: optuna.Trial, info: ModelInfo) -> PruneConfig | None:
         if not self.enabled(trial):
             return None
         n = self.name
-        scope = self.scopes[0] if len(self.scopes) == 1 else trial.suggest_categorical(f"{n}.scope", self.scopes)
+        scope = self._pick(trial, "scope", self.scopes)
         if scope == "global":
             kwargs = {"sparsity": self.sparsity.suggest(trial, f"{n}.sparsity")}
         else:
             targets = info.matching(self.layers)
             kwargs = {"layers": {name: self.sparsity.suggest(trial, f"{n}.sparsity.{name}") for name in targets}}
+        schedule = self._pick(trial, "schedule", self.schedules)
+        criterion = self._pick(trial, "criterion", self.criteria)
         epochs = self.fine_tune_epochs.suggest(trial, f"{n}.fine_tune_epochs")
+        epochs = max(epochs, 1) if schedule != "oneshot" else epochs
         lr = self.lr.suggest(trial, f"{n}.lr") if epochs > 0 else PruneConfig().lr
-        return PruneConfig(scope=scope, fine_tune_epochs=epochs, lr=lr, **kwargs)
+        return PruneConfig(scope=scope, fine_tune_epochs=epochs, lr=lr, schedule=schedule, criterion=criterion, **kwargs)
