@@ -278,8 +278,8 @@ def load_artifact(path: str | Path, *, task: Task | None = None, runtime: bool =
     try:
         model.load_state_dict(decode_state(tensors, layout), strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise AutoslimError(f"artifact {path} does not fit its recipe's model: {first}") from None
+        detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc).splitlines()[0])
+        raise AutoslimError(f"artifact {path} does not fit its recipe's model: {detail[:200]}") from None
     model = model.eval()
     if runtime:
         model = sparse_runtime(prepare_runtime(model, recipe), recipe.target)

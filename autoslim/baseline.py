@@ -8,6 +8,7 @@ JSON record of the baseline's metrics; it is written atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,6 +36,11 @@ class Baseline:
     model: nn.Module
     metrics: dict[str, float]
     fingerprint: str
+    weights_sha: str = ""
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def load_baseline(ref: TaskRef, task: Task, *, log: bool = False) -> Baseline:
@@ -46,7 +52,7 @@ def load_baseline(ref: TaskRef, task: Task, *, log: bool = False) -> Baseline:
     if (folder / "model.safetensors").is_file():
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
         metrics = json.loads((folder / "metrics.json").read_text())["metrics"]
-        return Baseline(model.eval(), metrics, fingerprint)
+        return Baseline(model.eval(), metrics, fingerprint, _sha(folder / "model.safetensors"))
     if log:
         print(f"training the fp32 baseline for {task.name} ({task.train.epochs} epochs, cached as {fingerprint})")
     train(model, task, epochs=task.train.epochs, lr=task.train.lr, seed=BASELINE_SEED,
@@ -54,7 +60,7 @@ def load_baseline(ref: TaskRef, task: Task, *, log: bool = False) -> Baseline:
     metrics = {f"val_{task.metric_name}": task.evaluate(model, "val"),
                f"test_{task.metric_name}": task.evaluate(model, "test")}
     _write_cache(folder, model, metrics, ref)
-    return Baseline(model.eval(), metrics, fingerprint)
+    return Baseline(model.eval(), metrics, fingerprint, _sha(folder / "model.safetensors"))
 
 
 def _write_cache(folder: Path, model: nn.Module, metrics: dict[str, float], ref: TaskRef) -> None:

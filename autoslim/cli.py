@@ -101,6 +101,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     trial = next(t for t in run.study.get_trials(deepcopy=False) if t.number == number)
     provenance = Provenance(
         experiment=run.info["experiment"], trial=number, seed=recipe.seed, versions=package_versions(),
+        baseline_sha=run.study.user_attrs.get("autoslim.baseline_sha"),
         values={k: v for k, v in trial.user_attrs.get("measured", {}).items() if isinstance(v, (int, float))},
     )
     recipe.model_copy(update={"provenance": provenance}).save(args.output)
@@ -119,14 +120,32 @@ def _print_values(values: dict, *, as_json: bool) -> None:
             print(f"{label:>24}  {_format_value(value)}")
 
 
+def _warn_if_baseline_differs(recipe) -> None:
+    """A recipe replays exactly only on the fp32 weights it was searched on; say so if not."""
+    from autoslim.baseline import load_baseline
+    from autoslim.task import load_task
+
+    expected = recipe.provenance.baseline_sha if recipe.provenance else None
+    if not expected:
+        return
+    actual = load_baseline(recipe.task, load_task(recipe.task)).weights_sha
+    if actual != expected:
+        print(f"warning: the fp32 baseline here ({actual}) is not the one the search used ({expected}); "
+              "the artifact may differ from the searched values", file=sys.stderr)
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
-    from autoslim.artifact import save_artifact
+    from autoslim.artifact import is_artifact, save_artifact
     from autoslim.measure import measure_in_subprocess
     from autoslim.pipeline import apply_recipe
     from autoslim.recipe import Recipe
 
     recipe = Recipe.load(args.recipe)
-    out = save_artifact(apply_recipe(recipe), recipe, args.output)
+    output = Path(args.output)
+    if output.exists() and not is_artifact(output) and any(output.iterdir()):
+        raise AutoslimError(f"{output} exists and is not an autoslim artifact; refusing to overwrite")
+    _warn_if_baseline_differs(recipe)
+    out = save_artifact(apply_recipe(recipe), recipe, output)
     values = measure_in_subprocess(out, recipe.target, splits=("val", "test"))
     if not args.json:
         print(f"artifact written to {out}")

@@ -89,6 +89,8 @@ class Provenance(StrictModel):
     values: dict[str, int | float] = Field(default_factory=dict)
     seed: int
     versions: dict[str, str] = Field(default_factory=dict)
+    # sha256 prefix of the fp32 baseline weights the search started from
+    baseline_sha: str | None = None
 
 
 class Recipe(StrictModel):
@@ -178,11 +180,23 @@ def read_yaml(path: str | Path, *, what: str) -> Any:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write via a temporary file and rename, so readers never see half a file."""
+    """Write via a uniquely named temporary file and rename, so readers never see half a
+    file and two writers never share a temporary; nothing is left behind on failure."""
+    import os
+    import tempfile
+
+    if path.is_dir():
+        raise AutoslimError(f"cannot write {path}: it is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -112,8 +112,8 @@ def write_run_info(path: Path, info: dict[str, Any]) -> None:
     write_text_atomic(path / RUN_FILE, json.dumps(info, indent=2, sort_keys=True))
 
 
-def load_run(path: str | Path) -> Run:
-    """Open a run folder written by ``autoslim search``."""
+def read_run_info(path: str | Path) -> dict[str, Any]:
+    """The validated ``run.json`` of a run folder."""
     path = Path(path)
     info_file = path / RUN_FILE
     if not info_file.is_file():
@@ -122,6 +122,16 @@ def load_run(path: str | Path) -> Run:
         info = json.loads(info_file.read_text())
     except json.JSONDecodeError as exc:
         raise AutoslimError(f"corrupt {info_file}: {exc}") from None
+    missing = [k for k in ("study_name", "objectives", "metric_name") if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise AutoslimError(f"corrupt {info_file}: missing {', '.join(missing)}")
+    return info
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run folder written by ``autoslim search``."""
+    path = Path(path)
+    info = read_run_info(path)
     storage_url = info.get("storage") or str(path / JOURNAL_FILE)
     try:
         study = optuna.load_study(study_name=info["study_name"], storage=open_storage(storage_url))

@@ -144,5 +144,8 @@ def task_fingerprint(ref: TaskRef) -> str:
         source = inspect.getsource(module)
     except (OSError, TypeError):
         source = ""
-    payload = json.dumps({"entry": ref.entry, "params": ref.params}, sort_keys=True, default=str)
+    from autoslim.train import TRAIN_THREADS
+
+    payload = json.dumps({"entry": ref.entry, "params": ref.params, "train_threads": TRAIN_THREADS},
+                         sort_keys=True, default=str)
     return hashlib.sha256((payload + "\n" + source).encode()).hexdigest()[:16]

@@ -37,6 +37,12 @@ def assert_one_line_error(code: int, err: str, needle: str) -> None:
         ({"search": {"trials": 0}}, "search.trials"),
         ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
         ({"task": {"entry": "autoslim.tasks.nowhere:make_task"}}, "cannot import task module"),
+        ({"task": {"entry": "autoslim.tasks.digits:make_task", "params": {"width": "four"}}},
+         "could not build its model"),
+        ({"space": [{"type": "prune.magnitude", "sparsity": {"low": 0.5, "high": 2.0}}]},
+         "sparsity range must lie in [0, 1)"),
+        ({"objectives": {"accuracy": "minimize"}}, "objective 'accuracy' must be maximized, not minimized"),
+        ({"objectives": {"accuracy": "maximize", "size_bytes": "maximize"}}, "must be minimized"),
     ],
 )
 def test_bad_experiments_are_rejected_before_anything_is_written(capsys, tmp_path, experiment_file, kwargs, needle):
@@ -93,3 +99,30 @@ def test_real_process_exit_status_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: experiment file not found: {tmp_path / 'nope.yaml'}"
     assert "Traceback" not in proc.stderr
+
+
+def test_flag_values_are_validated_like_the_file(capsys, tmp_path, experiment_file):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "search", str(experiment_file()), "--trials", "-1", "--out", str(out))
+    assert_one_line_error(code, err, "search settings (--trials/--timeout/--seed): trials")
+    assert not out.exists()
+
+
+def test_search_refuses_a_foreign_folder_and_another_experiments_run(capsys, tmp_path, experiment_file):
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_text("meow")
+    code, _, err = run_cli(capsys, "search", str(experiment_file(trials=1)), "--out", str(foreign))
+    assert_one_line_error(code, err, "is not empty and holds no autoslim run")
+    assert sorted(p.name for p in foreign.iterdir()) == ["cat.jpg"]
+    run_dir = tmp_path / "run"
+    (run_dir).mkdir()
+    (run_dir / "run.json").write_text('{"study_name": "tiny", "objectives": {}, "metric_name": "accuracy"}')
+    code, _, err = run_cli(capsys, "search", str(experiment_file(name="other", trials=1)), "--out", str(run_dir))
+    assert_one_line_error(code, err, "holds the run of experiment 'tiny', not 'other'")
+
+
+def test_corrupt_run_json_and_export_onto_a_directory(capsys, tmp_path):
+    (tmp_path / "run.json").write_text("[1, 2]")
+    code, _, err = run_cli(capsys, "pareto", str(tmp_path))
+    assert_one_line_error(code, err, "missing study_name, objectives, metric_name")

@@ -96,3 +96,14 @@ def test_layer_map_rejects_unknown_names_and_empty_regexes():
         resolve_layer_map({"re:z.*": 4}, ["a.0"])
     with pytest.raises(AutoslimError, match="bad layer regex"):
         resolve_layer_map({"re:(": 4}, ["a.0"])
+
+
+def test_atomic_write_refuses_directories_and_leaves_no_temporary(tmp_path):
+    from autoslim.recipe import write_text_atomic
+
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(AutoslimError, match="it is a directory"):
+        write_text_atomic(target, "x")
+    write_text_atomic(tmp_path / "r.yaml", "a: 1\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.yaml"]

@@ -29,6 +29,10 @@ def _warm_up_runtime(device: str) -> None:
     x = torch.randn(8, 4, 8, 8, device=device)
     torch.nn.functional.conv2d(x, torch.randn(4, 4, 3, 3, device=device))
     torch.nn.functional.linear(x.flatten(1), torch.randn(4, 256, device=device))
+    if device == "cpu":
+        from autoslim.techniques.kernels import int8_engine_warm_up
+
+        int8_engine_warm_up()
 
 
 def measure_artifact(path: str | Path, target: Target, *, splits: tuple[str, ...] = ("val",)) -> dict:

@@ -118,11 +118,16 @@ def _resolve_space_path(name: str, experiment_path: Path) -> Path:
     raise AutoslimError(f"search space file not found: {name} (relative to {experiment_path.parent} or .)")
 
 
-def check_objectives(experiment: Experiment, metric_name: str, known: tuple[str, ...]) -> None:
+def check_objectives(experiment: Experiment, metric_name: str, known: tuple[str, ...],
+                     metric_direction: str = "maximize") -> None:
+    """Known names only, each in its one sensible direction (costs are minimised)."""
     allowed = (metric_name, *known)
-    for name in experiment.objectives:
+    for name, direction in experiment.objectives.items():
         if name not in allowed:
             raise AutoslimError(f"unknown objective {name!r} (known: {', '.join(allowed)})")
+        expected = metric_direction if name == metric_name else "minimize"
+        if direction != expected:
+            raise AutoslimError(f"objective {name!r} must be {expected}d, not {direction}d")
 
 
 def fingerprints(experiment: Experiment, space: SearchSpace) -> dict[str, str]:

@@ -17,17 +17,32 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from autoslim.artifact import save_artifact
 from autoslim.baseline import load_baseline
 from autoslim.errors import AutoslimError, TrialFailed
 from autoslim.measure import OBJECTIVE_NAMES, measure_in_subprocess
-from autoslim.recipe import Recipe
-from autoslim.run import ATTR_PREFIX, JOURNAL_FILE, Run, load_run, open_storage, write_run_info
+from autoslim.recipe import Recipe, one_line, validate_model
+from autoslim.run import (
+    ATTR_PREFIX,
+    JOURNAL_FILE,
+    Run,
+    load_run,
+    open_storage,
+    read_run_info,
+    write_run_info,
+)
 from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, StopTrial
 from autoslim.search.evaluate import SearchContext, evaluate_trial, suggest_recipe
-from autoslim.search.experiment import Experiment, check_objectives, fingerprints, load_experiment
+from autoslim.search.experiment import (
+    Experiment,
+    SearchSettings,
+    check_objectives,
+    fingerprints,
+    load_experiment,
+)
 from autoslim.search.outputs import front_numbers, prune_artifacts, write_outputs
 from autoslim.space import ModelInfo, SearchSpace
 from autoslim.task import load_task
@@ -43,8 +58,11 @@ class Overrides:
 
 
 def apply_overrides(experiment: Experiment, overrides: Overrides) -> Experiment:
+    """Command-line flags over the experiment's search settings, validated like the file."""
     changes = {k: v for k, v in vars(overrides).items() if v is not None}
-    return experiment.model_copy(update={"search": experiment.search.model_copy(update=changes)})
+    settings = validate_model(SearchSettings, {**experiment.search.model_dump(), **changes},
+                              what="search settings (--trials/--timeout/--seed)")
+    return experiment.model_copy(update={"search": settings})
 
 
 def make_sampler(experiment: Experiment, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -65,12 +83,24 @@ def make_sampler(experiment: Experiment, n_existing: int) -> optuna.samplers.Bas
 
 
 def check_space(space: SearchSpace, info: ModelInfo, experiment: Experiment) -> None:
-    """Dry-run ``suggest`` once so a bad layer name fails now, not in every trial."""
+    """Dry-run ``suggest`` a few times so a bad layer name or range fails now, not in
+    every trial (a range beyond what a stage accepts only shows in its suggestions)."""
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(3):
+    for _ in range(8):
         trial = probe.ask()
-        Recipe(task=experiment.task, stages=space.suggest(trial, info))
+        try:
+            Recipe(task=experiment.task, stages=space.suggest(trial, info))
+        except ValidationError as exc:
+            raise AutoslimError(f"search space suggests an invalid stage: {one_line(exc)}") from None
         probe.tell(trial, 0.0)
+
+
+def build_probe_model(task) -> ModelInfo:
+    """The task's model, built once; a factory that rejects its params is a user error."""
+    try:
+        return ModelInfo.from_model(task.build_model())
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise AutoslimError(f"task {task.name} could not build its model: {str(exc).splitlines()[0]}") from None
 
 
 def open_study(
@@ -79,8 +109,14 @@ def open_study(
     """Create the study, or reopen it after checking it searches the same experiment."""
     prints = fingerprints(experiment, space)
     info_path = run_dir / "run.json"
+    if not info_path.exists() and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise AutoslimError(f"{run_dir} is not empty and holds no autoslim run; choose another --out")
     if info_path.exists():
-        stored = load_run(run_dir).info.get("fingerprints", {})
+        stored_info = read_run_info(run_dir)
+        if stored_info.get("study_name") != experiment.name:
+            raise AutoslimError(f"{run_dir} holds the run of experiment {stored_info.get('study_name')!r}, "
+                                f"not {experiment.name!r}; use --out for a new run folder")
+        stored = stored_info.get("fingerprints", {})
         changed = [part for part, digest in prints.items() if stored.get(part) != digest]
         if changed:
             raise AutoslimError(
@@ -96,11 +132,30 @@ def open_study(
     storage = open_storage(str(run_dir / JOURNAL_FILE))
     existing = optuna.study.get_all_study_summaries(storage)
     n_existing = sum(s.n_trials for s in existing if s.study_name == experiment.name)
+    if any(s.study_name == experiment.name and s.n_trials for s in existing) and _others_running(storage, experiment.name):
+        # Another live worker shares this study: a different seed keeps the two from
+        # drawing the same start-up points.
+        n_existing += 100_003 * (os.getpid() % 9973)
     study = optuna.create_study(
         study_name=experiment.name, storage=storage, load_if_exists=True,
         directions=list(experiment.objectives.values()), sampler=make_sampler(experiment, n_existing),
     )
     return study, storage
+
+
+def _others_running(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    study_id = storage.get_study_id_from_name(name)
+    return bool(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def _requeue(study: optuna.Study, params: dict) -> None:
+    """Queue an interrupted trial's parameters again, unless already queued.
+
+    (Optuna's ``skip_if_exists`` would also match the interrupted trial itself.)
+    """
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if params and not any(t.params == params or t.system_attrs.get("fixed_params") == params for t in waiting):
+        study.enqueue_trial(params)
 
 
 def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
@@ -115,8 +170,7 @@ def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorag
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(trial.params, skip_if_exists=True)
+        _requeue(study, trial.params)
         recovered += 1
     return recovered
 
@@ -183,6 +237,7 @@ def run_one_trial(study: optuna.Study, ctx: SearchContext) -> None:
     except KeyboardInterrupt:
         trial.set_user_attr("fail_reason", INTERRUPTED)
         study.tell(trial, state=TrialState.FAIL)
+        _requeue(study, trial.params)
         raise
     except Exception as exc:  # noqa: BLE001 — any crash inside a trial is that trial's failure
         reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
@@ -206,17 +261,21 @@ def search(
     experiment, space = load_experiment(experiment_path)
     experiment = apply_overrides(experiment, overrides)
     task = load_task(experiment.task)
-    check_objectives(experiment, task.metric_name, OBJECTIVE_NAMES)
-    check_space(space, ModelInfo.from_model(task.build_model()), experiment)
+    check_objectives(experiment, task.metric_name, OBJECTIVE_NAMES, task.metric_direction)
+    check_space(space, build_probe_model(task), experiment)
     baseline = load_baseline(experiment.task, task, log=progress)
     run_dir = Path(out) if out else Path("runs") / experiment.name
     study, storage = open_study(run_dir, experiment, space, task.metric_name)
     ctx = SearchContext(experiment, space, task, baseline.model, {}, run_dir, experiment.search.seed)
     ctx.baseline_values = measure_baseline(study, ctx)
+    study.set_user_attr(ATTR_PREFIX + "baseline_sha", baseline.weights_sha)
     recover_interrupted(study, storage)
     _warm_start(study, ctx, baseline.fingerprint)
-    _loop(study, ctx, progress=progress)
-    write_outputs(load_run(run_dir), experiment)
+    try:
+        _loop(study, ctx, progress=progress)
+    finally:
+        # Even after Ctrl-C the outputs describe every trial the study holds.
+        write_outputs(load_run(run_dir), experiment)
     return load_run(run_dir)
 
 

@@ -94,12 +94,12 @@ def hypervolume_summary(run: Run, table: pd.DataFrame) -> tuple[float, list[floa
 def write_outputs(run: Run, experiment: Experiment) -> dict:
     """Write trials.csv, pareto.csv, pareto.png and summary.json; return the summary."""
     table = run.table()
-    table.to_csv(run.path / "trials.csv", index=False)
+    write_text_atomic(run.path / "trials.csv", table.to_csv(index=False))
     front = run.front()
     metric = run.metric_name
     if not front.empty:
         front[f"test_{metric}"] = [test_metric(run, int(n)) for n in front["trial"]]
-    front.to_csv(run.path / "pareto.csv", index=False)
+    write_text_atomic(run.path / "pareto.csv", front.to_csv(index=False))
     hv, ref, history = hypervolume_summary(run, table)
     if len(table) and not table[table["state"] == "COMPLETE"].empty:
         plot_front(table[table["state"] == "COMPLETE"], run.objectives, run.baseline,

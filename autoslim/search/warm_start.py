@@ -37,7 +37,7 @@ def plan_params(
     from autoslim.recipe import resolve_layer_map
 
     layers = compressible_layers(model)
-    targets = set(component.matching_layers(list(layers)))
+    targets = component.matching_layers(list(layers))  # model order: ties resolve the same way every run
     choices = resolve_layer_map(component.layer_bits, list(layers))
     widths_used = sorted({b for b in component.bits if b in INT_WIDTHS})
     table = sensitivity_table(task, model, fingerprint, widths_used) if widths_used else None

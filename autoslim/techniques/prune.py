@@ -237,6 +237,12 @@ class MagnitudePruneSpace(ComponentSpec):
     schedules: list[Schedule] = Field(default=["oneshot"], min_length=1)
     criteria: list[UnstructuredCriterion] = Field(default=["l1"], min_length=1)
 
+    @model_validator(mode="after")
+    def _sparsity_in_range(self) -> MagnitudePruneSpace:
+        if self.sparsity.low < 0.0 or self.sparsity.high >= 1.0:
+            raise ValueError(f"sparsity range must lie in [0, 1), got [{self.sparsity.low}, {self.sparsity.high}]")
+        return self
+
     def _pick(self, trial: optuna.Trial, key: str, choices: list) -> str:
         return choices[0] if len(choices) == 1 else trial.suggest_categorical(f"{self.name}.{key}", choices)
 

@@ -150,3 +150,21 @@ def test_warm_start_enqueues_allocator_plans_as_first_trials(tmp_path, experimen
     assert bits(widths(first)) < bits(widths(second))  # the tighter budget gets fewer bits
     assert first.state == TrialState.COMPLETE
     assert first.user_attrs["measured"]["size_bytes"] < second.user_attrs["measured"]["size_bytes"]
+
+
+def test_interrupted_trials_are_failed_and_their_params_queued_once(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("autoslim.host", local.socket.gethostname())
+    trial.set_user_attr("autoslim.pid", 2**22 + 12345)  # no such process
+    assert local.recover_interrupted(study, storage) == 1
+    assert local.recover_interrupted(study, storage) == 0
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[0].user_attrs["fail_reason"] == local.INTERRUPTED
+    assert study.trials[1].system_attrs["fixed_params"] == study.trials[0].params
