@@ -76,6 +76,8 @@ class SearchSettings(StrictModel):
     # Byte budgets (fractions of the fp32 weight bytes) for the mixed-precision allocator;
     # each plan is enqueued as a first trial of a fresh study.
     warm_start: list[float] = Field(default_factory=list)
+    # Uniform widths (e.g. [8, 4]) enqueued first, so the front starts at the uniform baselines.
+    warm_start_uniform: list[int | str] = Field(default_factory=list)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
 
 

@@ -280,15 +280,23 @@ def search(
 
 
 def _warm_start(study: optuna.Study, ctx: SearchContext, fingerprint: str) -> None:
-    budgets = ctx.experiment.search.warm_start
-    if not budgets or study.trials:
+    settings = ctx.experiment.search
+    if not (settings.warm_start or settings.warm_start_uniform) or study.trials:
         return
-    from autoslim.search.warm_start import enqueue_plans, plan_params, quant_component
+    from autoslim.search.warm_start import (
+        enqueue_plans,
+        plan_params,
+        quant_component,
+        uniform_params,
+    )
 
     component = quant_component(ctx.space)
     if component is None:
         raise AutoslimError("search.warm_start needs a per-layer quantize.weight component in the space")
-    enqueue_plans(study, plan_params(ctx.task, ctx.baseline_model, fingerprint, component, budgets))
+    plans = uniform_params(component, ctx.info.names, settings.warm_start_uniform)
+    if settings.warm_start:
+        plans += plan_params(ctx.task, ctx.baseline_model, fingerprint, component, settings.warm_start)
+    enqueue_plans(study, plans)
 
 
 def _loop(study: optuna.Study, ctx: SearchContext, *, progress: bool) -> None:

@@ -59,6 +59,25 @@ def plan_params(
     return plans
 
 
+def uniform_params(component: WeightQuantSpace, layer_names: list[str], widths: Sequence) -> list[dict]:
+    """Trial parameters giving every targeted layer the same width (where its choices allow).
+
+    Queued first, they put the uniform baselines on the front, so the search can only
+    improve on uniform quantization, never report something worse as its best.
+    """
+    from autoslim.recipe import resolve_layer_map
+
+    targets = component.matching_layers(layer_names)
+    choices = resolve_layer_map(component.layer_bits, layer_names)
+    plans = []
+    for width in widths:
+        params = {f"{component.name}.bits.{layer}": width for layer in targets
+                  if width in choices.get(layer, component.bits)}
+        if len(params) == len(targets):
+            plans.append(params | ({f"{component.name}.enabled": True} if component.optional else {}))
+    return plans
+
+
 def enqueue_plans(study: optuna.Study, plans: list[dict]) -> int:
     """Enqueue plans into a fresh study only (a resumed one already has its history)."""
     if study.trials:

@@ -168,3 +168,12 @@ def test_interrupted_trials_are_failed_and_their_params_queued_once(tmp_path):
     assert states == [TrialState.FAIL, TrialState.WAITING]
     assert study.trials[0].user_attrs["fail_reason"] == local.INTERRUPTED
     assert study.trials[1].system_attrs["fixed_params"] == study.trials[0].params
+
+
+def test_uniform_warm_start_plans_respect_each_layers_choices():
+    from autoslim.search.warm_start import uniform_params
+    from autoslim.techniques.quantize import WeightQuantSpace
+
+    component = WeightQuantSpace(bits=[2, 4, 8], layer_bits={"a": [8]}, optional=True)
+    plans = uniform_params(component, ["a", "b"], [8, 4])
+    assert plans == [{"quant.bits.a": 8, "quant.bits.b": 8, "quant.enabled": True}]  # "a" cannot take 4
