@@ -33,7 +33,7 @@ from autoslim.pack import pack_bits, packed_nbytes, unpack_bits
 from autoslim.pipeline import prepare_runtime, rebuild_structure
 from autoslim.recipe import Recipe
 from autoslim.space import compressible_layers
-from autoslim.sparse.choose import smallest_format
+from autoslim.sparse.choose import choose_format, feasible_formats, smallest_format
 from autoslim.sparse.formats import decode_tensor
 from autoslim.sparse.runtime import sparse_runtime
 from autoslim.task import Task, load_task
@@ -47,6 +47,7 @@ from autoslim.techniques.quantize import (
     grid_of,
     grid_params,
 )
+from autoslim.techniques.storage import storage_format
 
 RECIPE_FILE = "recipe.yaml"
 WEIGHTS_FILE = "weights.safetensors"
@@ -120,18 +121,24 @@ def _encode_levels(name: str, levels: torch.Tensor, zero_levels: torch.Tensor, s
     return Encoded({k: torch.from_numpy(v) for k, v in data.items()}, layout)
 
 
-def _encode_matrix(name: str, matrix: torch.Tensor, shape: list[int], *, value_bits: int | None) -> Encoded:
+def _encode_matrix(name: str, matrix: torch.Tensor, shape: list[int], *, value_bits: int | None,
+                   pinned: str = "auto") -> Encoded:
     """The smallest of every sparse format for this weight (dense included), measured by
-    actually encoding it (:func:`autoslim.sparse.choose.smallest_format`)."""
-    fmt, encoded = smallest_format(matrix.reshape(shape[0], -1), value_bits=value_bits)
+    actually encoding it (:func:`autoslim.sparse.choose.smallest_format`), unless a
+    storage stage pinned a format that can hold it."""
+    matrix2d = matrix.reshape(shape[0], -1)
+    if pinned != "auto" and pinned in feasible_formats(matrix2d, [pinned], (2, 4)):
+        fmt, encoded = choose_format(matrix2d, pinned, value_bits=value_bits)
+    else:
+        fmt, encoded = smallest_format(matrix2d, value_bits=value_bits)
     tensors = {f"{name}::{key}": torch.from_numpy(np.ascontiguousarray(array)) for key, array in encoded.arrays.items()}
     return Encoded(tensors, {"enc": "sparse", "format": fmt, "meta": encoded.meta, "shape": shape})
 
 
-def _encode_float(name: str, weight: torch.Tensor, width: str) -> Encoded:
+def _encode_float(name: str, weight: torch.Tensor, width: str, pinned: str = "auto") -> Encoded:
     """A float weight at its stored width, in its smallest format (fp32 dense stays raw)."""
     stored = weight.detach().to(STORED_FLOATS[width]).contiguous()
-    enc = _encode_matrix(name, stored, list(weight.shape), value_bits=None)
+    enc = _encode_matrix(name, stored, list(weight.shape), value_bits=None, pinned=pinned)
     if width == "fp32" and enc.layout["format"] == "dense":
         return Encoded({name: weight.detach().contiguous()}, {"enc": "raw"})
     return enc
@@ -139,13 +146,14 @@ def _encode_float(name: str, weight: torch.Tensor, width: str) -> Encoded:
 
 def _encode_weight(name: str, module: nn.Module) -> Encoded:
     spec = grid_of(module)
+    pinned = storage_format(module)
     if spec is None:
-        return _encode_float(name, module.weight, float_width_of(module) or "fp32")
+        return _encode_float(name, module.weight, float_width_of(module) or "fp32", pinned)
     levels, zero_levels = _levels_and_zero(module.weight, spec, _module_params(module, spec))
     if isinstance(spec, GridSpec) and spec.symmetric:
         # Signed levels make 0.0 the integer 0, which every sparse format treats as absent.
         signed = (levels.to(torch.int16) - spec.qmax).to(torch.int8)
-        enc = _encode_matrix(name, signed, list(levels.shape), value_bits=spec.bits)
+        enc = _encode_matrix(name, signed, list(levels.shape), value_bits=spec.bits, pinned=pinned)
         enc.layout["grid"] = _grid_layout(spec)
         return enc
     return _encode_levels(name, levels, zero_levels, spec)

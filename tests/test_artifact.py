@@ -136,3 +136,18 @@ def test_eight_bit_linear_layers_load_onto_the_int8_kernel(tmp_path, tiny_task_r
         torch.testing.assert_close(exact(x), model(x), rtol=0, atol=1e-6)
         assert (fast(x).argmax(1) == model(x).argmax(1)).float().mean() > 0.9
         assert (fast(x) - model(x)).abs().max() < 0.1 * model(x).abs().max()
+
+
+def test_storage_stage_pins_a_format_and_falls_back_when_it_cannot_hold_the_weight(tmp_path, tiny_task_ref):
+    recipe = Recipe.from_dict({"task": tiny_task_ref, "stages": [
+        {"kind": "prune", "scope": "global", "sparsity": 0.9},
+        {"kind": "storage", "default": "csr", "layers": {"classifier.4": "nm"}},
+    ]})
+    model = apply_recipe(recipe)
+    tensors, layout = encode_state(model)
+    assert {layout[k]["format"] for k in layout if k != "classifier.4.weight"} == {"csr"}
+    assert layout["classifier.4.weight"]["format"] != "nm"  # 90 % random zeros are not 2:4
+    loaded = load_artifact(save_artifact(model, recipe, tmp_path / "a"), runtime=False).model
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

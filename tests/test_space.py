@@ -98,3 +98,10 @@ def test_codebook_grids_use_their_own_width_parameters():
         widths = set(stage.layers.values())
         assert stage.grid_kind == "uniform" or widths <= {2, 4, "fp32"}
         study.tell(trial, 0.0)
+
+
+def test_storage_component_pins_the_format_for_all_layers():
+    from autoslim.techniques.storage import StorageConfig
+
+    space = SearchSpace.from_spec([{"type": "storage.format", "optional": False, "formats": ["auto", "csr"]}])
+    assert space.suggest(optuna.trial.FixedTrial({"storage.format": "csr"}), info()) == [StorageConfig(default="csr")]
