@@ -20,24 +20,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _cuda_timing import cuda_ms  # benchmarks/ is on sys.path when run as a script
 
 SHAPES = [(8192, 4096, 4096), (64, 4096, 4096), (64, 768, 3072)]
-
-
-def cuda_time_ms(fn: Callable[[], object], *, warmup: int = 10, repeats: int = 50) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    samples.sort()
-    return samples[len(samples) // 2]
 
 
 def nvml_mj_per_call(fn: Callable[[], object], seconds: float) -> float | None:
@@ -118,7 +103,7 @@ def measure_shape(m: int, k: int, n: int, seconds: float) -> list[dict]:
             call = build()
             call()
             torch.cuda.synchronize()
-            row["ms"] = cuda_time_ms(call)
+            row["ms"] = cuda_ms(call)
             row["energy_mj_nvml"] = nvml_mj_per_call(call, seconds)
         except Exception as exc:  # noqa: BLE001 — report what does not exist here
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"

@@ -16,24 +16,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from _cuda_timing import cuda_ms  # benchmarks/ is on sys.path when run as a script
 
 SHAPES = [(4096, 4096), (3072, 768), (768, 3072)]
 BATCHES = [1, 64, 8192]
-
-
-def cuda_ms(fn, warmup: int = 10, repeats: int = 50) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def two_four(rows: int, cols: int) -> torch.Tensor:
