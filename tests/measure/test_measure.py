@@ -28,17 +28,23 @@ def test_energy_estimate_counts_conv_macs_per_output_element():
     assert estimate_energy_mj(conv, x) == pytest.approx(expected_pj * 1e-9)
 
 
-def test_time_calls_reports_median_and_spread_of_each_call():
-    durations = iter([0.0] * 2 + [0.001 * k for k in range(1, 12)])
-    import time
+def test_time_calls_reports_median_and_spread_of_each_call(monkeypatch):
+    """A fake clock makes the timed durations exact: no assertion on real wall time."""
+    from types import SimpleNamespace
+
+    from autoslim.measure import latency
+
+    clock = {"now": 0.0}
+    durations = iter([0.5] * 2 + [0.001 * k for k in range(1, 12)])  # warm-up calls are not timed
 
     def work():
-        time.sleep(next(durations))
+        clock["now"] += next(durations)
 
+    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
     stats = time_calls(work, warmup=2, repeats=11)
     assert stats.repeats == 11
-    assert stats.p10_ms <= stats.median_ms <= stats.p90_ms
-    assert 5.5 <= stats.median_ms <= 30  # the 6th of 1..11 ms sleeps, plus scheduler slack
+    assert stats.median_ms == pytest.approx(6.0)  # the 6th of 1..11 ms
+    assert stats.p10_ms == pytest.approx(2.0) and stats.p90_ms == pytest.approx(10.0)
 
 
 @pytest.mark.skipif(not can_measure_rss_peak(), reason="needs Linux /proc/self/clear_refs")
