@@ -15,9 +15,12 @@ from typing import Any, Protocol, TypeVar
 from torch import nn
 
 from autoslim.errors import AutoslimError
-from autoslim.recipe import Recipe, StageConfig
+from autoslim.recipe import Recipe, StageConfig, Target
 from autoslim.task import Task, load_task
 from autoslim.train import TrainHooks, train
+
+# The ``records`` key under which stages leave their settled configs, by stage index.
+REALISED = "realised_stages"
 
 
 @dataclass
@@ -27,7 +30,8 @@ class ApplyContext:
     ``hooks`` is shared by every fine-tune of the recipe, which is how a distillation
     stage changes the loss of pruning's fine-tune and how early stopping listens to
     per-epoch validation metrics. ``records`` collects facts a stage decided at apply
-    time (e.g. an adaptive schedule's adjustments) so they can be written to the recipe.
+    time (e.g. an adaptive schedule's adjustments) so they can be written to the recipe;
+    ``target`` is the recipe's, for stages whose decisions depend on the deployment.
     """
 
     task: Task
@@ -36,6 +40,13 @@ class ApplyContext:
     records: dict[str, Any] = field(default_factory=dict)
     stage_index: int = 0
     skip_training: bool = False
+    target: Target = field(default_factory=Target)
+
+    def realise(self, config: StageConfig) -> None:
+        """Record the settled form of the current stage (e.g. the phases an adaptive
+        controller chose); :func:`realised_recipe` writes it into the recipe, and replaying
+        that recipe runs the settled stage without deciding anything again."""
+        self.records.setdefault(REALISED, {})[self.stage_index] = config
 
     def fine_tune(
         self, model: nn.Module, *, epochs: int, lr: float, extra: TrainHooks | None = None
@@ -93,22 +104,35 @@ def apply_recipe(
     model: nn.Module | None = None,
     hooks: TrainHooks | None = None,
     dry_run: bool = False,
+    records: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Apply every stage in order to the task's trained fp32 model (or ``model``).
 
     With the same recipe, seed and thread count this is deterministic on CPU, which is
-    what lets an exported recipe rebuild the artifact the search measured.
+    what lets an exported recipe rebuild the artifact the search measured. ``records``,
+    when given, receives what the stages decided (see :func:`realised_recipe`).
     """
     import autoslim.techniques  # noqa: F401  (registers every stage kind and handler)
     from autoslim.baseline import load_baseline
 
     task = task or load_task(recipe.task)
     model = model if model is not None else load_baseline(recipe.task, task).model
-    ctx = ApplyContext(task=task, seed=recipe.seed, hooks=hooks or TrainHooks(), skip_training=dry_run)
+    ctx = ApplyContext(task=task, seed=recipe.seed, hooks=hooks or TrainHooks(), skip_training=dry_run,
+                       target=recipe.target, records=records if records is not None else {})
     for index, stage in enumerate(recipe.stages):
         ctx.stage_index = index
         model = handler_for(stage).apply(model, stage, ctx)
     return model.eval()
+
+
+def realised_recipe(recipe: Recipe, records: dict[str, Any]) -> Recipe:
+    """``recipe`` with each stage that settled itself at apply time replaced by its settled
+    form: the recipe to store with the artifact, so replay repeats those decisions."""
+    settled = records.get(REALISED, {})
+    if not settled:
+        return recipe
+    stages = [settled.get(i, stage) for i, stage in enumerate(recipe.stages)]
+    return recipe.model_copy(update={"stages": stages})
 
 
 def prepare_runtime(model: nn.Module, recipe: Recipe) -> nn.Module:

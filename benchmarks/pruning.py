@@ -6,8 +6,13 @@
    after a short fine-tune. Everything is measured on the artifact loaded back from disk.
 2. Unstructured pruning of the paper's CNN to 90 % sparsity, one-shot against gradual
    (Zhu & Gupta cubic) with the same fine-tune budget, mean over 3 recipe seeds.
+3. Optional (``--blocks adaptive``): the adaptive controller against cubic at the same
+   90 %, mean over the seeds. The controller plans 4 phases of ``epochs / 4`` epochs (the
+   cubic budget) and may use fewer (pushes) or up to twice as many (back-offs); the
+   epochs it really spent are reported with its accuracy.
 
     python benchmarks/pruning.py [--json] [--epochs 8] [--seeds 3] [--repeats 20]
+                                 [--blocks structured,gradual,adaptive]
 
 ``--epochs 0`` skips every fine-tune (and the unstructured block): the shapes, bytes and
 latency are the same, only the accuracy column is then before fine-tuning.
@@ -28,7 +33,7 @@ import torch
 from autoslim.artifact import load_artifact, save_artifact
 from autoslim.baseline import load_baseline
 from autoslim.measure.latency import model_latency
-from autoslim.pipeline import apply_recipe
+from autoslim.pipeline import apply_recipe, realised_recipe
 from autoslim.recipe import Recipe, TaskRef
 from autoslim.task import Task, load_task
 
@@ -102,6 +107,41 @@ def gradual_rows(epochs: int, seeds: int, repeats: int, out: Path) -> list[dict]
     return ratios(rows)
 
 
+def adaptive_rows(epochs: int, seeds: int, repeats: int, out: Path, *, sparsity: float = 0.9,
+                  phase_count: int = 4, threshold: float = 0.01) -> list[dict]:
+    ref = TaskRef(entry=ENTRY, params={"model": "cnn"})
+    task = load_task(ref)
+    base = load_baseline(ref, task).model
+    rows = [{"model": "cnn", "setting": "dense", **measure(base, Recipe(task=ref), task, out / "cnn-dense")}]
+    per_phase = max(1, epochs // phase_count)
+    stages = {
+        "cubic": {"schedule": "cubic", "fine_tune_epochs": epochs, "frequency": 5},
+        "adaptive": {"schedule": "adaptive", "fine_tune_epochs": per_phase, "phase_count": phase_count,
+                     "threshold": threshold},
+    }
+    for schedule, stage in stages.items():
+        runs = []
+        for seed in range(seeds):
+            recipe = Recipe(task=ref, seed=seed, stages=[{"kind": "prune", "sparsity": sparsity,
+                                                          "lr": task.train.lr / 3, **stage}])
+            records: dict = {}
+            model = apply_recipe(recipe, task=task, model=copy.deepcopy(base), records=records)
+            recipe = realised_recipe(recipe, records)
+            phases = getattr(recipe.stages[0], "phases", [])
+            run = measure(model, recipe, task, out / f"cnn-{schedule}-{seed}")
+            run["epochs"] = sum(p.epochs for p in phases) if phases else epochs
+            run["decisions"] = [f"{p.sparsity:g}:{p.decision}" for p in phases]
+            runs.append(run)
+        print(f"cnn {sparsity:.0%} {schedule}: {[r['test_accuracy'] for r in runs]} "
+              f"epochs {[r['epochs'] for r in runs]} {[r['decisions'] for r in runs]}", file=sys.stderr)
+        mean = {k: statistics.mean(r[k] for r in runs) for k in ("params", "bytes", "test_accuracy", "epochs")}
+        rows.append({"model": "cnn", "setting": f"unstructured {sparsity:.0%} {schedule}", **mean,
+                     "_model": runs[0]["_model"], "test_accuracy_per_seed": [r["test_accuracy"] for r in runs],
+                     "decisions_per_seed": [r["decisions"] for r in runs]})
+    add_latency(rows, task, repeats)
+    return ratios(rows)
+
+
 def print_table(rows: list[dict]) -> None:
     head = f"{'model':<12}{'setting':<28}{'params':>8}{'bytes':>8}{'latency':>9}{'test acc':>10}{'drop pt':>9}"
     print(head)
@@ -119,14 +159,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per round (5 rounds)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--blocks", default="structured,gradual",
+                        help="comma-separated blocks to run: structured, gradual, adaptive")
     args = parser.parse_args(argv)
+    blocks = set(args.blocks.split(","))
+    if blocks - {"structured", "gradual", "adaptive"}:
+        parser.error(f"unknown blocks: {', '.join(sorted(blocks - {'structured', 'gradual', 'adaptive'}))}")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        rows = structured_rows("rescnn", args.epochs, args.repeats, out)
-        rows += structured_rows("transformer", args.epochs, args.repeats, out)
+        rows = []
+        if "structured" in blocks:
+            rows += structured_rows("rescnn", args.epochs, args.repeats, out)
+            rows += structured_rows("transformer", args.epochs, args.repeats, out)
         if args.epochs > 0:  # gradual schedules need a fine-tune; --epochs 0 times shapes only
-            rows += gradual_rows(args.epochs, args.seeds, args.repeats, out)
+            if "gradual" in blocks:
+                rows += gradual_rows(args.epochs, args.seeds, args.repeats, out)
+            if "adaptive" in blocks:
+                rows += adaptive_rows(args.epochs, args.seeds, args.repeats, out)
     if args.json:
         json.dump({"threads": args.threads, "batch_size": 64, "fine_tune_epochs": args.epochs,
                    "torch": torch.__version__, "rows": rows}, sys.stdout, indent=2)

@@ -10,12 +10,17 @@ pruning (rank channels, heads) share it:
 - ``fisher`` ½ · w² · E[g²], Optimal Brain Damage's saliency ½·w²·H_ww with the Hessian
   diagonal replaced by the empirical Fisher diagonal (per-sample squared gradients), which
   needs no second backward pass;
+- ``hutchinson`` ½ · w² · diag(H), the same saliency with the true Hessian diagonal,
+  estimated by Hutchinson's E[z ⊙ Hz] over seeded Rademacher probes (double backward, see
+  :mod:`autoslim.techniques.hessian`). Costlier than ``fisher``; noisy estimates can come
+  out negative, which ranks a weight as cheap to remove, as the second-order model says;
 - ``bn_scale`` |γ| of BatchNorm (network slimming, Liu et al. 2017): a channel score
   only, so it is rejected for unstructured pruning;
 - ``random``, a seeded control: a criterion that cannot beat it is not worth its cost.
 
-Gradient statistics come from :func:`calibrate` on a few training samples, in eval mode
-so BatchNorm running statistics and dropout stay untouched (replay must be exact).
+Gradient statistics come from :func:`calibrate` (and the Hessian diagonal from
+:func:`hessian_diagonal`) on a few training samples, in eval mode so BatchNorm running
+statistics and dropout stay untouched (replay must be exact).
 """
 
 from __future__ import annotations
@@ -28,44 +33,54 @@ import torch
 from torch import nn
 
 from autoslim.errors import AutoslimError
+from autoslim.techniques.hessian import hutchinson_diagonal
 
+# Structured pruning accepts these; ``hutchinson`` is for unstructured pruning until the
+# structured handler gathers its statistics through :func:`collect_stats`.
 CriterionName = Literal["l1", "l2", "taylor", "fisher", "bn_scale", "random"]
 
 
 @dataclass
 class GradStats:
-    """Mean gradient and mean squared per-sample gradient, keyed by parameter object."""
+    """Mean gradient, mean squared per-sample gradient and Hessian diagonal, keyed by
+    parameter object."""
 
     grad: dict[torch.Tensor, torch.Tensor] = field(default_factory=dict)
     sq_grad: dict[torch.Tensor, torch.Tensor] = field(default_factory=dict)
     generator: torch.Generator | None = None
+    hess_diag: dict[torch.Tensor, torch.Tensor] = field(default_factory=dict)
 
 
 ElementScore = Callable[..., torch.Tensor]
 
 
 def l1_score(w: torch.Tensor, g: torch.Tensor | None = None, g2: torch.Tensor | None = None,
-             gen: torch.Generator | None = None) -> torch.Tensor:
+             gen: torch.Generator | None = None, h: torch.Tensor | None = None) -> torch.Tensor:
     return w.detach().abs()
 
 
 def l2_score(w: torch.Tensor, g: torch.Tensor | None = None, g2: torch.Tensor | None = None,
-             gen: torch.Generator | None = None) -> torch.Tensor:
+             gen: torch.Generator | None = None, h: torch.Tensor | None = None) -> torch.Tensor:
     return w.detach().pow(2)
 
 
 def taylor_score(w: torch.Tensor, g: torch.Tensor | None = None, g2: torch.Tensor | None = None,
-                 gen: torch.Generator | None = None) -> torch.Tensor:
+                 gen: torch.Generator | None = None, h: torch.Tensor | None = None) -> torch.Tensor:
     return (w.detach() * _need(g, "gradients", w)).abs()
 
 
 def fisher_score(w: torch.Tensor, g: torch.Tensor | None = None, g2: torch.Tensor | None = None,
-                 gen: torch.Generator | None = None) -> torch.Tensor:
+                 gen: torch.Generator | None = None, h: torch.Tensor | None = None) -> torch.Tensor:
     return 0.5 * w.detach().pow(2) * _need(g2, "squared gradients", w)
 
 
+def hutchinson_score(w: torch.Tensor, g: torch.Tensor | None = None, g2: torch.Tensor | None = None,
+                     gen: torch.Generator | None = None, h: torch.Tensor | None = None) -> torch.Tensor:
+    return 0.5 * w.detach().pow(2) * _need(h, "a Hessian diagonal", w)
+
+
 def random_score(w: torch.Tensor, g: torch.Tensor | None = None, g2: torch.Tensor | None = None,
-                 gen: torch.Generator | None = None) -> torch.Tensor:
+                 gen: torch.Generator | None = None, h: torch.Tensor | None = None) -> torch.Tensor:
     return torch.rand(w.shape, generator=_need(gen, "a seeded generator", w))
 
 
@@ -80,6 +95,7 @@ class Criterion:
     name: str
     score: ElementScore
     needs_grad: bool = False
+    needs_hessian: bool = False
     bn_only: bool = False  # scores only BatchNorm scales (structured pruning only)
 
 
@@ -90,6 +106,7 @@ CRITERIA: dict[str, Criterion] = {
     "fisher": Criterion("fisher", fisher_score, needs_grad=True),
     "bn_scale": Criterion("bn_scale", l1_score, bn_only=True),
     "random": Criterion("random", random_score),
+    "hutchinson": Criterion("hutchinson", hutchinson_score, needs_hessian=True),
 }
 
 
@@ -105,7 +122,8 @@ def element_scores(weight: torch.Tensor, criterion: Criterion, stats: GradStats,
     """Scores of ``weight``; gradients are looked up by ``param`` (the trained parameter,
     e.g. ``weight_orig`` under a pruning mask) or by ``weight`` itself."""
     key = weight if param is None else param
-    return criterion.score(weight, stats.grad.get(key), stats.sq_grad.get(key), stats.generator)
+    return criterion.score(weight, stats.grad.get(key), stats.sq_grad.get(key), stats.generator,
+                           stats.hess_diag.get(key))
 
 
 def channel_scores(weight: torch.Tensor, criterion: Criterion, stats: GradStats, *, dim: int = 0) -> torch.Tensor:
@@ -137,3 +155,38 @@ def calibrate(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     model.train(was_training)
     n = max(len(targets), 1)
     return GradStats({p: g / n for p, g in total.items()}, {p: g / n for p, g in total_sq.items()})
+
+
+def hessian_diagonal(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, samples: int,
+                     generator: torch.Generator, batch_size: int) -> dict[torch.Tensor, torch.Tensor]:
+    """Hutchinson diag(H) of the mean ``loss`` over the samples, per trainable parameter.
+
+    Batches are weighted by their size, so with a batch-mean loss the result estimates the
+    Hessian of the mean over all samples whatever the batch split.
+    """
+    was_training = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for x, y in zip(inputs.split(batch_size), targets.split(batch_size), strict=True):
+        diag = hutchinson_diagonal(loss(model(x), y), params, samples=samples, generator=generator)
+        for acc, d in zip(total, diag, strict=True):
+            acc += d * (len(y) / len(targets))
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return dict(zip(params, total, strict=True))
+
+
+def collect_stats(model: nn.Module, criterion: Criterion, inputs: torch.Tensor, targets: torch.Tensor,
+                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, seed: int,
+                  hessian_samples: int = 16, batch_size: int = 64) -> GradStats:
+    """Whatever ``criterion`` reads, computed on the calibration samples, plus a generator
+    seeded by ``seed`` (for ``random``); criteria that read nothing cost nothing."""
+    stats = calibrate(model, inputs, targets, loss) if criterion.needs_grad else GradStats()
+    if criterion.needs_hessian:
+        probes = torch.Generator().manual_seed(seed + 1)  # its own stream: random's is untouched
+        stats.hess_diag = hessian_diagonal(model, inputs, targets, loss, samples=hessian_samples,
+                                           generator=probes, batch_size=batch_size)
+    stats.generator = torch.Generator().manual_seed(seed)
+    return stats

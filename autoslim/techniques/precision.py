@@ -29,6 +29,7 @@ from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext
 from autoslim.space import compressible_layers
 from autoslim.task import Task
+from autoslim.techniques.hessian import hessian_vector_products
 from autoslim.techniques.quant_grid import fake_quantize, grouped
 from autoslim.techniques.quantize import QuantizeConfig, WeightQuantHandler
 
@@ -77,10 +78,8 @@ def hessian_traces(task: Task, model: nn.Module, *, samples: int = 16, batches: 
         if step >= batches:
             break
         weights = [m.weight for m in layers.values()]
-        grads = torch.autograd.grad(task.loss(model(x), y), weights, create_graph=True)
-        for _ in range(samples):
-            vs = [torch.randint(0, 2, w.shape, generator=generator).float() * 2 - 1 for w in weights]
-            hvs = torch.autograd.grad(grads, weights, grad_outputs=vs, retain_graph=True)
+        loss = task.loss(model(x), y)
+        for vs, hvs in hessian_vector_products(loss, weights, samples=samples, generator=generator):
             for name, v, hv in zip(layers, vs, hvs, strict=True):
                 traces[name] += float((v * hv).sum()) / (samples * batches)
     return traces

@@ -11,11 +11,17 @@ module decides *which* weights (an importance criterion, see
 - ``iterative``: ``rounds`` of prune → fine-tune, each removing the same share of survivors;
 - ``lottery``: iterative magnitude pruning with rewinding (Frankle et al. 2019): the
   surviving weights go back to an early checkpoint of a fresh model trained for
-  ``rewind_epochs``, then retrain.
+  ``rewind_epochs``, then retrain;
+- ``adaptive``: phases of prune → fine-tune whose steps a controller adjusts from the
+  validation metric and the latency proxy (:mod:`autoslim.techniques.adaptive`); the
+  phases it ran are recorded in the stage (``phases``), and a stage with phases replays
+  them without the controller.
 
 A weight pruned once stays pruned (its score is −inf at later events). Everything depends
-only on the recipe, seed and data, so replay is exact. Zeros only become bytes and time
-through the artifact's sparse encoding, never by assumption.
+only on the recipe, seed and data, so replay is exact; an adaptive stage not yet settled
+also reads the metric and the measured crossover, which is why its phases are recorded.
+Zeros only become bytes and time through the artifact's sparse encoding, never by
+assumption.
 """
 
 from __future__ import annotations
@@ -34,13 +40,20 @@ from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext, register_handler
 from autoslim.recipe import StageConfig, resolve_layer_map
 from autoslim.space import ComponentSpec, FloatRange, IntRange, ModelInfo, compressible_layers
-from autoslim.techniques.importance import GradStats, calibrate, element_scores, get_criterion
+from autoslim.techniques.adaptive import (
+    AdaptiveController,
+    Phase,
+    csr_reachable,
+    metric_drop,
+    sparse_layers,
+)
+from autoslim.techniques.importance import GradStats, collect_stats, element_scores, get_criterion
 from autoslim.techniques.schedules import is_pruning_step, iterative_sparsities, polynomial_sparsity
 from autoslim.train import TrainHooks
 
 Sparsity = float
-Schedule = Literal["oneshot", "cubic", "polynomial", "iterative", "lottery"]
-UnstructuredCriterion = Literal["l1", "l2", "taylor", "fisher", "random"]
+Schedule = Literal["oneshot", "cubic", "polynomial", "iterative", "lottery", "adaptive"]
+UnstructuredCriterion = Literal["l1", "l2", "taylor", "fisher", "hutchinson", "random"]
 
 
 class PruneConfig(StageConfig):
@@ -55,6 +68,7 @@ class PruneConfig(StageConfig):
     lr: float = Field(default=1e-3, gt=0.0)
     criterion: UnstructuredCriterion = "l1"
     calibration_samples: int = Field(default=64, ge=1)
+    hutchinson_samples: int = Field(default=16, ge=1)  # Rademacher probes per calibration batch
     schedule: Schedule = "oneshot"
     initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
     start_step: int = Field(default=0, ge=0)
@@ -63,6 +77,11 @@ class PruneConfig(StageConfig):
     power: float = Field(default=3.0, gt=0.0)
     rounds: int = Field(default=3, ge=1)
     rewind_epochs: int = Field(default=1, ge=0)
+    # adaptive: planned phases, the largest tolerated val-metric drop per phase, and the
+    # phases the controller ran (filled in after apply; given phases are replayed as-is)
+    phase_count: int = Field(default=4, ge=1)
+    threshold: float = Field(default=0.01, gt=0.0)
+    phases: list[Phase] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_layers(self) -> PruneConfig:
@@ -75,7 +94,20 @@ class PruneConfig(StageConfig):
             raise ValueError("schedule cubic has power 3; use schedule polynomial for another power")
         if self.schedule != "oneshot" and self.fine_tune_epochs == 0:
             raise ValueError(f"schedule {self.schedule} needs fine_tune_epochs >= 1")
+        if self.schedule == "adaptive":
+            self._check_phases()
+        elif self.phases:
+            raise ValueError("phases are the adaptive schedule's record; set schedule: adaptive")
         return self
+
+    def _check_phases(self) -> None:
+        if self.scope != "global":
+            raise ValueError("schedule adaptive needs scope: global (phases are global sparsities)")
+        steps = [p.sparsity for p in self.phases]
+        if steps != sorted(steps):
+            raise ValueError(f"phase sparsities must not decrease (pruned weights stay pruned), got {steps}")
+        if steps and steps[-1] != self.sparsity:
+            raise ValueError(f"the last phase must reach sparsity {self.sparsity}, got {steps[-1]}")
 
 
 def prune_count(numel: int, sparsity: float) -> int:
@@ -140,14 +172,11 @@ def apply_masks(model: nn.Module, config: PruneConfig, *, target: Callable[[floa
 
 
 def _stats(model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> GradStats:
-    """Gradient statistics when the criterion needs them, and the seeded generator."""
-    stats = GradStats()
-    if get_criterion(config.criterion).needs_grad:
-        train = ctx.task.data.train
-        stats = calibrate(model, train.inputs[: config.calibration_samples],
-                          train.targets[: config.calibration_samples], ctx.task.loss)
-    stats.generator = torch.Generator().manual_seed(ctx.seed + 7919 * ctx.stage_index)
-    return stats
+    """What the criterion reads (gradients, Hessian diagonal), and the seeded generator."""
+    train, n = ctx.task.data.train, config.calibration_samples
+    return collect_stats(model, get_criterion(config.criterion), train.inputs[:n], train.targets[:n],
+                         ctx.task.loss, seed=ctx.seed + 7919 * ctx.stage_index,
+                         hessian_samples=config.hutchinson_samples, batch_size=ctx.task.train.batch_size)
 
 
 def _remove(modules: list[nn.Module]) -> None:
@@ -159,10 +188,15 @@ def _remove(modules: list[nn.Module]) -> None:
 @register_handler(PruneConfig)
 class MagnitudePruneHandler:
     def apply(self, model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> nn.Module:
-        if config.schedule in ("cubic", "polynomial"):
+        if ctx.skip_training and config.schedule != "oneshot":
+            # A dry run builds only the final structure, which every schedule reaches.
+            masked = apply_masks(model, config, stats=_stats(model, config, ctx))
+        elif config.schedule in ("cubic", "polynomial"):
             masked = self._gradual(model, config, ctx)
         elif config.schedule in ("iterative", "lottery"):
             masked = self._rounds(model, config, ctx)
+        elif config.schedule == "adaptive":
+            masked = self._phased(model, config, ctx)
         else:
             masked = apply_masks(model, config, stats=_stats(model, config, ctx))
             ctx.fine_tune(model, epochs=config.fine_tune_epochs, lr=config.lr)
@@ -199,8 +233,37 @@ class MagnitudePruneHandler:
             ctx.fine_tune(model, epochs=config.fine_tune_epochs, lr=config.lr)
         return masked
 
+    def _phased(self, model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> list[nn.Module]:
+        """Replay the recorded phases, or let the controller choose them and record them."""
+        if config.phases:
+            masked: list[nn.Module] = []
+            for phase in config.phases:
+                masked = _run_phase(model, config, ctx, phase)
+            return masked
+        controller = AdaptiveController(final=config.sparsity, phase_count=config.phase_count,
+                                        threshold=config.threshold, epochs=config.fine_tune_epochs, lr=config.lr)
+        metric = ctx.task.evaluate(model, "val")
+        fast = sparse_layers(model, ctx.target)
+        phase: Phase | None = controller.first()
+        while phase is not None:
+            masked = _run_phase(model, config, ctx, phase)
+            now_metric, now_fast = ctx.task.evaluate(model, "val"), sparse_layers(model, ctx.target)
+            drop = metric_drop(metric, now_metric, ctx.task.metric_direction)
+            can_move = bool(csr_reachable(model, ctx.target) - now_fast)
+            phase = controller.observe(drop, latency_moved=now_fast != fast, can_move=can_move)
+            metric, fast = now_metric, now_fast
+        ctx.realise(PruneConfig.model_validate(config.model_dump() | {"phases": controller.phases}))
+        return masked
+
     def rebuild(self, model: nn.Module, config: PruneConfig) -> nn.Module:
         return model  # unstructured zeros keep every shape
+
+
+def _run_phase(model: nn.Module, config: PruneConfig, ctx: ApplyContext, phase: Phase) -> list[nn.Module]:
+    """Prune to the phase's global sparsity, then fine-tune at its epochs and lr."""
+    masked = apply_masks(model, config, target=lambda final: phase.sparsity, stats=_stats(model, config, ctx))
+    ctx.fine_tune(model, epochs=phase.epochs, lr=phase.lr)
+    return masked
 
 
 def _rewind_point(model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> dict[str, torch.Tensor]:
@@ -225,8 +288,10 @@ def _rewind(model: nn.Module, checkpoint: dict[str, torch.Tensor]) -> None:
 
 
 class MagnitudePruneSpace(ComponentSpec):
-    """Search dimensions: scope, sparsity (global or per layer), schedule, criterion,
-    fine-tune epochs and lr. One-element choice lists add no trial parameter."""
+    """Search dimensions: scope, sparsity (global or per layer; the final target of a
+    schedule), schedule, criterion, fine-tune epochs (per phase or round) and lr, and for
+    the adaptive schedule its threshold and phase count. One-element choice lists and
+    one-point ranges add no trial parameter."""
 
     type: Literal["prune.magnitude"] = "prune.magnitude"
     scopes: list[Literal["global", "layer"]] = Field(default=["global", "layer"], min_length=1)
@@ -236,11 +301,18 @@ class MagnitudePruneSpace(ComponentSpec):
     lr: FloatRange = FloatRange(low=1e-4, high=3e-3, log=True)
     schedules: list[Schedule] = Field(default=["oneshot"], min_length=1)
     criteria: list[UnstructuredCriterion] = Field(default=["l1"], min_length=1)
+    # adaptive only: tolerated val-metric drop per phase, and planned phases
+    threshold: FloatRange = FloatRange(low=0.005, high=0.05, log=True)
+    phase_count: IntRange = IntRange(low=2, high=6)
 
     @model_validator(mode="after")
     def _sparsity_in_range(self) -> MagnitudePruneSpace:
         if self.sparsity.low < 0.0 or self.sparsity.high >= 1.0:
             raise ValueError(f"sparsity range must lie in [0, 1), got [{self.sparsity.low}, {self.sparsity.high}]")
+        if "adaptive" in self.schedules and "layer" in self.scopes:
+            raise ValueError("schedule adaptive needs scopes: [global] (its phases are global sparsities)")
+        if self.threshold.low <= 0.0 or self.phase_count.low < 1:
+            raise ValueError("adaptive threshold must be > 0 and phase_count >= 1")
         return self
 
     def _pick(self, trial: optuna.Trial, key: str, choices: list) -> str:
@@ -261,4 +333,7 @@ class MagnitudePruneSpace(ComponentSpec):
         epochs = self.fine_tune_epochs.suggest(trial, f"{n}.fine_tune_epochs")
         epochs = max(epochs, 1) if schedule != "oneshot" else epochs
         lr = self.lr.suggest(trial, f"{n}.lr") if epochs > 0 else PruneConfig().lr
+        if schedule == "adaptive":  # its parameters exist only in trials that pick it
+            kwargs |= {"threshold": self.threshold.suggest(trial, f"{n}.threshold"),
+                       "phase_count": self.phase_count.suggest(trial, f"{n}.phase_count")}
         return PruneConfig(scope=scope, fine_tune_epochs=epochs, lr=lr, schedule=schedule, criterion=criterion, **kwargs)

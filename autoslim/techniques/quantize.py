@@ -15,6 +15,7 @@ to fp32 and runs on the fp32 kernels, because no faster kernel exists for it her
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 import optuna
@@ -85,6 +86,20 @@ def grid_params(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     scale = getattr(module, SCALE_BUFFER).detach()
     zero = module._buffers.get(ZERO_BUFFER)
     return scale, (torch.zeros_like(scale) if zero is None else zero.detach())
+
+
+def compact_plan(plan: dict[str, BitWidth], all_layers: list[str]) -> dict:
+    """A per-layer plan written as its most common width plus the exceptions.
+
+    The artifact stores its recipe, so this is bytes on disk: a per-layer search that
+    lands on uniform 8-bit gives the very artifact a uniform 8-bit recipe gives. Only a
+    plan that covers every compressible layer can move its width into ``default``
+    (the others must stay fp32).
+    """
+    if not plan or set(plan) != set(all_layers):
+        return {"layers": plan}
+    default = Counter(plan.values()).most_common(1)[0][0]
+    return {"default": default, "layers": {name: bits for name, bits in plan.items() if bits != default}}
 
 
 class QuantizeConfig(StageConfig):
@@ -299,7 +314,7 @@ class WeightQuantSpace(ComponentSpec):
             options = choices.get(layer, self.bits)
             options = options if uniform else self._codebook_widths(options)
             plan[layer] = trial.suggest_categorical(f"{self.name}.{key}.{layer}", options)
-        return QuantizeConfig(layers=plan, **grid)
+        return QuantizeConfig(**compact_plan(plan, info.names), **grid)
 
     @staticmethod
     def _codebook_widths(options: list) -> list:

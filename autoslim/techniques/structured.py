@@ -23,6 +23,12 @@ whole heads there; Torch-Pruning never touches attention or the residual stream.
 The pruned layer leaves ``nn.TransformerEncoderLayer``'s fused inference kernel (it
 assumes heads × head_dim == embed_dim), so speed is measured, never assumed.
 
+BERT-style ``transformers`` layers (and the FFN of ``nn.TransformerEncoderLayer``): see
+:mod:`autoslim.techniques.hf_heads`. ``heads`` also removes their heads; ``ffn`` removes
+that fraction of FFN neurons per block. With ``ffn`` set, FFN up-projections are kept out
+of Torch-Pruning, so ``ratio`` and ``ffn`` never both shrink one FFN. ``ratio`` on a BERT
+model would have Torch-Pruning shrink the residual stream, which we do not offer: keep it 0.
+
 Skips: a group Torch-Pruning cannot shrink, or one the criterion cannot score (e.g.
 ``bn_scale`` without BatchNorm), stays whole and is listed in
 ``ctx.records["structured.skipped"]``; only a model that cannot be traced at all is an
@@ -47,6 +53,12 @@ from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext, register_handler
 from autoslim.recipe import StageConfig, resolve_layer_map
 from autoslim.space import ComponentSpec, FloatRange, IntRange, ModelInfo, compressible_layers
+from autoslim.techniques.hf_heads import (
+    ffn_up_layers,
+    prune_bert_heads,
+    prune_ffn,
+    transformer_scores,
+)
 from autoslim.techniques.importance import (
     CriterionName,
     GradStats,
@@ -63,7 +75,8 @@ ATTENTION = (nn.MultiheadAttention,)
 class StructuredPruneConfig(StageConfig):
     """Remove ``ratio`` of each prunable group's channels (``group_ratios`` sets a group's
     ratio outright, ``group_multipliers`` scales ``ratio``; keys are the group's layer
-    names or ``re:`` regexes) and ``heads`` of each attention's heads, then fine-tune."""
+    names or ``re:`` regexes), ``heads`` of each attention's heads (``nn.MultiheadAttention``
+    and BERT-style layers) and ``ffn`` of each transformer block's FFN neurons, then fine-tune."""
 
     kind: Literal["prune_structured"] = "prune_structured"
     ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -72,6 +85,7 @@ class StructuredPruneConfig(StageConfig):
     round_to: int | None = Field(default=None, ge=1)
     importance: CriterionName = "l1"
     heads: float = Field(default=0.0, ge=0.0, lt=1.0)
+    ffn: float = Field(default=0.0, ge=0.0, lt=1.0)
     ignore: list[str] = Field(default_factory=list)
     ignore_output: bool = True
     input_shape: list[int] | None = None
@@ -268,7 +282,8 @@ def _ignored(model: nn.Module, config: StructuredPruneConfig) -> list[nn.Module]
     if config.ignore_output and layers:
         names.add(list(layers)[-1])
     attention = [m for m in model.modules() if isinstance(m, (*ATTENTION, PrunedMultiheadAttention))]
-    return [layers[n] for n in names] + attention
+    ffn = ffn_up_layers(model) if config.ffn > 0 else []
+    return [layers[n] for n in names] + attention + ffn
 
 
 def group_ratios(config: StructuredPruneConfig, layer_names: list[str]) -> dict[str, float]:
@@ -304,6 +319,19 @@ def prune_channels(model: nn.Module, config: StructuredPruneConfig, importance: 
         model.train(was_training)
 
 
+def prune_transformer(model: nn.Module, config: StructuredPruneConfig,
+                      scores: dict[str, torch.Tensor] | None) -> dict[str, str]:
+    """Heads (MHA and BERT-style) then FFN neurons; ``scores=None`` is the structural
+    replay, which keeps the same counts. Returns what was skipped and why."""
+    skipped: dict[str, str] = {}
+    if config.heads > 0:
+        skipped |= prune_heads(model, config.heads, scores)
+        skipped |= prune_bert_heads(model, config.heads, scores)
+    if config.ffn > 0:
+        skipped |= prune_ffn(model, config.ffn, scores, config.round_to)
+    return skipped
+
+
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
@@ -321,8 +349,10 @@ class StructuredPruneHandler:
             stats.generator = torch.Generator().manual_seed(ctx.seed)
         scores = {name: head_scores(m, config.importance, stats) for name, m in model.named_modules()
                   if isinstance(m, (*ATTENTION, PrunedMultiheadAttention))}
+        if config.heads > 0 or config.ffn > 0:
+            scores |= transformer_scores(model, config.importance, stats)
         prune_channels(model, config, GroupImportance(config.importance, stats))
-        skipped = prune_heads(model, config.heads, scores) if config.heads > 0 else {}
+        skipped = prune_transformer(model, config, scores)
         if _shapes(model) != expected:
             raise AutoslimError("structured pruning is not replayable for this model (rebuild gives other shapes)")
         after = compressible_layers(model)
@@ -340,13 +370,12 @@ class StructuredPruneHandler:
     def rebuild(self, model: nn.Module, config: StructuredPruneConfig) -> nn.Module:
         structural = "bn_scale" if config.importance == "bn_scale" else "l1"
         prune_channels(model, config, GroupImportance(structural, GradStats()))
-        if config.heads > 0:
-            prune_heads(model, config.heads, None)
+        prune_transformer(model, config, None)
         return model
 
 
 class StructuredPruneSpace(ComponentSpec):
-    """Search dimensions: channel ratio, per-group multipliers, head fraction, criterion,
+    """Search dimensions: channel ratio, per-group multipliers, head and FFN fractions, criterion,
     channel rounding, fine-tune epochs and learning rate."""
 
     type: Literal["prune.structured"] = "prune.structured"
@@ -354,6 +383,7 @@ class StructuredPruneSpace(ComponentSpec):
     ratio: FloatRange = FloatRange(low=0.0, high=0.7)
     group_multipliers: dict[str, FloatRange] = Field(default_factory=dict)
     heads: FloatRange = FloatRange(low=0.0, high=0.0)
+    ffn: FloatRange = FloatRange(low=0.0, high=0.0)
     importance: list[CriterionName] = Field(default=["l1"], min_length=1)
     round_to: list[int] = Field(default=[1], min_length=1)
     ignore: list[str] = Field(default_factory=list)
@@ -372,6 +402,7 @@ class StructuredPruneSpace(ComponentSpec):
         epochs = self.fine_tune_epochs.suggest(trial, f"{n}.fine_tune_epochs")
         return StructuredPruneConfig(
             ratio=self.ratio.suggest(trial, f"{n}.ratio"), group_multipliers=multipliers,
-            heads=self.heads.suggest(trial, f"{n}.heads"), importance=self._pick(trial, "importance", self.importance),
+            heads=self.heads.suggest(trial, f"{n}.heads"), ffn=self.ffn.suggest(trial, f"{n}.ffn"),
+            importance=self._pick(trial, "importance", self.importance),
             round_to=self._pick(trial, "round_to", self.round_to), ignore=self.ignore, input_shape=self.input_shape,
             fine_tune_epochs=epochs, lr=self.lr.suggest(trial, f"{n}.lr") if epochs > 0 else StructuredPruneConfig().lr)

@@ -11,7 +11,8 @@ from autoslim.techniques.structured import GroupImportance
 W = torch.tensor([[1.0, -2.0, 0.5], [-3.0, 0.25, 4.0]])
 G = torch.tensor([[0.5, 0.5, -2.0], [1.0, -4.0, 0.25]])
 G2 = torch.tensor([[4.0, 1.0, 2.0], [0.0, 16.0, 0.5]])
-STATS = GradStats({W: G}, {W: G2})
+HD = torch.tensor([[2.0, 0.5, -4.0], [1.0, 8.0, 0.0]])  # a Hessian diagonal (may be negative)
+STATS = GradStats({W: G}, {W: G2}, hess_diag={W: HD})
 
 
 @pytest.mark.parametrize(("name", "rows", "cols"), [
@@ -19,6 +20,7 @@ STATS = GradStats({W: G}, {W: G2})
     ("l2", [5.25, 25.0625], [10.0, 4.0625, 16.25]),
     ("taylor", [2.5, 5.0], [3.5, 2.0, 2.0]),       # |w·g| = [[.5, 1, 1], [3, 1, 1]]
     ("fisher", [4.25, 4.5], [2.0, 2.5, 4.25]),     # ½w²g² = [[2, 2, .25], [0, .5, 4]]
+    ("hutchinson", [1.5, 4.75], [5.5, 1.25, -0.5]),  # ½w²h = [[1, 1, -.5], [4.5, .25, 0]]
 ])
 def test_criteria_against_hand_computed_scores(name, rows, cols):
     crit = get_criterion(name)
@@ -44,6 +46,8 @@ def test_random_is_seeded_and_a_gradient_criterion_without_gradients_is_an_error
     assert torch.equal(a, b) and torch.equal(a, torch.rand(2, 3, generator=torch.Generator().manual_seed(3)).sum(1))
     with pytest.raises(AutoslimError, match="gradients"):
         channel_scores(W, get_criterion("taylor"), GradStats())
+    with pytest.raises(AutoslimError, match="Hessian diagonal"):
+        channel_scores(W, get_criterion("hutchinson"), GradStats())
     with pytest.raises(AutoslimError, match="unknown importance criterion"):
         get_criterion("hessian-magic")
 

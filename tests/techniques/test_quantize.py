@@ -126,3 +126,37 @@ def test_kl_calibration_keeps_uniform_data_whole_and_clips_an_outlier():
     assert 2.0 < clip < 5.0  # most of the grid goes to the bulk, not to the single 30
     scale, _ = qparams(outlier, GridSpec(bits=4, calibration="kl"))
     assert scale.item() == pytest.approx(clip / 7)
+
+
+def test_a_full_per_layer_plan_is_written_as_its_common_width_plus_exceptions():
+    from autoslim.techniques.quantize import compact_plan
+
+    layers = ["a", "b", "c"]
+    assert compact_plan({"a": 8, "b": 8, "c": 8}, layers) == {"default": 8, "layers": {}}
+    assert compact_plan({"a": 4, "b": 8, "c": 4}, layers) == {"default": 4, "layers": {"b": 8}}
+    # A plan over some layers only keeps the rest at the fp32 default.
+    assert compact_plan({"a": 4, "b": 4}, layers) == {"layers": {"a": 4, "b": 4}}
+    for plan in ({"a": 4, "b": 8, "c": "fp16"}, {"a": 2, "b": 2, "c": 2}):
+        compact = QuantizeConfig(**compact_plan(plan, layers))
+        assert compact.widths(layers) == QuantizeConfig(layers=plan).widths(layers)
+
+
+def test_a_per_layer_search_that_lands_on_uniform_8_bit_writes_the_uniform_artifact(tmp_path, tiny_task_ref):
+    import optuna
+
+    from autoslim.artifact import artifact_bytes, save_artifact
+    from autoslim.pipeline import apply_recipe
+    from autoslim.recipe import Recipe
+    from autoslim.space import ModelInfo
+    from autoslim.task import load_task
+    from autoslim.techniques.quantize import WeightQuantSpace
+
+    task = load_task(Recipe.from_dict({"task": tiny_task_ref}).task)
+    info = ModelInfo.from_model(task.build_model())
+    space = WeightQuantSpace(bits=[8, 4], per_layer=True, optional=False)
+    params = {f"{space.name}.bits.{name}": 8 for name in info.names}
+    stage = space.suggest(optuna.trial.FixedTrial(params), info)
+    per_layer = Recipe.from_dict({"task": tiny_task_ref, "stages": [stage.model_dump()]})
+    uniform = Recipe.from_dict({"task": tiny_task_ref, "stages": [{"kind": "quantize", "default": 8}]})
+    sizes = [artifact_bytes(save_artifact(apply_recipe(r), r, tmp_path / str(i))) for i, r in enumerate((per_layer, uniform))]
+    assert sizes[0] == sizes[1]
