@@ -9,12 +9,14 @@ Layout::
 
 ``size_bytes`` is the sum of the files' sizes: what a user downloads. Loading rebuilds
 the model from the task's factory and the recipe, then decodes the tensors; nothing is
-unpickled. Each weight takes whichever encoding is smaller, dense or bitmap-sparse;
-the sparse-storage family extends :data:`ENCODINGS` with more formats.
+unpickled. Each weight is stored as the recipe's storage policy says
+(:mod:`autoslim.sparse.policy`): in its smallest encoding, dense or any sparse format, or,
+with ``fastest``, in the layout of the kernel the loaded model will run it on.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -33,9 +35,10 @@ from autoslim.pack import pack_bits, packed_nbytes, unpack_bits
 from autoslim.pipeline import prepare_runtime, rebuild_structure
 from autoslim.recipe import Recipe
 from autoslim.space import compressible_layers
-from autoslim.sparse.choose import choose_format, feasible_formats, smallest_format
-from autoslim.sparse.formats import decode_tensor
-from autoslim.sparse.runtime import sparse_runtime
+from autoslim.sparse.choose import choose_format, feasible_formats
+from autoslim.sparse.formats import FORMATS, decode_tensor
+from autoslim.sparse.policy import FASTEST, SMALLEST, policy_of
+from autoslim.sparse.runtime import planned_kernels, sparse_runtime
 from autoslim.task import Task, load_task
 from autoslim.techniques.codebook import CodebookSpec, assign, lookup
 from autoslim.techniques.quant_grid import GridSpec, dequantize_levels, quantize_levels
@@ -122,40 +125,47 @@ def _encode_levels(name: str, levels: torch.Tensor, zero_levels: torch.Tensor, s
 
 
 def _encode_matrix(name: str, matrix: torch.Tensor, shape: list[int], *, value_bits: int | None,
-                   pinned: str = "auto") -> Encoded:
-    """The smallest of every sparse format for this weight (dense included), measured by
-    actually encoding it (:func:`autoslim.sparse.choose.smallest_format`), unless a
-    storage stage pinned a format that can hold it."""
+                   choice: str = SMALLEST, kernel: str = "dense") -> Encoded:
+    """This weight in the format ``choice`` resolves to: the smallest of every format
+    (dense included, measured by actually encoding it), the layout ``kernel`` reads
+    (``fastest``), or a format a storage stage pinned, if that format can hold it."""
     matrix2d = matrix.reshape(shape[0], -1)
-    if pinned != "auto" and pinned in feasible_formats(matrix2d, [pinned], (2, 4)):
-        fmt, encoded = choose_format(matrix2d, pinned, value_bits=value_bits)
-    else:
-        fmt, encoded = smallest_format(matrix2d, value_bits=value_bits)
+    if choice in FORMATS and not feasible_formats(matrix2d, [choice], (2, 4)):
+        choice = SMALLEST
+    fmt, encoded = choose_format(matrix2d, choice, kernel=kernel, value_bits=value_bits)
     tensors = {f"{name}::{key}": torch.from_numpy(np.ascontiguousarray(array)) for key, array in encoded.arrays.items()}
     return Encoded(tensors, {"enc": "sparse", "format": fmt, "meta": encoded.meta, "shape": shape})
 
 
-def _encode_float(name: str, weight: torch.Tensor, width: str, pinned: str = "auto") -> Encoded:
-    """A float weight at its stored width, in its smallest format (fp32 dense stays raw)."""
+def _encode_float(name: str, weight: torch.Tensor, width: str, choice: str = SMALLEST,
+                  kernel: str = "dense") -> Encoded:
+    """A float weight at its stored width, in its chosen format (fp32 dense stays raw)."""
     stored = weight.detach().to(STORED_FLOATS[width]).contiguous()
-    enc = _encode_matrix(name, stored, list(weight.shape), value_bits=None, pinned=pinned)
+    enc = _encode_matrix(name, stored, list(weight.shape), value_bits=None, choice=choice, kernel=kernel)
     if width == "fp32" and enc.layout["format"] == "dense":
         return Encoded({name: weight.detach().contiguous()}, {"enc": "raw"})
     return enc
 
 
-def _encode_weight(name: str, module: nn.Module) -> Encoded:
-    spec = grid_of(module)
+def _layer_choice(module: nn.Module, policy: str) -> str:
+    """A storage stage's value for this layer, where ``auto`` (no stage) means the policy."""
     pinned = storage_format(module)
+    return policy if pinned == "auto" else pinned
+
+
+def _encode_weight(name: str, module: nn.Module, choice: str = SMALLEST, kernel: str = "dense") -> Encoded:
+    spec = grid_of(module)
     if spec is None:
-        return _encode_float(name, module.weight, float_width_of(module) or "fp32", pinned)
+        return _encode_float(name, module.weight, float_width_of(module) or "fp32", choice, kernel)
     levels, zero_levels = _levels_and_zero(module.weight, spec, _module_params(module, spec))
     if isinstance(spec, GridSpec) and spec.symmetric:
         # Signed levels make 0.0 the integer 0, which every sparse format treats as absent.
         signed = (levels.to(torch.int16) - spec.qmax).to(torch.int8)
-        enc = _encode_matrix(name, signed, list(levels.shape), value_bits=spec.bits, pinned=pinned)
+        enc = _encode_matrix(name, signed, list(levels.shape), value_bits=spec.bits, choice=choice, kernel=kernel)
         enc.layout["grid"] = _grid_layout(spec)
         return enc
+    # Asymmetric and codebook levels keep their own dense-or-bitmap form: no sparse kernel
+    # reads them, so there is no layout to be fastest in.
     return _encode_levels(name, levels, zero_levels, spec)
 
 
@@ -173,14 +183,31 @@ def _state_params(state: dict, prefix: str, spec) -> dict:
     return {"scale": scale, "zero": state.get(prefix + ZERO_BUFFER, torch.zeros_like(scale))}
 
 
-def encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """All tensors of the model in stored form, plus the layout that decodes them."""
+def runtime_kernels(model: nn.Module, recipe: Recipe) -> dict[str, str]:
+    """Per layer, the kernel this model will run once saved and loaded for ``recipe.target``.
+
+    It asks the same function the loader uses (:func:`planned_kernels`), on a copy moved
+    onto the runtime's kernels as :func:`load_artifact` moves it (8-bit layers onto int8,
+    which leaves them out of the CSR plan), so the stored format and the kernel agree.
+    """
+    return planned_kernels(prepare_runtime(copy.deepcopy(model), recipe), recipe.target)
+
+
+def encode_state(
+    model: nn.Module, *, policy: str = SMALLEST, kernels: dict[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """All tensors of the model in stored form, plus the layout that decodes them.
+
+    ``kernels`` (from :func:`runtime_kernels`) is what ``fastest`` layers are stored for;
+    a layer missing from it runs dense.
+    """
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors: dict[str, torch.Tensor] = {}
     layout: dict[str, dict] = {}
+    kernels = kernels or {}
     for layer_name, module in compressible_layers(model).items():
         name = f"{layer_name}.weight" if layer_name else "weight"
-        enc = _encode_weight(name, module)
+        enc = _encode_weight(name, module, _layer_choice(module, policy), kernels.get(layer_name, "dense"))
         if enc.layout["enc"] != "raw":
             tensors |= enc.tensors
             layout[name] = enc.layout
@@ -230,7 +257,7 @@ def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path) -> Path
     if out_dir.exists() and not is_artifact(out_dir) and any(out_dir.iterdir()):
         raise AutoslimError(f"{out_dir} exists and is not an autoslim artifact; refusing to overwrite")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tensors, layout = encode_state(model)
+    tensors, layout = encode_state(model, **_storage_plan(model, recipe))
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (tmp / RECIPE_FILE).write_text(recipe.core().to_yaml())
@@ -243,6 +270,15 @@ def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path) -> Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _storage_plan(model: nn.Module, recipe: Recipe) -> dict:
+    """``encode_state``'s policy and, only if some layer is stored ``fastest``, the kernels
+    (planning times crossovers, so a ``smallest`` artifact never waits for a timer)."""
+    policy = policy_of(recipe.target)
+    layers = compressible_layers(model).values()
+    fastest = any(_layer_choice(m, policy) == FASTEST for m in layers)
+    return {"policy": policy, "kernels": runtime_kernels(model, recipe) if fastest else None}
 
 
 def _set_default_permissions(folder: Path) -> None:

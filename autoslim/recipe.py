@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from autoslim.errors import AutoslimError
 
@@ -79,6 +87,17 @@ class Target(StrictModel):
     repeats: int = Field(default=30, ge=3)
     # Run pruned Linear layers on the CSR kernel where the measured crossover says it wins.
     sparse_kernels: bool = True
+    # Store sparse weights in their smallest encoding or in the layout of their kernel
+    # (autoslim.sparse.policy). Unset: smallest; an experiment settles it per trial.
+    storage_policy: Literal["smallest", "fastest"] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_policy(self, handler):
+        # Unset stays out of every dump, so targets and fingerprints from before are unchanged.
+        data = handler(self)
+        if data.get("storage_policy") is None:
+            data.pop("storage_policy", None)
+        return data
 
 
 class Provenance(StrictModel):

@@ -9,9 +9,15 @@ them; ELLPACK, DIA, N:M and bitmap have no CPU kernel, so they time decode-then-
 per call (decoding once at load instead would simply run dense). 4-bit levels have no
 sparse CPU kernel either; they dequantize to fp32 and run the same kernels, so only
 their bytes differ. ``auto`` is :class:`SparseLinear`'s choice from the measured CSR
-crossover, and ``auto_right`` says whether it picked the faster of dense and CSR here.
+crossover, and ``auto_right`` says whether it picked the faster of dense and CSR here;
+``stored`` is the format the artifact writes under the ``smallest`` policy, then under
+``fastest`` (the layout of that kernel, see :mod:`autoslim.sparse.policy`) for b1/b64.
 
-    python benchmarks/sparse.py [--quick] [--json] [--threads 2]
+``--patterns unstructured`` times only that pattern (the crossover grid always runs), so a
+repeat fits in a quiet moment of a shared machine. The 1-minute load average is recorded at
+the start and the end.
+
+    python benchmarks/sparse.py [--quick] [--json] [--threads 2] [--patterns unstructured,block4x4,2:4]
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from autoslim.sparse import crossover as xo
+from autoslim.sparse.choose import fastest_format, smallest_format
 from autoslim.sparse.execute import SparseLinear, choose_kernel
 from autoslim.sparse.formats import FORMATS, decode, encode
 
+PATTERNS = ("unstructured", "block4x4", "2:4")
 TORCH_KERNELS = {"dense": "torch dense", "csr": "torch CSR", "csc": "torch CSC", "coo": "torch COO", "bsr": "torch BSR 4x4"}
 CROSSOVER_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 
@@ -104,11 +112,12 @@ def format_row(fmt, weight, levels, inputs, dense_ms, repeats) -> dict | None:
 
 
 def auto_row(weight, sparsity, inputs, dense_ms, crossovers, csr_row, repeats) -> dict:
-    row = {"format": "auto", "kernel": {}}
+    row = {"format": "auto", "kernel": {}, "stored": {"smallest": smallest_format(weight.numpy())[0]}}
     for batch, x in inputs.items():
         kernel = choose_kernel(sparsity, crossovers[batch])
         layer = SparseLinear(weight, None, kernel)
         row["kernel"][batch] = kernel
+        row["stored"][f"fastest_b{batch}"] = fastest_format(weight.numpy(), kernel)[0]
         ratio = timed_ms(lambda layer=layer, x=x: layer(x), repeats) / dense_ms[batch]
         row[f"b{batch}_ratio"] = ratio
         row[f"b{batch}_right"] = (kernel == "csr") == (csr_row[f"b{batch}_ratio"] < 1.0)
@@ -129,7 +138,8 @@ def case_rows(pattern, sparsity, shape, inputs, crossovers, repeats, rng) -> lis
     return rows
 
 
-def run(quick: bool, threads: int) -> dict:
+def run(quick: bool, threads: int, patterns: tuple[str, ...] = PATTERNS) -> dict:
+    load_at_start = os.getloadavg()[0]
     torch.set_num_threads(threads)
     shape = (256, 512) if quick else (768, 3072)
     sparsities = (0.5, 0.9) if quick else (0.5, 0.8, 0.9, 0.95)
@@ -142,12 +152,13 @@ def run(quick: bool, threads: int) -> dict:
     rng = np.random.default_rng(0)
     rows = []
     with torch.inference_mode():
-        for pattern in ("unstructured", "block4x4", "2:4"):
+        for pattern in patterns:
             for sparsity in sparsities:
                 rows += case_rows(pattern, sparsity, shape, inputs, crossovers, repeats, rng)
     return {
         "shape": list(shape), "threads": threads, "torch": torch.__version__, "device": xo.device_name(),
-        "python": platform.python_version(), "quick": quick, "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(), "quick": quick, "patterns": list(patterns),
+        "loadavg_1min_at_start": round(load_at_start, 2), "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
         "csr_crossover": {str(b): crossovers[b] for b in inputs},
         "csr_crossover_ratios": {str(b): {str(k): v for k, v in ratios[b].items()} for b in inputs},
         "rows": rows,
@@ -162,9 +173,10 @@ def _cell(value) -> str:
 
 def print_table(result: dict) -> None:
     columns = ("pattern", "sparsity", "format", "kernel", "bytes_fp32", "bytes_4bit", "encode_ms", "b1_ratio", "b64_ratio",
-               "b1_right", "b64_right")
+               "b1_right", "b64_right", "stored")
     print(f"shape {result['shape']}, {result['threads']} threads, torch {result['torch']}, {result['device']}, "
-          f"1-min load average at end {result['loadavg_1min_at_end']}")
+          f"1-min load average at start {result.get('loadavg_1min_at_start')} and at end "
+          f"{result['loadavg_1min_at_end']}")
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in result["rows"]:
@@ -179,8 +191,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small matrix, few repeats (CI smoke)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--patterns", default=",".join(PATTERNS), help="comma-separated subset of " + ", ".join(PATTERNS))
     args = parser.parse_args()
-    result = run(args.quick, args.threads)
+    patterns = tuple(args.patterns.split(","))
+    if unknown := set(patterns) - set(PATTERNS):
+        parser.error(f"unknown pattern(s): {', '.join(sorted(unknown))}")
+    result = run(args.quick, args.threads, patterns)
     if args.json:
         print(json.dumps(result))
     else:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -14,6 +16,10 @@ from autoslim.artifact import (
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
+from autoslim.sparse import crossover as xo
+from autoslim.sparse.choose import feasible_formats
+from autoslim.sparse.execute import SparseLinear
+from autoslim.sparse.formats import FORMATS, encode
 from autoslim.techniques.quant_grid import GridSpec, fake_quantize
 from autoslim.techniques.quantize import mark_grid
 
@@ -151,3 +157,125 @@ def test_storage_stage_pins_a_format_and_falls_back_when_it_cannot_hold_the_weig
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+@pytest.fixture
+def fake_timer(monkeypatch, tmp_path):
+    """Crossover timing without a clock: each timed kernel says what it is, a price list times it.
+
+    ``install(csr_ms)`` prices CSR at ``csr_ms(sparsity)`` against dense at 1.0 and returns
+    the list of what was timed. The crossover cache file is private to the test (only that
+    file: the session's trained baseline stays shared).
+    """
+    monkeypatch.setattr(xo, "cache_path", lambda: tmp_path / xo.CACHE_FILE)
+
+    def install(csr_ms):
+        timed = []
+
+        def kernels(out_features, in_features, batch, sparsity, seed=0):
+            return (lambda: ("dense", sparsity)), (lambda: ("csr", sparsity))
+
+        def timer(fn, repeats, warmup=3):
+            kernel, sparsity = fn()
+            timed.append((kernel, sparsity))
+            return csr_ms(sparsity) if kernel == "csr" else 1.0
+
+        monkeypatch.setattr(xo, "linear_kernels", kernels)
+        monkeypatch.setattr(xo, "median_ms", timer)
+        return timed
+
+    return install
+
+
+def csr_wins_from_80_percent(sparsity: float) -> float:
+    return 4.0 * (1.0 - sparsity)  # faster than dense (1.0) above 75 %: crossover 0.8 on the grid
+
+
+def pruned_recipe(task_ref: dict, policy: str | None = None, stages: tuple = ()) -> Recipe:
+    """classifier.1 (128x32) at 90 % zeros, past the crossover; classifier.4 at 60 %, below it."""
+    target = {"threads": 1, "batch_size": 8} | ({"storage_policy": policy} if policy else {})
+    return Recipe.from_dict({"task": task_ref, "target": target, "stages": [
+        {"kind": "prune", "scope": "layer", "sparsity": 0.9, "layers": {"classifier.4": 0.6}}, *stages,
+    ]})
+
+
+def stored_formats(path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path / "weights.safetensors"), framework="pt") as f:
+        layout = json.loads(f.metadata()["autoslim.layout"])
+    return {name.removesuffix(".weight"): entry["format"] for name, entry in layout.items()}
+
+
+def test_fastest_policy_stores_csr_exactly_where_the_loaded_model_runs_csr(tmp_path, tiny_task_ref, fake_timer):
+    timed = fake_timer(csr_wins_from_80_percent)
+    recipe = pruned_recipe(tiny_task_ref, "fastest")
+    model = apply_recipe(recipe)
+    out = save_artifact(model, recipe, tmp_path / "fast")
+    formats = stored_formats(out)
+    assert formats["classifier.1"] == "csr"
+    loaded = load_artifact(out).model
+    runs_csr = {name for name, m in loaded.named_modules() if isinstance(m, SparseLinear) and m.kernel == "csr"}
+    assert runs_csr == {name for name, fmt in formats.items() if fmt == "csr"} == {"classifier.1"}
+    # Both Linear shapes were timed once, at save; the load read the cache.
+    assert len(timed) == 2 * 2 * len(xo.DEFAULT_SPARSITIES)
+    # Every layer that runs dense is stored in its smallest format, never dense for speed.
+    smallest = stored_formats(save_artifact(model, pruned_recipe(tiny_task_ref), tmp_path / "small"))
+    assert {k: v for k, v in formats.items() if k != "classifier.1"} == \
+        {k: v for k, v in smallest.items() if k != "classifier.1"}
+    assert smallest["classifier.1"] != "csr"  # so the two policies really differ here
+    # ...and yet the loaded models run the same kernels: storage does not pick the kernel.
+    loaded_small = load_artifact(tmp_path / "small").model
+    assert {n for n, m in loaded_small.named_modules() if isinstance(m, SparseLinear)} == runs_csr
+
+
+def test_fastest_policy_is_the_smallest_where_the_sparse_kernel_never_wins(tmp_path, tiny_task_ref, fake_timer):
+    fake_timer(lambda sparsity: 2.0)
+    model = apply_recipe(pruned_recipe(tiny_task_ref))
+    fast = save_artifact(model, pruned_recipe(tiny_task_ref, "fastest"), tmp_path / "fast")
+    small = save_artifact(model, pruned_recipe(tiny_task_ref, "smallest"), tmp_path / "small")
+    assert (fast / "weights.safetensors").read_bytes() == (small / "weights.safetensors").read_bytes()
+
+
+def test_smallest_policy_never_times_and_never_stores_a_larger_encoding(tmp_path, tiny_task_ref, monkeypatch):
+    monkeypatch.setattr(xo, "median_ms", lambda *a, **k: pytest.fail("timed a kernel for a smallest artifact"))
+    recipe = pruned_recipe(tiny_task_ref)
+    model = apply_recipe(recipe)
+    tensors, layout = encode_state(model)
+    for name in layout:  # fp32 weights stored raw (dense was smallest) are not in the layout
+        matrix = model.get_parameter(name).detach()
+        matrix = matrix.reshape(matrix.shape[0], -1)
+        stored = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith(f"{name}::"))
+        assert stored == min(encode(matrix, f).nbytes for f in feasible_formats(matrix, FORMATS, (2, 4))), name
+    save_artifact(model, recipe, tmp_path / "a")
+
+
+def test_the_policy_is_recorded_in_the_artifact_recipe_and_replays_to_the_same_bytes(tmp_path, tiny_task_ref,
+                                                                                    fake_timer):
+    fake_timer(csr_wins_from_80_percent)
+    recipe = pruned_recipe(tiny_task_ref, "fastest")
+    first = save_artifact(apply_recipe(recipe), recipe, tmp_path / "first")
+    replayed = Recipe.load(first / "recipe.yaml")
+    assert replayed.target.storage_policy == "fastest"
+    again = save_artifact(apply_recipe(replayed), replayed, tmp_path / "again")
+    assert (again / "weights.safetensors").read_bytes() == (first / "weights.safetensors").read_bytes()
+    assert stored_formats(again)["classifier.1"] == "csr"
+
+
+def test_a_storage_stage_can_ask_for_fastest_or_smallest_per_layer(tmp_path, tiny_task_ref, fake_timer):
+    fake_timer(csr_wins_from_80_percent)
+    stage = {"kind": "storage", "layers": {"classifier.1": "fastest"}}
+    recipe = pruned_recipe(tiny_task_ref, stages=(stage,))
+    assert stored_formats(save_artifact(apply_recipe(recipe), recipe, tmp_path / "a"))["classifier.1"] == "csr"
+    stage = {"kind": "storage", "default": "smallest"}
+    recipe = pruned_recipe(tiny_task_ref, "fastest", stages=(stage,))
+    assert stored_formats(save_artifact(apply_recipe(recipe), recipe, tmp_path / "b"))["classifier.1"] != "csr"
+
+
+def test_fastest_leaves_layers_on_the_int8_kernel_out_of_csr(tmp_path, tiny_task_ref, fake_timer):
+    fake_timer(csr_wins_from_80_percent)
+    quantize = {"kind": "quantize", "layers": {"classifier.1": 8}}
+    recipe = pruned_recipe(tiny_task_ref, "fastest", stages=(quantize,))
+    model = apply_recipe(recipe)
+    assert stored_formats(save_artifact(model, recipe, tmp_path / "a"))["classifier.1"] != "csr"
+    assert not any(isinstance(m, SparseLinear) for m in load_artifact(tmp_path / "a").model.modules())

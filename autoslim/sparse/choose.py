@@ -1,18 +1,20 @@
-"""Per-layer format choice: the smallest measured encoding, or the fastest kernel.
+"""Per-layer format choice: the smallest measured encoding, or the format its kernel reads.
 
 Size is decided by encoding every candidate and keeping the smallest payload: encoding
 a 768x3072 matrix takes milliseconds, so there is no reason to trust a model of the
 bytes when the bytes themselves are at hand. The pattern features
 (:mod:`.features`) explain the choice; they never overrule it.
 
-Latency is decided by what can actually run. On CPU the only sparse kernel worth having
-is torch's CSR matmul (ELLPACK, DIA and N:M have none; COO, CSC and BSR are slower than
-CSR, see ``benchmarks/SPARSE_RESULTS.md``), so the fastest layer is CSR at or above the
-measured crossover and dense below it. On CUDA it is 2:4 semi-structured when that is
-measured faster than dense fp16.
+Speed is decided by the kernel that will actually run, which the runtime picks by
+measurement (:func:`autoslim.sparse.runtime.planned_kernels`). On CPU the only sparse kernel
+worth having is torch's CSR matmul (ELLPACK, DIA and N:M have none; COO, CSC and BSR are
+slower than CSR, see ``benchmarks/SPARSE_RESULTS.md``). On CUDA the candidate is 2:4
+semi-structured. :func:`fastest_format` stores a weight in the layout its kernel reads.
+Every other weight is decoded to dense once at load, so for those the formats tie on
+speed and the smallest wins (see :mod:`.policy`).
 
-:data:`FORMAT_CHOICES` is the format as a searchable dimension: ``"auto"`` (the smallest
-measured) or one fixed format.
+:data:`FORMAT_CHOICES` is the format as a searchable dimension: ``"auto"`` (the recipe's
+storage policy), ``"smallest"``, ``"fastest"`` or one fixed format.
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ import numpy as np
 import torch
 
 from autoslim.errors import AutoslimError
-from autoslim.sparse import semi_structured
-from autoslim.sparse.crossover import measure_crossover
-from autoslim.sparse.execute import choose_kernel
 from autoslim.sparse.features import nm_holds
 from autoslim.sparse.formats import FORMATS, Encoded, encode
+from autoslim.sparse.policy import FASTEST, POLICIES, SMALLEST
 from autoslim.sparse.values import key_matrix
 
 AUTO = "auto"
-FORMAT_CHOICES = (AUTO, *FORMATS)
+FORMAT_CHOICES = (AUTO, *POLICIES, *FORMATS)
+# The stored layout each sparse kernel reads directly; every other kernel runs dense.
+KERNEL_FORMATS = {"csr": "csr", "semi_structured": "nm"}
 
 
 def feasible_formats(matrix: np.ndarray | torch.Tensor, candidates: Sequence[str], nm: tuple[int, int]) -> list[str]:
@@ -61,31 +63,21 @@ def smallest_format(
 
 def fastest_format(
     matrix: np.ndarray | torch.Tensor,
-    *,
-    batch: int,
-    threads: int,
+    kernel: str,
     candidates: Sequence[str] = FORMATS,
+    *,
     value_bits: int | None = None,
     block: tuple[int, int] = (4, 4),
     nm: tuple[int, int] = (2, 4),
-    device: str = "cpu",
 ) -> tuple[str, Encoded]:
-    """The format whose kernel runs fastest here, by measured crossover; dense otherwise.
+    """The layout that ``kernel`` (the one the runtime will run) reads, else the smallest.
 
-    If neither the winning kernel's format nor dense is a candidate, the smallest is taken:
-    all other formats run as decode-then-dense, so they tie on speed.
+    A dense kernel gets the smallest format, not ``dense``: weights are decoded once at
+    load, so every format runs equally fast there and the extra bytes would buy nothing.
     """
-    keys, _ = key_matrix(matrix)
-    if device.startswith("cuda"):
-        weight = torch.from_numpy((keys != 0).astype(np.float32))
-        kernel = semi_structured.choose_kernel(weight, batch)
-        fastest = "nm" if kernel == "semi_structured" else "dense"
-    else:
-        cross = measure_crossover(keys.shape[0], keys.shape[1], batch, threads)
-        fastest = choose_kernel(1.0 - np.count_nonzero(keys) / keys.size, cross)
-    for fmt in (fastest, "dense"):
-        if fmt in candidates:
-            return fmt, encode(matrix, fmt, block=block, nm=nm, value_bits=value_bits)
+    fmt = KERNEL_FORMATS.get(kernel)
+    if fmt in feasible_formats(matrix, [f for f in candidates if f == fmt], nm):
+        return fmt, encode(matrix, fmt, block=block, nm=nm, value_bits=value_bits)
     return smallest_format(matrix, candidates, value_bits=value_bits, block=block, nm=nm)
 
 
@@ -93,13 +85,21 @@ def choose_format(
     matrix: np.ndarray | torch.Tensor,
     choice: str = AUTO,
     *,
+    kernel: str = "dense",
     value_bits: int | None = None,
     block: tuple[int, int] = (4, 4),
     nm: tuple[int, int] = (2, 4),
 ) -> tuple[str, Encoded]:
-    """Resolve one value of :data:`FORMAT_CHOICES`: ``auto`` is the smallest, else that format."""
-    if choice == AUTO:
+    """Resolve one value of :data:`FORMAT_CHOICES`.
+
+    ``auto`` and ``smallest`` are the smallest, ``fastest`` is :func:`fastest_format` for
+    ``kernel``, anything else is that format. The artifact writer replaces ``auto`` with
+    the recipe's policy before it gets here.
+    """
+    if choice in (AUTO, SMALLEST):
         return smallest_format(matrix, value_bits=value_bits, block=block, nm=nm)
+    if choice == FASTEST:
+        return fastest_format(matrix, kernel, value_bits=value_bits, block=block, nm=nm)
     if choice not in FORMATS:
         raise AutoslimError(f"unknown format choice {choice!r}; choose one of {', '.join(FORMAT_CHOICES)}")
     return choice, encode(matrix, choice, block=block, nm=nm, value_bits=value_bits)

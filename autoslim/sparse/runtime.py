@@ -32,11 +32,24 @@ def warm_crossovers(model: nn.Module, target: Target) -> None:
         measure_crossover(linear.out_features, linear.in_features, target.batch_size, target.threads)
 
 
-def sparse_runtime(model: nn.Module, target: Target) -> nn.Module:
-    """Swap qualifying Linear layers for CSR ``SparseLinear``; return the model."""
+def planned_kernels(model: nn.Module, target: Target) -> dict[str, str]:
+    """Per qualifying Linear layer, the kernel :func:`sparse_runtime` runs: "csr" or "dense".
+
+    Layers not listed run as they are (dense). The artifact writer calls this too, with the
+    ``fastest`` storage policy, so the stored format and the kernel come from one decision.
+    """
+    plan = {}
     for name, linear in _candidates(model, target):
         crossover = measure_crossover(linear.out_features, linear.in_features, target.batch_size, target.threads)
-        if choose_kernel(sparsity_of(linear.weight.detach()), crossover) == "csr":
+        plan[name] = choose_kernel(sparsity_of(linear.weight.detach()), crossover)
+    return plan
+
+
+def sparse_runtime(model: nn.Module, target: Target) -> nn.Module:
+    """Swap qualifying Linear layers for CSR ``SparseLinear``; return the model."""
+    for name, kernel in planned_kernels(model, target).items():
+        if kernel == "csr":
+            linear = model.get_submodule(name)
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, SparseLinear.from_dense(linear, batch=target.batch_size,

@@ -1,10 +1,13 @@
 """Sparse storage format as a recipe stage and a search dimension.
 
-By default every weight is stored in whichever format is smallest for it (measured by
-encoding). This stage pins the format instead, per layer (exact name or ``re:`` regex)
-or for all layers, so a search can trade bytes for a layout that a deployment runtime
-reads directly (e.g. CSR). A pinned format that cannot hold a weight (N:M on a non-N:M
-pattern) falls back to the smallest one, and the layout records what was used.
+By default every weight is stored as the recipe's ``target.storage_policy`` says:
+its smallest encoding, measured by encoding it, or ``fastest``, the layout of the kernel
+the runtime will run for it (:mod:`autoslim.sparse.policy`). This stage overrides
+that per layer (exact name or ``re:`` regex) or for all layers. A value is ``auto``
+(follow the policy), ``smallest``, ``fastest`` or a fixed format. A search can
+then trade bytes for a layout that a deployment runtime reads directly (e.g. CSR). A
+pinned format that cannot hold a weight (N:M on a non-N:M pattern) falls back to the
+smallest one, and the layout records what was used.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from autoslim.recipe import StageConfig, resolve_layer_map
 from autoslim.space import ComponentSpec, ModelInfo, compressible_layers
 
 FORMAT_ATTR = "autoslim_storage_format"
-Format = Literal["auto", "dense", "bitmap", "csr", "csc", "coo", "bsr", "ellpack", "dia", "nm"]
+Format = Literal["auto", "smallest", "fastest", "dense", "bitmap", "csr", "csc", "coo", "bsr", "ellpack", "dia", "nm"]
 
 
 class StorageConfig(StageConfig):

@@ -39,3 +39,13 @@ def test_sparse_kernels_can_be_switched_off(monkeypatch):
     monkeypatch.setattr(runtime, "measure_crossover", lambda *a: 0.0)
     model = nn.Sequential(pruned(64, 32, 0.9))
     assert type(runtime.sparse_runtime(model, Target(sparse_kernels=False))[0]) is nn.Linear
+
+
+def test_the_plan_names_the_kernel_each_swapped_layer_runs(monkeypatch):
+    monkeypatch.setattr(runtime, "measure_crossover", lambda *a: 0.8)
+    model = nn.Sequential(pruned(64, 32, 0.9), nn.ReLU(), pruned(32, 16, 0.6), nn.ReLU(), pruned(16, 4, 0.2))
+    target = Target(batch_size=5, threads=1)
+    plan = runtime.planned_kernels(model, target)
+    assert plan == {"0": "csr", "2": "dense"}  # the 20 % layer is no candidate: it runs as it is
+    out = runtime.sparse_runtime(model, target)
+    assert {n: m.kernel for n, m in out.named_modules() if isinstance(m, SparseLinear)} == {"0": "csr"}
