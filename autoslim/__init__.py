@@ -32,10 +32,9 @@ _EXPORTS = {
     "save_artifact": "autoslim.artifact",
     "load_run": "autoslim.run",
     "measure_artifact": "autoslim.measure",
-    "search": "autoslim.search.local",
 }
 
-__all__ = ["apply", *_EXPORTS]
+__all__ = ["apply", "search", *_EXPORTS]
 
 
 def apply(recipe: Any, **kwargs: Any) -> Any:
@@ -51,6 +50,8 @@ def apply(recipe: Any, **kwargs: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "search":  # the callable subpackage (see autoslim/search/__init__.py)
+        return import_module("autoslim.search")
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'autoslim' has no attribute {name!r}")

@@ -54,7 +54,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoslim.search.local import Overrides, search
 
     run = search(args.experiment, out=args.out,
-                 overrides=Overrides(trials=args.trials, timeout=args.timeout, seed=args.seed))
+                 overrides=Overrides(trials=args.trials, timeout=args.timeout, seed=args.seed),
+                 backend=args.backend, address=args.address, storage=args.storage)
     print(f"run folder: {run.path}")
     return _print_front(run, as_json=False)
 
@@ -220,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds for this invocation")
     p.add_argument("--out", help="run folder (default runs/<experiment name>)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="run trials in this process (default) or on a Ray cluster through Ray Tune")
+    p.add_argument("--address", help="Ray cluster address (with --backend ray; default: start a local Ray)")
+    p.add_argument("--storage", help="study storage URL shared by several workers, e.g. "
+                   "postgresql://host/db (default: a journal file in the run folder)")
     p.set_defaults(func=cmd_search)
     p = sub.add_parser("sensitivity", help="per-layer quantization sensitivity table and heatmap")
     p.add_argument("experiment")

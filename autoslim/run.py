@@ -33,13 +33,40 @@ JOURNAL_FILE = "study.journal"
 ATTR_PREFIX = "autoslim."
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """A journal file path (server-free, multi-process safe) or an RDB URL."""
-    if "://" in url:
-        return optuna.storages.RDBStorage(url)
-    from optuna.storages.journal import JournalFileBackend
+RDB_SCHEMES = ("postgresql", "mysql", "sqlite")
 
-    return optuna.storages.JournalStorage(JournalFileBackend(url))
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """A journal file path (server-free, multi-process safe) or a database URL.
+
+    A PostgreSQL URL lets several ``autoslim search`` processes, on several machines,
+    work on one study. A URL without a password takes it the libpq way
+    (``PGPASSWORD`` or ``~/.pgpass``), so run folders never store one.
+    """
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in RDB_SCHEMES:
+        raise AutoslimError(f"unsupported storage URL scheme {scheme!r} (use postgresql://, mysql:// or sqlite:///)")
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # noqa: BLE001 — a driver or connection error is the user's to fix
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise AutoslimError(f"cannot open storage {public_storage_url(url)}: {first.strip()}") from None
+
+
+def public_storage_url(url: str) -> str:
+    """The URL with any password removed: what run.json records and messages show."""
+    if "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
+    except Exception:  # noqa: BLE001 — an unparsable URL is reported by open_storage
+        return url.split("://", 1)[0] + "://…"
 
 
 @dataclass
@@ -52,7 +79,10 @@ class Run:
 
     @property
     def objectives(self) -> dict[str, str]:
-        return dict(self.info["objectives"])
+        """Objective → direction, in the study's order (the order of ``trial.values``)."""
+        objectives = self.info["objectives"]
+        order = self.info.get("objective_order", list(objectives))
+        return {name: objectives[name] for name in order}
 
     @property
     def metric_name(self) -> str:
@@ -109,7 +139,10 @@ def trials_table(study: optuna.Study, objectives: dict[str, str]) -> pd.DataFram
 
 
 def write_run_info(path: Path, info: dict[str, Any]) -> None:
-    write_text_atomic(path / RUN_FILE, json.dumps(info, indent=2, sort_keys=True))
+    # JSON objects are unordered to many readers, but trial.values follow the objectives'
+    # order: record it explicitly.
+    info = {**info, "objective_order": list(info["objectives"])}
+    write_text_atomic(path / RUN_FILE, json.dumps(info, indent=2))
 
 
 def read_run_info(path: str | Path) -> dict[str, Any]:
@@ -128,11 +161,12 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
-def load_run(path: str | Path) -> Run:
-    """Open a run folder written by ``autoslim search``."""
+def load_run(path: str | Path, *, storage: str | None = None) -> Run:
+    """Open a run folder written by ``autoslim search`` (``storage`` overrides the
+    URL recorded in run.json, e.g. to add a password)."""
     path = Path(path)
     info = read_run_info(path)
-    storage_url = info.get("storage") or str(path / JOURNAL_FILE)
+    storage_url = storage or info.get("storage") or str(path / JOURNAL_FILE)
     try:
         study = optuna.load_study(study_name=info["study_name"], storage=open_storage(storage_url))
     except KeyError:

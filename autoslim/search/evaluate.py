@@ -1,9 +1,11 @@
 """The one trial body: suggest → recipe → apply → artifact → measure → objectives.
 
-Both the local driver and (later) the Ray backend call :func:`evaluate_trial`; it never
-reads a number from the in-memory model, only from the saved artifact. With early
-stopping on, the costs are measured first on a dry-run artifact (no training), and each
-fine-tune epoch's validation metric goes to the stopping rule.
+Both the local driver and the Ray backend call :func:`run_trial_body`; it never reads a
+number from the in-memory model, only from the saved artifact. With early stopping on,
+the costs are measured first on a dry-run artifact (no training), and each fine-tune
+epoch's validation metric goes to the stopping rule. The body returns an
+:class:`Outcome` instead of raising, so a Ray worker can ship it back to the driver,
+which records it in the study exactly as the local driver does.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import copy
 import math
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import optuna
 from torch import nn
@@ -20,11 +24,12 @@ from torch import nn
 from autoslim.artifact import artifact_bytes, save_artifact
 from autoslim.errors import TrialFailed
 from autoslim.measure import measure_in_subprocess
-from autoslim.pipeline import apply_recipe
-from autoslim.recipe import Recipe
+from autoslim.pipeline import apply_recipe, realised_recipe
+from autoslim.recipe import Recipe, Target
 from autoslim.search.early_stop import ParetoStopper, StopTrial
 from autoslim.search.experiment import Experiment
 from autoslim.space import ModelInfo, SearchSpace
+from autoslim.sparse.policy import settle_storage_policy
 from autoslim.task import Task
 from autoslim.train import TrainHooks
 
@@ -40,6 +45,12 @@ class SearchContext:
     baseline_values: dict[str, float]
     run_dir: Path
     seed: int
+    # Where artifacts are measured: a fresh local process by default; the Ray backend
+    # can route this to a measuring actor on the target node.
+    measure: Callable[..., dict] | None = None
+
+    def measure_artifact(self, path: Path, target: Target, splits: tuple[str, ...] = ("val",)) -> dict:
+        return (self.measure or measure_in_subprocess)(path, target, splits=splits)
 
     @property
     def info(self) -> ModelInfo:
@@ -55,7 +66,10 @@ class SearchContext:
 
 def suggest_recipe(trial: optuna.Trial, ctx: SearchContext) -> Recipe:
     stages = ctx.space.suggest(trial, ctx.info)
-    return Recipe(task=ctx.experiment.task, seed=ctx.seed, target=ctx.experiment.target, stages=stages)
+    # The recipe names its storage policy (fastest when latency is an objective), so it
+    # replays alone.
+    target = settle_storage_policy(ctx.experiment.target, ctx.experiment.objectives)
+    return Recipe(task=ctx.experiment.task, seed=ctx.seed, target=target, stages=stages)
 
 
 def dry_run_costs(recipe: Recipe, ctx: SearchContext, out: Path) -> dict[str, float]:
@@ -66,7 +80,7 @@ def dry_run_costs(recipe: Recipe, ctx: SearchContext, out: Path) -> dict[str, fl
         if set(ctx.cost_objectives) <= {"size_bytes"}:
             values = {"size_bytes": artifact_bytes(out)}  # bytes need no measuring process
         else:
-            values = measure_in_subprocess(out, ctx.experiment.target)
+            values = ctx.measure_artifact(out, ctx.experiment.target)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return {name: float(values[name]) for name in ctx.cost_objectives}
@@ -88,7 +102,8 @@ def _epoch_hook(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper,
 def evaluate_trial(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper | None = None) -> dict[str, float]:
     """Run one trial and return every measured value (objectives and extras).
 
-    Records the recipe on the trial first, so even a failed trial says what it tried.
+    Records the recipe on the trial first, so even a failed trial says what it tried, and
+    again after apply with what its stages settled (what export and the artifact replay).
     Raises :class:`StopTrial` when the stopping rule ends its fine-tuning.
     """
     recipe = suggest_recipe(trial, ctx)
@@ -99,10 +114,14 @@ def evaluate_trial(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopp
         costs = dry_run_costs(recipe, ctx, out)
         trial.set_user_attr("dry_run_costs", costs)
         hooks.on_epoch_end.append(_epoch_hook(trial, ctx, stopper, costs))
-    model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), hooks=hooks)
+    records: dict[str, Any] = {}
+    model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), hooks=hooks,
+                         records=records)
+    recipe = realised_recipe(recipe, records)  # e.g. the phases an adaptive schedule chose
+    trial.set_user_attr("recipe", recipe.to_dict())
     save_artifact(model, recipe, out)
     try:
-        values = measure_in_subprocess(out, ctx.experiment.target)
+        values = ctx.measure_artifact(out, ctx.experiment.target)
     finally:
         if ctx.experiment.search.keep_artifacts == "none":
             shutil.rmtree(out, ignore_errors=True)
@@ -111,3 +130,33 @@ def evaluate_trial(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopp
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise TrialFailed(f"objective {name} is {value!r} after measurement")
     return values
+
+
+@dataclass
+class Outcome:
+    """What one trial produced: measured values, or why it failed or was stopped."""
+
+    status: Literal["complete", "failed", "stopped"]
+    values: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "values": self.values, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        return cls(data["status"], dict(data.get("values") or {}), data.get("reason", ""))
+
+
+def run_trial_body(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper | None = None) -> Outcome:
+    """:func:`evaluate_trial`, with every failure turned into a recorded reason.
+
+    KeyboardInterrupt is not caught: an interrupted trial is the driver's to re-queue.
+    """
+    try:
+        return Outcome("complete", evaluate_trial(trial, ctx, stopper))
+    except StopTrial as stop:
+        return Outcome("stopped", reason=str(stop))
+    except Exception as exc:  # noqa: BLE001 — any crash inside a trial is that trial's failure
+        reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
+        return Outcome("failed", reason=reason.splitlines()[0] if reason.strip() else type(exc).__name__)

@@ -66,6 +66,23 @@ class EarlyStopping(StrictModel):
     min_curves: int = Field(default=3, ge=1)
 
 
+class RaySettings(StrictModel):
+    """How ``--backend ray`` runs trials (see :mod:`autoslim.search.ray_backend`)."""
+
+    # Reserved per trial; the default is the target's thread count, so a trial's
+    # fine-tune and its latency measurement get the cores they are timed on.
+    cpus_per_trial: float | None = Field(default=None, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    max_concurrent: int = Field(default=4, ge=1)
+    # Times Ray restarts a trial whose worker died (OOM kill, lost node) before the
+    # trial is recorded as failed.
+    max_retries: int = Field(default=1, ge=0)
+    # A Ray custom resource that marks the measuring node(s). When set, every artifact
+    # is shipped to a measuring actor placed there, one measurement at a time, so
+    # latency and energy come from the target hardware, not the node a trial ran on.
+    measure_resource: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.-]*$")
+
+
 class SearchSettings(StrictModel):
     trials: int = Field(default=40, ge=1)
     timeout: float | None = Field(default=None, gt=0)
@@ -79,6 +96,7 @@ class SearchSettings(StrictModel):
     # Uniform widths (e.g. [8, 4]) enqueued first, so the front starts at the uniform baselines.
     warm_start_uniform: list[int | str] = Field(default_factory=list)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    ray: RaySettings = Field(default_factory=RaySettings)
 
 
 class Experiment(StrictModel):

@@ -8,10 +8,15 @@ re-queues their parameters), and runs only the remaining budget.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import math
 import os
+import shutil
 import socket
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +27,8 @@ from tqdm import tqdm
 
 from autoslim.artifact import save_artifact
 from autoslim.baseline import load_baseline
-from autoslim.errors import AutoslimError, TrialFailed
-from autoslim.measure import OBJECTIVE_NAMES, measure_in_subprocess
+from autoslim.errors import AutoslimError
+from autoslim.measure import OBJECTIVE_NAMES
 from autoslim.recipe import Recipe, one_line, validate_model
 from autoslim.run import (
     ATTR_PREFIX,
@@ -31,11 +36,12 @@ from autoslim.run import (
     Run,
     load_run,
     open_storage,
+    public_storage_url,
     read_run_info,
     write_run_info,
 )
-from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, StopTrial
-from autoslim.search.evaluate import SearchContext, evaluate_trial, suggest_recipe
+from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, metric_bound
+from autoslim.search.evaluate import Outcome, SearchContext, run_trial_body, suggest_recipe
 from autoslim.search.experiment import (
     Experiment,
     SearchSettings,
@@ -104,15 +110,20 @@ def build_probe_model(task) -> ModelInfo:
 
 
 def open_study(
-    run_dir: Path, experiment: Experiment, space: SearchSpace, metric_name: str
+    run_dir: Path, experiment: Experiment, space: SearchSpace, metric_name: str,
+    storage_url: str | None = None,
 ) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
-    """Create the study, or reopen it after checking it searches the same experiment."""
+    """Create the study, or reopen it after checking it searches the same experiment.
+
+    ``storage_url`` (e.g. ``postgresql://host/db``) shares one study between several
+    ``autoslim search`` processes; by default the study is a journal file in the run folder.
+    """
     prints = fingerprints(experiment, space)
     info_path = run_dir / "run.json"
-    if not info_path.exists() and run_dir.is_dir() and any(run_dir.iterdir()):
+    stored_info = read_run_info(run_dir) if info_path.exists() else {}
+    if not info_path.exists() and run_dir.is_dir() and not _only_run_json_being_written(run_dir):
         raise AutoslimError(f"{run_dir} is not empty and holds no autoslim run; choose another --out")
-    if info_path.exists():
-        stored_info = read_run_info(run_dir)
+    if stored_info:
         if stored_info.get("study_name") != experiment.name:
             raise AutoslimError(f"{run_dir} holds the run of experiment {stored_info.get('study_name')!r}, "
                                 f"not {experiment.name!r}; use --out for a new run folder")
@@ -123,19 +134,19 @@ def open_study(
                 f"{run_dir} holds a study whose {', '.join(changed)} differ from {experiment.name}'s; "
                 "refusing to resume (use --out for a new run folder)"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    info = {"experiment": experiment.name, "study_name": experiment.name, "storage": None,
+    storage_url = _storage_for(run_dir, storage_url, stored_info.get("storage"))
+    info = {"experiment": experiment.name, "study_name": experiment.name,
+            "storage": storage_url and public_storage_url(storage_url),
             "objectives": experiment.objectives, "metric_name": metric_name, "fingerprints": prints,
             "experiment_spec": experiment.model_dump(mode="json")}
-    if not info_path.exists():
+    if not info_path.exists():  # first, so a worker starting beside this one sees a run folder
         write_run_info(run_dir, info)
-    storage = open_storage(str(run_dir / JOURNAL_FILE))
+    storage = open_storage(storage_url or str(run_dir / JOURNAL_FILE))
     existing = optuna.study.get_all_study_summaries(storage)
     n_existing = sum(s.n_trials for s in existing if s.study_name == experiment.name)
-    if any(s.study_name == experiment.name and s.n_trials for s in existing) and _others_running(storage, experiment.name):
-        # Another live worker shares this study: a different seed keeps the two from
-        # drawing the same start-up points.
-        n_existing += 100_003 * (os.getpid() % 9973)
+    # Workers sharing the study must not draw the same start-up points: each gets its
+    # own seed offset. A lone worker keeps offset 0, so a single search stays reproducible.
+    n_existing += 100_003 * worker_slot(run_dir, shared_server=storage_url is not None)
     study = optuna.create_study(
         study_name=experiment.name, storage=storage, load_if_exists=True,
         directions=list(experiment.objectives.values()), sampler=make_sampler(experiment, n_existing),
@@ -143,9 +154,43 @@ def open_study(
     return study, storage
 
 
-def _others_running(storage: optuna.storages.BaseStorage, name: str) -> bool:
-    study_id = storage.get_study_id_from_name(name)
-    return bool(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)))
+def worker_slot(run_dir: Path, *, shared_server: bool) -> int:
+    """0 for the only live worker on this run folder, 1, 2, ... for others started beside it.
+
+    Each worker registers a file named after its host and pid; dead registrations are
+    swept. Workers on other machines (a database study) cannot see each other's files,
+    so there the slot also mixes in the host and pid.
+    """
+    folder = run_dir / ".workers"
+    folder.mkdir(exist_ok=True)
+    host, me = socket.gethostname(), f"{socket.gethostname()}-{os.getpid()}"
+    (folder / me).touch()
+    atexit.register(lambda: (folder / me).unlink(missing_ok=True))
+    live = []
+    for entry in sorted(folder.iterdir()):
+        name, _, pid = entry.name.rpartition("-")
+        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            entry.unlink(missing_ok=True)  # a dead worker's registration
+        else:
+            live.append(entry.name)
+    slot = live.index(me)
+    if shared_server:
+        slot += zlib.crc32(me.encode()) % 9973 + 1
+    return slot
+
+
+def _only_run_json_being_written(run_dir: Path) -> bool:
+    """Empty, or holding only another worker's half-written run.json (workers started
+    together on one run folder race to create it; the atomic write lets both go on)."""
+    return all(p.name.startswith(".run.json.") or p.name == ".workers" for p in run_dir.iterdir())
+
+
+def _storage_for(run_dir: Path, given: str | None, stored: str | None) -> str | None:
+    """The study's storage URL: as given, else as the run folder recorded it."""
+    if given and stored and public_storage_url(given) != stored:
+        raise AutoslimError(f"{run_dir} keeps its study in {stored}, not {public_storage_url(given)}; "
+                            "use --out for a new run folder")
+    return given or stored
 
 
 def _requeue(study: optuna.Study, params: dict) -> None:
@@ -187,6 +232,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def remaining_budget(study: optuna.Study, trials: int) -> int:
+    """Trials still to start: the budget less finished trials and those other live
+    workers (processes sharing the storage, or Ray workers) are running now."""
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return max(trials - finished_count(study) - running, 0)
+
+
 def finished_count(study: optuna.Study) -> int:
     """Trials that used budget: completed, early-stopped and genuinely failed (not interrupted)."""
     return sum(
@@ -207,18 +259,33 @@ def make_stopper(study: optuna.Study, ctx: SearchContext) -> ParetoStopper | Non
     front = tuple(FrontPoint(done[n].user_attrs["measured"][metric],
                              {c: done[n].user_attrs["measured"][c] for c in ctx.cost_objectives})
                   for n in front_numbers(study, ctx.experiment.objectives))
-    return ParetoStopper(curves=curves, front=front, maximize=ctx.experiment.objectives[metric] == "maximize",
-                         quantile=settings.quantile, min_curves=settings.min_curves)
+    maximize = ctx.experiment.objectives[metric] == "maximize"
+    # A trial whose optimistic projection misses the constraint on the metric can never
+    # join the feasible front, whatever it costs.
+    bound = metric_bound(ctx.experiment.constraints, metric, ctx.baseline_values[metric], maximize=maximize)
+    return ParetoStopper(curves=curves, front=front, maximize=maximize, quantile=settings.quantile,
+                         min_curves=settings.min_curves, bound=bound)
 
 
 def measure_baseline(study: optuna.Study, ctx: SearchContext) -> dict[str, float]:
-    """Measure the fp32 baseline artifact once per run, like any trial, test split included."""
+    """Measure the fp32 baseline artifact once per run, like any trial, test split included.
+
+    Each worker measures a private copy, so workers started together on one run folder
+    never measure a folder another one is replacing; the first copy measured is kept
+    as ``baseline/``.
+    """
     key = ATTR_PREFIX + "baseline"
     if key in study.user_attrs:
         return dict(study.user_attrs[key])
     recipe = Recipe(task=ctx.experiment.task, seed=ctx.seed, target=ctx.experiment.target)
-    out = save_artifact(ctx.baseline_model, recipe, ctx.run_dir / "baseline")
-    values = measure_in_subprocess(out, ctx.experiment.target, splits=("val", "test"))
+    private = save_artifact(ctx.baseline_model, recipe, ctx.run_dir / f".baseline-{os.getpid()}")
+    try:
+        values = ctx.measure_artifact(private, ctx.experiment.target, splits=("val", "test"))
+        with contextlib.suppress(OSError):  # another worker published its copy first
+            if not (ctx.run_dir / "baseline").exists():
+                private.rename(ctx.run_dir / "baseline")
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     study.set_user_attr(key, values)
     return values
 
@@ -226,37 +293,63 @@ def measure_baseline(study: optuna.Study, ctx: SearchContext) -> dict[str, float
 def run_one_trial(study: optuna.Study, ctx: SearchContext) -> None:
     """Ask, evaluate, tell. Failures are recorded with their reason; the study goes on."""
     trial = study.ask()
-    trial.set_user_attr(ATTR_PREFIX + "host", socket.gethostname())
-    trial.set_user_attr(ATTR_PREFIX + "pid", os.getpid())
+    mark_owner(trial)
     try:
-        values = evaluate_trial(trial, ctx, make_stopper(study, ctx))
-    except StopTrial as stop:
-        trial.set_user_attr("stop_reason", str(stop))
-        study.tell(trial, state=TrialState.PRUNED)
-        return
+        outcome = run_trial_body(trial, ctx, make_stopper(study, ctx))
     except KeyboardInterrupt:
         trial.set_user_attr("fail_reason", INTERRUPTED)
         study.tell(trial, state=TrialState.FAIL)
         _requeue(study, trial.params)
         raise
-    except Exception as exc:  # noqa: BLE001 — any crash inside a trial is that trial's failure
-        reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
-        trial.set_user_attr("fail_reason", reason.splitlines()[0] if reason else type(exc).__name__)
-        study.tell(trial, state=TrialState.FAIL)
+    record_outcome(study, trial, outcome, ctx)
+
+
+def mark_owner(trial: optuna.Trial) -> None:
+    """Which process holds the trial, so a re-run can tell a dead owner's trial apart."""
+    trial.set_user_attr(ATTR_PREFIX + "host", socket.gethostname())
+    trial.set_user_attr(ATTR_PREFIX + "pid", os.getpid())
+
+
+def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, ctx: SearchContext) -> None:
+    """Tell the study what a trial produced; only finite, complete values reach the sampler."""
+    if outcome.status == "stopped":
+        trial.set_user_attr("stop_reason", outcome.reason)
+        study.tell(trial, state=TrialState.PRUNED)
         return
     objectives = ctx.experiment.objectives
-    trial.set_user_attr("measured", values)
+    values = [outcome.values.get(name) for name in objectives]
+    if outcome.status == "complete" and not all(_finite(v) for v in values):
+        bad = ", ".join(n for n, v in zip(objectives, values, strict=True) if not _finite(v))
+        outcome = Outcome("failed", reason=f"objective {bad} is not a finite number after measurement")
+    if outcome.status == "failed":
+        trial.set_user_attr("fail_reason", outcome.reason)
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    trial.set_user_attr("measured", outcome.values)
     for constraint in ctx.experiment.constraints:
-        violation = constraint.violation(values, ctx.baseline_values, objectives[constraint.objective])
+        violation = constraint.violation(outcome.values, ctx.baseline_values, objectives[constraint.objective])
         trial.set_constraint(constraint.label, violation)
-    study.tell(trial, [float(values[name]) for name in objectives])
+    study.tell(trial, [float(v) for v in values])
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def search(
     experiment_path: str | Path, *, out: str | Path | None = None, overrides: Overrides = Overrides(),
-    progress: bool = True,
+    progress: bool = True, backend: str = "local", address: str | None = None,
+    storage: str | None = None,
 ) -> Run:
-    """Run (or resume) the experiment's search; returns the run folder opened for reading."""
+    """Run (or resume) the experiment's search; returns the run folder opened for reading.
+
+    ``backend="ray"`` runs the trials through Ray Tune (on the cluster at ``address``, or
+    a local Ray instance); the study stays in the same storage either way.
+    """
+    if backend not in ("local", "ray"):
+        raise AutoslimError(f"unknown backend {backend!r} (known: local, ray)")
+    if address and backend != "ray":
+        raise AutoslimError("--address needs --backend ray")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     experiment, space = load_experiment(experiment_path)
     experiment = apply_overrides(experiment, overrides)
@@ -265,18 +358,28 @@ def search(
     check_space(space, build_probe_model(task), experiment)
     baseline = load_baseline(experiment.task, task, log=progress)
     run_dir = Path(out) if out else Path("runs") / experiment.name
-    study, storage = open_study(run_dir, experiment, space, task.metric_name)
+    study, storage_obj = open_study(run_dir, experiment, space, task.metric_name, storage)
     ctx = SearchContext(experiment, space, task, baseline.model, {}, run_dir, experiment.search.seed)
-    ctx.baseline_values = measure_baseline(study, ctx)
-    study.set_user_attr(ATTR_PREFIX + "baseline_sha", baseline.weights_sha)
-    recover_interrupted(study, storage)
-    _warm_start(study, ctx, baseline.fingerprint)
+    runner = None
+    if backend == "ray":
+        from autoslim.search.ray_backend import RayRunner
+
+        runner = RayRunner(ctx, address=address, baseline=baseline)  # routes ctx.measure first
     try:
-        _loop(study, ctx, progress=progress)
+        ctx.baseline_values = measure_baseline(study, ctx)
+        study.set_user_attr(ATTR_PREFIX + "baseline_sha", baseline.weights_sha)
+        recover_interrupted(study, storage_obj)
+        _warm_start(study, ctx, baseline.fingerprint)
+        if runner is not None:
+            runner.run(study, progress=progress)
+        else:
+            _loop(study, ctx, progress=progress)
     finally:
         # Even after Ctrl-C the outputs describe every trial the study holds.
-        write_outputs(load_run(run_dir), experiment)
-    return load_run(run_dir)
+        if runner is not None:
+            runner.close()
+        write_outputs(load_run(run_dir, storage=storage), experiment)
+    return load_run(run_dir, storage=storage)
 
 
 def _warm_start(study: optuna.Study, ctx: SearchContext, fingerprint: str) -> None:
@@ -306,7 +409,7 @@ def _loop(study: optuna.Study, ctx: SearchContext, *, progress: bool) -> None:
     bar = tqdm(total=settings.trials, initial=min(done, settings.trials), unit="trial",
                desc=ctx.experiment.name, disable=not progress, dynamic_ncols=True)
     try:
-        while done < settings.trials:
+        while remaining_budget(study, settings.trials) > 0:
             if settings.timeout is not None and time.monotonic() - start > settings.timeout:
                 break
             run_one_trial(study, ctx)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +60,22 @@ def test_metric(run: Run, trial_number: int) -> float:
     if str(trial_number) in cache:
         return cache[str(trial_number)]
     folder = run.path / "artifacts" / f"trial_{trial_number}"
-    if not is_artifact(folder):
+    if is_artifact(folder):
+        cache[str(trial_number)] = _test_metric_of(folder)
+    else:
+        # Rebuilt in a private folder: several workers sharing the run folder may all be
+        # writing their outputs now, and the run folder keeps only what the search kept.
         recipe = run.recipe(trial_number)
-        save_artifact(apply_recipe(recipe), recipe, folder)
-    artifact = load_artifact(folder)
-    cache[str(trial_number)] = artifact.task.evaluate(artifact.model, "test")
+        with tempfile.TemporaryDirectory(prefix="autoslim-test-") as scratch:
+            rebuilt = save_artifact(apply_recipe(recipe), recipe, Path(scratch) / "artifact")
+            cache[str(trial_number)] = _test_metric_of(rebuilt)
     run.study.set_user_attr(TEST_METRICS, cache)
     return cache[str(trial_number)]
+
+
+def _test_metric_of(folder: Path) -> float:
+    artifact = load_artifact(folder)
+    return artifact.task.evaluate(artifact.model, "test")
 
 
 def hypervolume_summary(run: Run, table: pd.DataFrame) -> tuple[float, list[float], np.ndarray]:

@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 from optuna.trial import TrialState
 
-from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, dominated, optimistic_gain
+from autoslim.search.early_stop import (
+    Curve,
+    FrontPoint,
+    ParetoStopper,
+    dominated,
+    metric_bound,
+    optimistic_gain,
+)
+from autoslim.search.experiment import Constraint
 from autoslim.search.local import search
 
 CURVES = (Curve((0.80, 0.85, 0.88), 0.90), Curve((0.70, 0.80, 0.85), 0.86), Curve((0.60, 0.75, 0.82), 0.84))
@@ -31,9 +39,46 @@ def test_stopper_waits_for_enough_curves_then_stops_only_hopeless_trials():
     stopper = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3)
     assert stopper.decide(0, 0.60, {"size_bytes": 1500.0}) is not None  # 0.60 + 0.24 < 0.90
     assert stopper.decide(0, 0.70, {"size_bytes": 1500.0}) is None  # 0.70 + 0.24 could still reach it
-    assert stopper.decide(0, 0.10, {"size_bytes": 900.0}) is None  # cheaper than every front point
+    assert stopper.decide(0, 0.65, {"size_bytes": 900.0}) is None  # cheaper than every front point
     cautious = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=4)
     assert cautious.decide(0, 0.10, {"size_bytes": 1500.0}) is None
+
+
+
+def test_no_stop_below_every_calibration_curve():
+    # The gains seen (0.10-0.24 from 0.60-0.80) say nothing about a trial at 0.30: it
+    # may recover more, so neither the front nor the bound may stop it.
+    front = (FrontPoint(0.90, {"size_bytes": 1000.0}),)
+    stopper = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.85)
+    assert stopper.decide(0, 0.30, {"size_bytes": 1500.0}) is None
+    assert stopper.decide(0, 0.30, {"size_bytes": 500.0}) is None
+    losses = ParetoStopper(curves=(Curve((2.0,), 1.0),), front=(FrontPoint(0.5, {"size_bytes": 1.0}),),
+                           maximize=False, quantile=1.0, min_curves=1)
+    assert losses.decide(0, 3.0, {"size_bytes": 2.0}) is None  # a worse loss than any curve had
+    assert losses.decide(0, 1.8, {"size_bytes": 2.0}) is not None  # 1.8 - 1.0 = 0.8 > 0.5
+
+
+def test_bound_stops_a_trial_cheaper_than_the_front_that_cannot_be_feasible():
+    front = (FrontPoint(0.90, {"size_bytes": 1000.0}),)
+    stopper = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.86)
+    reason = stopper.decide(0, 0.60, {"size_bytes": 500.0})  # 0.60 + 0.24 < 0.86, though cheapest
+    assert reason is not None and "constraint bound" in reason
+    assert stopper.decide(0, 0.65, {"size_bytes": 500.0}) is None  # 0.65 + 0.24 may still be feasible
+    no_front = ParetoStopper(curves=CURVES, front=(), quantile=1.0, min_curves=3, bound=0.86)
+    assert no_front.decide(0, 0.60, {"size_bytes": 500.0}) is not None
+
+
+def test_metric_bound_takes_the_tightest_bound_on_the_bad_side():
+    drop = Constraint(objective="accuracy", max_drop=0.05)
+    floor = Constraint(objective="accuracy", min=0.9)
+    other = Constraint(objective="size_bytes", max=100.0)
+    assert metric_bound([drop, other], "accuracy", 0.93, maximize=True) == pytest.approx(0.88)
+    assert metric_bound([drop, floor], "accuracy", 0.93, maximize=True) == pytest.approx(0.9)
+    assert metric_bound([other], "accuracy", 0.93, maximize=True) is None
+    ratio = Constraint(objective="loss", max_ratio=1.1)
+    assert metric_bound([ratio], "loss", 2.0, maximize=False) == pytest.approx(2.2)
+    assert metric_bound([Constraint(objective="loss", max_drop=0.5), ratio], "loss", 2.0,
+                        maximize=False) == pytest.approx(2.2)
 
 
 @pytest.mark.slow
@@ -57,3 +102,23 @@ def test_search_records_stopped_trials_and_exact_dry_run_costs(tmp_path, experim
     assert trials[1].user_attrs["stop_reason"] == "stopped by the test"
     table = run.table()
     assert list(table["epochs_run"]) == [3, 2, 2]
+
+
+def test_the_search_passes_the_constraint_bound_to_the_stopper():
+    from types import SimpleNamespace
+
+    import optuna
+
+    from autoslim.search.experiment import Constraint, EarlyStopping
+    from autoslim.search.local import make_stopper
+
+    experiment = SimpleNamespace(
+        objectives={"accuracy": "maximize", "size_bytes": "minimize"},
+        constraints=[Constraint(objective="accuracy", max_drop=0.05)],
+        search=SimpleNamespace(early_stopping=EarlyStopping(enabled=True)),
+    )
+    ctx = SimpleNamespace(experiment=experiment, task=SimpleNamespace(metric_name="accuracy"),
+                          baseline_values={"accuracy": 0.9}, cost_objectives=["size_bytes"])
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    stopper = make_stopper(study, ctx)
+    assert stopper.bound == pytest.approx(0.85) and stopper.maximize and stopper.curves == ()

@@ -1,0 +1,384 @@
+"""Pareto-aware early stopping, measured: fine-tune epochs saved against hypervolume kept.
+
+For each task and seed the same search runs twice, early stopping off and on, with the
+same trial budget, sampler seed and training seed, each in its own run folder. Per arm it
+reports the fine-tune epochs really run (sum of ``epochs_run`` over trials), the seconds
+the trials took, the trials stopped and the hypervolume of the final feasible front on
+the search's own objectives (accuracy, size_bytes), with autoslim's exact hypervolume.
+
+Reference point: fixed per task and identical for both arms, the worst accuracy the
+experiment's constraint accepts (fp32 baseline accuracy − max_drop) and the fp32
+baseline's artifact bytes. A point adds volume only if it is more accurate than that and
+smaller than the fp32 model.
+
+Same configurations: TPE's random start-up trials draw identical parameters in both arms;
+after that the samplers may diverge, because the stopping arm's TPE sees stopped (PRUNED)
+trials instead of completed ones. That is the real-world effect, so the "live" columns
+keep it; the table says how many leading trials had identical parameters (in the run in
+BENCHMARKS.md, all of them). The "replay" columns remove it: the current rule is
+replayed on the off arm's own trials, in order, from their recorded per-epoch curves
+(same configurations by construction), with the experiment's constraint bound on the
+metric (``metric_bound``) and without it, and over several quantiles.
+
+The off arm records its curves with a stopper that has no calibration data and so never
+stops; it therefore also pays the per-epoch validation pass and the dry-run artifact, so
+its seconds are a slight over-estimate of a search without stopping. Epochs are exact.
+
+If ``--deadline`` ends searches early, both arms are compared on the trials both
+finished (the common prefix), so the trial budget stays equal.
+
+Tasks: ``experiments/es_digits.yaml`` (the default digits space with 3-8 fine-tune
+epochs instead of 0-3) and ``experiments/es_mnist1d.yaml`` (structured pruning of the
+MNIST-1D CNN, 2-8 fine-tune epochs).
+
+    python benchmarks/early_stopping.py [--tasks digits mnist1d] [--seeds 0 1 2]
+        [--trials 40] [--jobs 12] [--deadline S] [--out-dir runs/bench-early-stopping]
+        [--analyze] [--where TEXT] [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import yaml
+from optuna.trial import TrialState
+
+from autoslim.results.pareto import hypervolume, pareto_front, to_minimization
+from autoslim.run import load_run
+from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, metric_bound
+from autoslim.search.experiment import Constraint
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+TASKS = {"digits": EXPERIMENTS / "es_digits.yaml", "mnist1d": EXPERIMENTS / "es_mnist1d.yaml"}
+ARMS = ("off", "on")
+GOAL_EPOCHS_SAVED, GOAL_HV_KEPT = 0.30, 0.98
+SENSITIVITY_QUANTILES = (0.5, 0.75, 0.9, 1.0)
+
+
+# ---- running the searches ----
+
+def arm_experiment(task: str, seed: int, arm: str, trials: int, timeout: float | None, folder: Path) -> Path:
+    """The task's experiment with this seed, budget and stopping switch, written to ``folder``."""
+    spec = yaml.safe_load(TASKS[task].read_text())
+    spec["search"].update(trials=trials, seed=seed)
+    if timeout is not None:
+        spec["search"]["timeout"] = max(timeout, 1.0)
+    spec["search"]["early_stopping"] = {**spec["search"].get("early_stopping", {}), "enabled": arm == "on"}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{task}-seed{seed}-{arm}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def record_curves_without_stopping() -> None:
+    """Give the off arm a stopper with no calibration data: it records every epoch's
+    validation metric (for the replay) and never stops, because it never has min_curves."""
+    import autoslim.search.local as local
+
+    real = local.make_stopper
+    local.make_stopper = lambda study, ctx: real(study, ctx) or ParetoStopper(curves=(), front=())
+
+
+def run_arm(task: str, seed: int, arm: str, trials: int, out_dir: str, deadline: float | None) -> str:
+    """One search from scratch in its own run folder (also the worker of ``--jobs``)."""
+    from autoslim.search.local import search  # imported here: workers are spawned fresh
+
+    out = Path(out_dir)
+    timeout = None if deadline is None else deadline - time.time()
+    path = arm_experiment(task, seed, arm, trials, timeout, out / "experiments")
+    run_dir = out / f"{task}-seed{seed}-{arm}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # same budget from zero, never a resumed study
+    if arm == "off":
+        record_curves_without_stopping()
+    search(path, out=run_dir, progress=False)
+    return str(run_dir)
+
+
+def train_baselines(tasks: list[str]) -> None:
+    """Train (or load) each task's fp32 baseline once, before parallel searches race for it."""
+    from autoslim.baseline import load_baseline
+    from autoslim.recipe import TaskRef
+    from autoslim.task import load_task
+
+    for task in tasks:
+        ref = TaskRef(**yaml.safe_load(TASKS[task].read_text())["task"])
+        load_baseline(ref, load_task(ref), log=True)
+
+
+def run_all(tasks: list[str], seeds: list[int], trials: int, out_dir: Path, jobs: int,
+            deadline: float | None) -> None:
+    train_baselines(tasks)
+    # Both arms of a task and seed are adjacent, so with fewer jobs than searches they
+    # still run side by side, under the same load.
+    jobs_list = [(t, s, a, trials, str(out_dir), deadline) for t in tasks for s in seeds for a in ARMS]
+    if jobs <= 1:
+        for job in jobs_list:
+            run_arm(*job)
+        return
+    # Spawned workers: each search trains with its own fixed 2 threads, no forked torch state.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        list(pool.map(run_arm, *zip(*jobs_list, strict=True)))
+
+
+# ---- reading what they measured ----
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one trial left in the study."""
+
+    number: int
+    state: str
+    curve: tuple[float, ...]
+    metric: float
+    costs: dict[str, float]
+    feasible: bool
+    seconds: float
+    params: dict
+
+
+def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
+    """The run's finished trials in order (the first ``limit`` of them)."""
+    metric, costs = run.metric_name, [n for n in run.objectives if n != run.metric_name]
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    out = []
+    for t in sorted(run.study.get_trials(deepcopy=False, states=finished), key=lambda t: t.number):
+        measured = t.user_attrs.get("measured", {})
+        known = {**t.user_attrs.get("dry_run_costs", {}), **{c: measured[c] for c in costs if c in measured}}
+        out.append(TrialRecord(
+            number=t.number, state=t.state.name, curve=tuple(t.user_attrs.get("curve", [])),
+            metric=float(measured.get(metric, np.nan)), costs=known,
+            feasible=t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values()),
+            seconds=t.duration.total_seconds() if t.duration else 0.0, params=dict(sorted(t.params.items())),
+        ))
+    return out[:limit]
+
+
+def front_of(records: list[TrialRecord], directions: dict[str, str]) -> list[TrialRecord]:
+    """Feasible, completed, non-dominated records (the study's front)."""
+    done = [r for r in records if r.state == "COMPLETE"]
+    if not done:
+        return []
+    names = list(directions)
+    values = np.array([[r.metric, *(r.costs[n] for n in names[1:])] for r in done], dtype=float)
+    idx = pareto_front(values, list(directions.values()), np.array([r.feasible for r in done]))
+    return [done[i] for i in idx]
+
+
+def front_hypervolume(records: list[TrialRecord], directions: dict[str, str], reference: np.ndarray) -> float:
+    front = front_of(records, directions)
+    names = list(directions)
+    if not front:
+        return 0.0
+    values = np.array([[r.metric, *(r.costs[n] for n in names[1:])] for r in front], dtype=float)
+    return hypervolume(to_minimization(values, list(directions.values())), reference)
+
+
+def reference_point(run, max_drop: float) -> np.ndarray:
+    """Fixed reference (minimisation space): worst acceptable accuracy, fp32 bytes."""
+    base = run.baseline
+    return np.array([-(base[run.metric_name] - max_drop), base["size_bytes"]], dtype=float)
+
+
+def arm_numbers(records: list[TrialRecord], directions: dict[str, str], reference: np.ndarray) -> dict:
+    return {
+        "trials": len(records),
+        "complete": sum(r.state == "COMPLETE" for r in records),
+        "stopped": sum(r.state == "PRUNED" for r in records),
+        "failed": sum(r.state == "FAIL" for r in records),
+        "epochs": sum(len(r.curve) for r in records),
+        "trial_seconds": round(sum(r.seconds for r in records), 1),
+        "hypervolume": front_hypervolume(records, directions, reference),
+        "front_size": len(front_of(records, directions)),
+    }
+
+
+# ---- replaying the rule on the off arm's trials (same configurations) ----
+
+def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: float,
+           min_curves: int, bound: float | None = None) -> list[TrialRecord]:
+    """The off arm's trials as the stopping arm would have ended them, in the same order.
+
+    Each trial meets a stopper built like ``local.make_stopper``: from the trials that
+    completed in the replay so far (stopped ones give no curve and no front point).
+    """
+    metric = next(iter(directions))
+    maximize = directions[metric] == "maximize"
+    out: list[TrialRecord] = []
+    for record in records:
+        done = [r for r in out if r.state == "COMPLETE"]
+        stopper = ParetoStopper(
+            curves=tuple(Curve(r.curve, r.metric) for r in done if r.curve),
+            front=tuple(FrontPoint(r.metric, {c: r.costs[c] for c in list(directions)[1:]})
+                        for r in front_of(out, directions)),
+            maximize=maximize, quantile=quantile, min_curves=min_curves, bound=bound)
+        out.append(_replay_one(record, stopper))
+    return out
+
+
+def _replay_one(record: TrialRecord, stopper: ParetoStopper) -> TrialRecord:
+    if record.state != "COMPLETE":
+        return record
+    for epoch, value in enumerate(record.curve):
+        if stopper.decide(epoch, value, record.costs) is not None:
+            return TrialRecord(record.number, "PRUNED", record.curve[:epoch + 1], np.nan, record.costs,
+                               False, 0.0, record.params)
+    return record
+
+
+# ---- comparing the arms ----
+
+def same_prefix(a: list[TrialRecord], b: list[TrialRecord]) -> int:
+    """How many leading trials drew identical parameters in both arms."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x.params != y.params:
+            break
+        n += 1
+    return n
+
+
+def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
+    """Both arms of one task and seed on their common trial budget, plus the replay."""
+    runs = {arm: load_run(out_dir / f"{task}-seed{seed}-{arm}") for arm in ARMS}
+    spec = runs["off"].info["experiment_spec"]
+    max_drop = spec["constraints"][0]["max_drop"]
+    directions = {runs["off"].metric_name: runs["off"].objectives[runs["off"].metric_name],
+                  "size_bytes": runs["off"].objectives["size_bytes"]}
+    refs = {arm: reference_point(run, max_drop) for arm, run in runs.items()}
+    assert np.array_equal(refs["off"], refs["on"]), "both arms must share one reference point"
+    budget = min(len(read_trials(run)) for run in runs.values())
+    records = {arm: read_trials(run, budget) for arm, run in runs.items()}
+    live = {arm: arm_numbers(records[arm], directions, refs["off"]) for arm in ARMS}
+    settings = spec["search"]["early_stopping"]
+    same = same_prefix(records["off"], records["on"])
+    metric = runs["off"].metric_name
+    bound = metric_bound([Constraint(**c) for c in spec["constraints"]], metric, runs["off"].baseline[metric],
+                         maximize=directions[metric] == "maximize")
+
+    def replayed(q: float, with_bound: bool) -> list[TrialRecord]:
+        return replay(records["off"], directions, quantile=q, min_curves=settings["min_curves"],
+                      bound=bound if with_bound else None)
+
+    def scored(trials: list[TrialRecord]) -> dict:
+        return ratios(live["off"], arm_numbers(trials, directions, refs["off"]))
+
+    sensitivity = {str(q): scored(replayed(q, True)) for q in sorted({settings["quantile"], *SENSITIVITY_QUANTILES})}
+    without_bound = replayed(settings["quantile"], False)
+    # Where both arms drew the same trials, the replay of the rule the live arm ran must
+    # reproduce its decisions; with the current rule this checks the replay machinery
+    # only if the live run used the same rule.
+    agrees = sum(a.state == b.state for a, b in zip(without_bound[:same], records["on"][:same], strict=True))
+    return {
+        "seed": seed, "trials": budget, "reference": refs["off"].tolist(), **live,
+        **ratios(live["off"], live["on"]),
+        "same_params_prefix": same, "replay_matches_live_on_prefix": agrees,
+        "replay": sensitivity[str(settings["quantile"])], "replay_by_quantile": sensitivity,
+        "replay_without_bound": scored(without_bound),
+        "rule": {"quantile": settings["quantile"], "min_curves": settings["min_curves"], "bound": bound},
+    }
+
+
+def ratios(off: dict, on: dict) -> dict:
+    return {
+        "epochs_saved": 1 - on["epochs"] / off["epochs"] if off["epochs"] else 0.0,
+        "hv_kept": on["hypervolume"] / off["hypervolume"] if off["hypervolume"] else float("nan"),
+        "seconds_saved": 1 - on["trial_seconds"] / off["trial_seconds"] if off["trial_seconds"] else 0.0,
+        "stopped": on["stopped"],
+    }
+
+
+def compare(out_dir: Path, tasks: list[str], seeds: list[int]) -> dict:
+    out = {}
+    for task in tasks:
+        rows = [compare_seed(out_dir, task, seed) for seed in seeds]
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("epochs_saved", "hv_kept", "seconds_saved")}
+        replay_mean = {k: float(np.mean([r["replay"][k] for r in rows])) for k in ("epochs_saved", "hv_kept")}
+        no_bound = {k: float(np.mean([r["replay_without_bound"][k] for r in rows])) for k in ("epochs_saved", "hv_kept")}
+        out[task] = {"seeds": rows, "mean": mean, "replay_mean": replay_mean, "replay_without_bound_mean": no_bound,
+                     "meets_goal": mean["epochs_saved"] >= GOAL_EPOCHS_SAVED and mean["hv_kept"] >= GOAL_HV_KEPT}
+    return out
+
+
+# ---- output ----
+
+def print_table(report: dict) -> None:
+    host = report["host"] or {}
+    print(f"early stopping: up to {report['trials']} trials per search, seeds {report['seeds']}, "
+          f"{report['jobs']} searches at a time {report['where'] or host}")
+    print("HV on (accuracy, size_bytes); reference = (baseline accuracy - max_drop, fp32 bytes), same for both arms")
+    print(f"{'task':<9}{'seed':>5}{'trials':>7}{'epochs off':>11}{'on':>6}{'saved':>8}{'HV kept':>9}"
+          f"{'stopped':>8}{'s off':>7}{'s on':>7}{'same':>6}{'replay saved':>14}{'kept':>8}{'no bound':>10}{'kept':>8}")
+    for task, res in report["tasks"].items():
+        for r in res["seeds"]:
+            rp, nb = r["replay"], r["replay_without_bound"]
+            print(f"{task:<9}{r['seed']:>5}{r['trials']:>7}{r['off']['epochs']:>11}{r['on']['epochs']:>6}"
+                  f"{r['epochs_saved']:>8.1%}{r['hv_kept']:>9.2%}{r['stopped']:>8}"
+                  f"{r['off']['trial_seconds']:>7.0f}{r['on']['trial_seconds']:>7.0f}{r['same_params_prefix']:>6}"
+                  f"{rp['epochs_saved']:>14.1%}{rp['hv_kept']:>8.2%}{nb['epochs_saved']:>10.1%}{nb['hv_kept']:>8.2%}")
+        m, rm, nm = res["mean"], res["replay_mean"], res["replay_without_bound_mean"]
+        print(f"{task:<9}{'mean':>5}{'':>24}{m['epochs_saved']:>8.1%}{m['hv_kept']:>9.2%}{'':>8}"
+              f"{'':>20}{rm['epochs_saved']:>14.1%}{rm['hv_kept']:>8.2%}{nm['epochs_saved']:>10.1%}{nm['hv_kept']:>8.2%}")
+    print(f"goal: >= {GOAL_EPOCHS_SAVED:.0%} of epochs saved and >= {GOAL_HV_KEPT:.0%} of HV kept (mean of seeds)")
+    print("live (saved, HV kept, stopped, s): the stopping arm as it ran; same: leading trials with identical")
+    print("parameters in both arms; replay: the current rule replayed on the off arm's own trials and curves")
+    print("(identical configurations), with the constraint bound and without it ('no bound')")
+    for task, res in report["tasks"].items():
+        cells = []
+        for q in res["seeds"][0]["replay_by_quantile"]:
+            saved = np.mean([r["replay_by_quantile"][q]["epochs_saved"] for r in res["seeds"]])
+            kept = np.mean([r["replay_by_quantile"][q]["hv_kept"] for r in res["seeds"]])
+            cells.append(f"q={q}: {saved:.1%} saved, {kept:.2%} kept")
+        print(f"replay by quantile, {task}: " + "; ".join(cells))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--jobs", type=int, default=1, help="searches at once (each trains on 2 threads)")
+    parser.add_argument("--deadline", type=float, help="seconds after which no search starts a new trial")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/bench-early-stopping"))
+    parser.add_argument("--analyze", action="store_true", help="only read the run folders already in --out-dir")
+    parser.add_argument("--quick", action="store_true", help="smoke run: digits, one seed, 8 trials")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--where", default="", help="where the searches ran (recorded with --analyze)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tasks, args.seeds, args.trials = ["digits"], args.seeds[:1], 8
+    start = time.monotonic()
+    if not args.analyze:
+        deadline = None if args.deadline is None else time.time() + args.deadline
+        run_all(args.tasks, args.seeds, args.trials, args.out_dir, args.jobs, deadline)
+    import torch
+
+    report = {
+        "benchmark": "early_stopping", "trials": args.trials, "seeds": args.seeds, "jobs": args.jobs,
+        "quick": args.quick, "experiments": {t: str(TASKS[t].relative_to(EXPERIMENTS.parent)) for t in args.tasks},
+        "host": None if args.analyze else {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                           "torch": torch.__version__},
+        "where": args.where,
+        "deadline_s": args.deadline,
+        "total_seconds": None if args.analyze else round(time.monotonic() - start, 1),
+        "goal": {"epochs_saved": GOAL_EPOCHS_SAVED, "hv_kept": GOAL_HV_KEPT},
+        "tasks": compare(args.out_dir, args.tasks, args.seeds),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
