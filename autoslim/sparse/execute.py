@@ -60,7 +60,20 @@ class _KernelWeight(nn.Module):
             self.register_buffer("weight", matrix.clone())
 
     def csr(self) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values, self.shape, check_invariants=False)
+        # Built once and reused: constructing the tensor per call cost about 5 % of a
+        # batch-64 matmul at 90 % sparsity (measured). Rebuilt if the buffers moved.
+        cached = getattr(self, "_csr", None)
+        if cached is None or cached.values().data_ptr() != self.values.data_ptr():
+            cached = torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values, self.shape,
+                                             check_invariants=False)
+            self._csr = cached
+        return cached
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_csr", None)  # a sparse tensor cannot be copied; it is rebuilt on use
+        return state
 
     def dense(self) -> torch.Tensor:
         """The weight as a dense matrix (what the sparse kernel computes with)."""

@@ -190,7 +190,7 @@ def test_two_node_cluster_runs_trials_at_once_and_writes_a_normal_run_folder(tmp
 
 @pytest.mark.slow
 def test_sigkill_of_the_ray_driver_then_rerun_keeps_every_completed_trial_once(tmp_path, experiment_file):
-    path, out = ray_experiment(experiment_file, 5, max_concurrent=1), tmp_path / "run"
+    path, out = ray_experiment(experiment_file, 4, max_concurrent=1), tmp_path / "run"
     env = env_with_tests_on_path()
     proc = subprocess.Popen(search_cmd(path, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, start_new_session=True)
@@ -212,7 +212,7 @@ def test_sigkill_of_the_ray_driver_then_rerun_keeps_every_completed_trial_once(t
     run = load_run(out)
     after = {t.number: t.values for t in run.study.trials if t.state == TrialState.COMPLETE}
     assert {n: after[n] for n in before} == before  # nothing completed was lost or redone
-    assert len(finished_trials(run)) == 5
+    assert len(finished_trials(run)) == 4
     assert not [t for t in run.study.trials if t.state == TrialState.RUNNING]
     numbers = [t.number for t in run.study.trials]
     assert len(numbers) == len(set(numbers))
@@ -234,9 +234,9 @@ def test_worker_killed_mid_trial_is_retried_or_failed_and_the_study_finishes(tmp
     marker = tmp_path / "killed-once"
     space = [{"type": "prune.magnitude", "scopes": ["global"], "optional": False,
               "fine_tune_epochs": {"low": 1, "high": 1}}]
-    path = experiment_file(trials=3, space=space, task={"entry": "killer_task:make_task",
+    path = experiment_file(trials=2, space=space, task={"entry": "killer_task:make_task",
                                                         "params": {"marker": str(marker)}},
-                           search={"trials": 3, "seed": 0, "startup_trials": 2,
+                           search={"trials": 2, "seed": 0, "startup_trials": 2,
                                    "ray": {"cpus_per_trial": 1, "max_concurrent": 1, "max_retries": retries}})
     out = tmp_path / "run"
     proc = subprocess.run(search_cmd(path, out), capture_output=True, text=True, env=env_with_tests_on_path(),
@@ -245,9 +245,9 @@ def test_worker_killed_mid_trial_is_retried_or_failed_and_the_study_finishes(tmp
     assert marker.exists(), "the worker was never killed"
     run = load_run(out)
     states = sorted(t.state.name for t in finished_trials(run))
-    assert len(states) == 3 and not [t for t in run.study.trials if t.state == TrialState.RUNNING]
+    assert len(states) == 2 and not [t for t in run.study.trials if t.state == TrialState.RUNNING]
     if retries:
-        assert states == ["COMPLETE"] * 3
+        assert states == ["COMPLETE"] * 2
     else:
         failed = [t for t in run.study.trials if t.state == TrialState.FAIL]
         assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith(WORKER_DIED)

@@ -158,13 +158,13 @@ def test_a_tiny_search_runs_and_its_front_is_read_by_the_cli(tmp_path, capsys):
         "task": {"entry": "autoslim.tasks.minilm:make_task", "params": {**TINY, "batch_size": 8}},
         "space": [
             {"type": "prune.magnitude", "scopes": ["global"], "optional": False,
-             "sparsity": {"low": 0.2, "high": 0.4}, "fine_tune_epochs": {"low": 0, "high": 1},
+             "sparsity": {"low": 0.2, "high": 0.4}, "fine_tune_epochs": {"low": 1, "high": 1},
              "lr": {"low": 1e-5, "high": 1e-5}},
             {"type": "quantize.weight", "bits": [4, 8], "per_layer": False, "optional": False},
         ],
         "objectives": {"fidelity": "maximize", "size_bytes": "minimize"},
         "constraints": [{"objective": "fidelity", "max_drop": 0.5}],
-        "search": {"trials": 2, "seed": 0, "startup_trials": 2},
+        "search": {"trials": 1, "seed": 0, "startup_trials": 1},
         "target": {"threads": 1, "batch_size": 8, "warmup": 1, "repeats": 3},
     }
     path = tmp_path / "minilm.yaml"
