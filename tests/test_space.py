@@ -42,7 +42,7 @@ def test_stage_types_order_and_choice_sets():
     stages = space.suggest(optuna.trial.FixedTrial(params), info())
     assert stages == [
         PruneConfig(scope="layer", layers={"0": 0.2, "3": 0.7}, fine_tune_epochs=0),
-        QuantizeConfig(layers={"0": 8, "3": 2}),
+        QuantizeConfig(default=8, layers={"3": 2}),  # the plan's common width plus exceptions
     ]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(30):
@@ -90,7 +90,7 @@ def test_codebook_grids_use_their_own_width_parameters():
                                     "grid_kind": ["uniform", "kmeans"]}])
     params = {"quant.grid_kind": "kmeans", "quant.cbits.0": 2, "quant.cbits.3": "fp32"}
     (stage,) = space.suggest(optuna.trial.FixedTrial(params), info())
-    assert stage == QuantizeConfig(layers={"0": 2, "3": "fp32"}, grid_kind="kmeans")
+    assert stage == QuantizeConfig(default=2, layers={"3": "fp32"}, grid_kind="kmeans")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
