@@ -399,7 +399,10 @@ def _warm_start(study: optuna.Study, ctx: SearchContext, fingerprint: str) -> No
     plans = uniform_params(component, ctx.info.names, settings.warm_start_uniform)
     if settings.warm_start:
         plans += plan_params(ctx.task, ctx.baseline_model, fingerprint, component, settings.warm_start)
-    enqueue_plans(study, plans)
+    # A warm start is the quantization plan alone (what "uniform int8" means to a user):
+    # every other switchable stage is off, instead of being sampled beside it.
+    others_off = {f"{c.name}.enabled": False for c in ctx.space.components if c is not component and c.optional}
+    enqueue_plans(study, [others_off | plan for plan in plans])
 
 
 def _loop(study: optuna.Study, ctx: SearchContext, *, progress: bool) -> None:

@@ -152,6 +152,17 @@ def test_warm_start_enqueues_allocator_plans_as_first_trials(tmp_path, experimen
     assert first.user_attrs["measured"]["size_bytes"] < second.user_attrs["measured"]["size_bytes"]
 
 
+def test_a_uniform_warm_start_is_the_quantization_plan_alone(tmp_path, experiment_file):
+    space = [{"type": "prune.magnitude", "scopes": ["global"], "fine_tune_epochs": {"low": 0, "high": 1}},
+             {"type": "quantize.weight", "bits": [2, 4, 8, "fp32"]}]
+    path = experiment_file(trials=1, space=space, search={"trials": 1, "seed": 0, "warm_start_uniform": [8]})
+    (trial,) = search(path, out=tmp_path / "run", progress=False).study.trials
+    assert trial.params["prune.enabled"] is False and trial.params["quant.enabled"] is True
+    assert {v for k, v in trial.params.items() if k.startswith("quant.bits.")} == {8}
+    assert [s["kind"] for s in trial.user_attrs["recipe"]["stages"]] == ["quantize"]
+    assert trial.user_attrs["recipe"]["stages"][0]["default"] == 8  # written as uniform 8-bit
+
+
 def test_interrupted_trials_are_failed_and_their_params_queued_once(tmp_path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
