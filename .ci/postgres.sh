@@ -2,7 +2,8 @@
 # Starts a throwaway PostgreSQL server on loopback for the shared-storage tests and prints
 # its URL. Installs the server from Debian's packages when it is missing.
 set -euo pipefail
-port="${1:-55432}"
+# A free loopback port unless one is given (another server may hold the usual ones).
+port="${1:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 find_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 bin=$(find_bin)
 if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
