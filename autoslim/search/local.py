@@ -356,6 +356,10 @@ def search(
     task = load_task(experiment.task)
     check_objectives(experiment, task.metric_name, OBJECTIVE_NAMES, task.metric_direction)
     check_space(space, build_probe_model(task), experiment)
+    if backend == "ray":  # before anything is written: a wrong --address leaves no run folder
+        from autoslim.search.ray_backend import connect
+
+        connect(address)
     baseline = load_baseline(experiment.task, task, log=progress)
     run_dir = Path(out) if out else Path("runs") / experiment.name
     study, storage_obj = open_study(run_dir, experiment, space, task.metric_name, storage)

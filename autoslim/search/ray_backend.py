@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -90,7 +91,7 @@ class RayRunner:
         self.ctx = ctx
         self.baseline = baseline
         self.settings = ctx.experiment.search.ray
-        _init_ray(address)
+        connect(address)
         self.measurer = None
         if self.settings.measure_resource:
             self.measurer = _start_measurer(self.settings.measure_resource)
@@ -150,6 +151,27 @@ class RayRunner:
     def close(self) -> None:
         if self.searcher is not None:
             self.searcher.abandon_unfinished()
+
+
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` (or start a local Ray); one line if it is not there."""
+    require_ray()
+    _check_reachable(address)
+    _init_ray(address)
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A plain ``host:port`` that nothing answers on fails now; Ray itself would retry
+    for minutes before giving up."""
+    if not address or "://" in address or address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise AutoslimError(f"--address must be HOST:PORT (or ray://..., auto), not {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise AutoslimError(f"cannot connect to Ray at {address}: {exc.strerror or exc}") from None
 
 
 def _init_ray(address: str | None) -> None:

@@ -251,3 +251,19 @@ def test_worker_killed_mid_trial_is_retried_or_failed_and_the_study_finishes(tmp
     else:
         failed = [t for t in run.study.trials if t.state == TrialState.FAIL]
         assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith(WORKER_DIED)
+
+
+@pytest.mark.parametrize(("address", "message"), [
+    ("127.0.0.1:1", "cannot connect to Ray at 127.0.0.1:1"),
+    ("nonsense", "--address must be HOST:PORT"),
+])
+def test_a_wrong_address_is_one_line_exit_2_and_writes_no_run_folder(tmp_path, experiment_file, capsys,
+                                                                     address, message):
+    from autoslim.cli import main
+
+    out = tmp_path / "run"
+    assert main(["search", str(experiment_file(trials=1)), "--out", str(out), "--backend", "ray",
+                 "--address", address]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err
+    assert not out.exists()
