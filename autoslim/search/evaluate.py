@@ -68,7 +68,7 @@ def suggest_recipe(trial: optuna.Trial, ctx: SearchContext) -> Recipe:
     stages = ctx.space.suggest(trial, ctx.info)
     # The recipe names its storage policy (fastest when latency is an objective), so it
     # replays alone.
-    target = settle_storage_policy(ctx.experiment.target, ctx.experiment.objectives)
+    target = settle_storage_policy(ctx.experiment.target)
     return Recipe(task=ctx.experiment.task, seed=ctx.seed, target=target, stages=stages)
 
 

@@ -70,8 +70,7 @@ class _KernelWeight(nn.Module):
         return cached
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
+        state = dict(self.__dict__)
         state.pop("_csr", None)  # a sparse tensor cannot be copied; it is rebuilt on use
         return state
 

@@ -35,8 +35,6 @@ stored CSR directly. The choice is settled when each trial's recipe is made
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from autoslim.recipe import Target
 
 SMALLEST = "smallest"
@@ -49,10 +47,10 @@ def policy_of(target: Target) -> str:
     return target.storage_policy or SMALLEST
 
 
-def settle_storage_policy(target: Target, objectives: Iterable[str]) -> Target:
+def settle_storage_policy(target: Target) -> Target:
     """The target with its policy made explicit, so the recipe replays without the experiment."""
     if target.storage_policy is not None:
         return target
     # Latency ties between the policies on autoslim's runtime (see the module docstring),
-    # so a latency objective does not change the default.
+    # so the objectives (a latency one included) do not change the default.
     return target.model_copy(update={"storage_policy": SMALLEST})

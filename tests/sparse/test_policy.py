@@ -11,17 +11,13 @@ from autoslim.search.evaluate import suggest_recipe
 from autoslim.sparse.policy import policy_of, settle_storage_policy
 
 
-@pytest.mark.parametrize("objectives", [
-    {"accuracy": "maximize", "latency_ms": "minimize"},
-    {"accuracy": "maximize", "size_bytes": "minimize"},
-])
-def test_an_unset_policy_settles_to_smallest_because_latency_ties(objectives):
-    assert settle_storage_policy(Target(), objectives).storage_policy == "smallest"
+def test_an_unset_policy_settles_to_smallest_because_latency_ties():
+    assert settle_storage_policy(Target()).storage_policy == "smallest"
 
 
 def test_an_explicit_policy_wins_over_the_objectives():
     target = Target(storage_policy="smallest")
-    assert settle_storage_policy(target, ["latency_ms"]) is target
+    assert settle_storage_policy(target) is target
 
 
 def test_a_recipe_without_a_policy_reads_as_smallest_and_dumps_as_before():
