@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,9 @@ def load_baseline(ref: TaskRef, task: Task, *, log: bool = False) -> Baseline:
         metrics = json.loads((folder / "metrics.json").read_text())["metrics"]
         return Baseline(model.eval(), metrics, fingerprint, _sha(folder / "model.safetensors"))
     if log:
-        print(f"training the fp32 baseline for {task.name} ({task.train.epochs} epochs, cached as {fingerprint})")
+        # stderr: stdout carries results (e.g. a benchmark's --json)
+        print(f"training the fp32 baseline for {task.name} ({task.train.epochs} epochs, cached as {fingerprint})",
+              file=sys.stderr)
     train(model, task, epochs=task.train.epochs, lr=task.train.lr, seed=BASELINE_SEED,
           weight_decay=task.train.weight_decay)
     metrics = {f"val_{task.metric_name}": task.evaluate(model, "val"),

@@ -21,6 +21,9 @@ from autoslim.train import TrainHooks, train
 
 # The ``records`` key under which stages leave their settled configs, by stage index.
 REALISED = "realised_stages"
+# The ``records`` key holding the index of the stage being applied, so a per-epoch hook
+# knows which stages are still to come (early stopping scores the model as it would ship).
+CURRENT_STAGE = "current_stage"
 
 
 @dataclass
@@ -105,12 +108,15 @@ def apply_recipe(
     hooks: TrainHooks | None = None,
     dry_run: bool = False,
     records: dict[str, Any] | None = None,
+    first_stage: int = 0,
 ) -> nn.Module:
     """Apply every stage in order to the task's trained fp32 model (or ``model``).
 
     With the same recipe, seed and thread count this is deterministic on CPU, which is
     what lets an exported recipe rebuild the artifact the search measured. ``records``,
     when given, receives what the stages decided (see :func:`realised_recipe`).
+    ``first_stage`` skips the stages before it (``model`` has been through them), keeping
+    every later stage's index, and so its seeds, as in the full recipe.
     """
     import autoslim.techniques  # noqa: F401  (registers every stage kind and handler)
     from autoslim.baseline import load_baseline
@@ -120,7 +126,9 @@ def apply_recipe(
     ctx = ApplyContext(task=task, seed=recipe.seed, hooks=hooks or TrainHooks(), skip_training=dry_run,
                        target=recipe.target, records=records if records is not None else {})
     for index, stage in enumerate(recipe.stages):
-        ctx.stage_index = index
+        if index < first_stage:
+            continue
+        ctx.stage_index = ctx.records[CURRENT_STAGE] = index
         model = handler_for(stage).apply(model, stage, ctx)
     return model.eval()
 

@@ -131,6 +131,8 @@ def trials_table(study: optuna.Study, objectives: dict[str, str]) -> pd.DataFram
         row.update({k: v for k, v in measured.items() if k not in objectives})
         row["fail_reason"] = t.user_attrs.get("fail_reason", "") or t.user_attrs.get("stop_reason", "")
         row["epochs_run"] = len(t.user_attrs.get("curve", []))
+        # a repeat of an earlier trial's parameters reuses its measurement (no training)
+        row["repeat_of"] = t.user_attrs.get("repeat_of", math.nan)
         row["seconds"] = t.duration.total_seconds() if t.duration else math.nan
         row.update({f"param:{k}": v for k, v in t.params.items()})
         rows.append(row)

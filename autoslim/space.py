@@ -46,6 +46,7 @@ class ModelInfo:
 
     layers: tuple[LayerInfo, ...]
     total_params: int
+    module_types: frozenset[str] = frozenset()  # class names of every module in the model
 
     @classmethod
     def from_model(cls, model: nn.Module) -> ModelInfo:
@@ -53,7 +54,12 @@ class ModelInfo:
             LayerInfo(name, type(m).__name__, m.weight.numel(), tuple(m.weight.shape))
             for name, m in compressible_layers(model).items()
         )
-        return cls(layers=layers, total_params=sum(p.numel() for p in model.parameters()))
+        return cls(layers=layers, total_params=sum(p.numel() for p in model.parameters()),
+                   module_types=frozenset(type(m).__name__ for m in model.modules()))
+
+    def has_module(self, fragment: str) -> bool:
+        """Whether some module's class name contains ``fragment`` (e.g. "BatchNorm")."""
+        return any(fragment in name for name in self.module_types)
 
     @property
     def names(self) -> list[str]:

@@ -45,7 +45,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -116,11 +116,11 @@ def train_baselines(tasks: list[str]) -> None:
 
 
 def run_all(tasks: list[str], seeds: list[int], trials: int, out_dir: Path, jobs: int,
-            deadline: float | None) -> None:
+            deadline: float | None, arms: tuple[str, ...] = ARMS) -> None:
     train_baselines(tasks)
     # Both arms of a task and seed are adjacent, so with fewer jobs than searches they
     # still run side by side, under the same load.
-    jobs_list = [(t, s, a, trials, str(out_dir), deadline) for t in tasks for s in seeds for a in ARMS]
+    jobs_list = [(t, s, a, trials, str(out_dir), deadline) for t in tasks for s in seeds for a in arms]
     if jobs <= 1:
         for job in jobs_list:
             run_arm(*job)
@@ -138,12 +138,13 @@ class TrialRecord:
 
     number: int
     state: str
-    curve: tuple[float, ...]
+    curve: tuple[float, ...]  # validation metric as shipped after each epoch (what the rule reads)
     metric: float
     costs: dict[str, float]
     feasible: bool
     seconds: float
     params: dict
+    trained_curve: tuple[float, ...] = ()  # the fp32 model in training (no later stages)
 
 
 def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
@@ -159,6 +160,7 @@ def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
             metric=float(measured.get(metric, np.nan)), costs=known,
             feasible=t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values()),
             seconds=t.duration.total_seconds() if t.duration else 0.0, params=dict(sorted(t.params.items())),
+            trained_curve=tuple(t.user_attrs.get("trained_curve", [])),
         ))
     return out[:limit]
 
@@ -231,8 +233,107 @@ def _replay_one(record: TrialRecord, stopper: ParetoStopper) -> TrialRecord:
     for epoch, value in enumerate(record.curve):
         if stopper.decide(epoch, value, record.costs) is not None:
             return TrialRecord(record.number, "PRUNED", record.curve[:epoch + 1], np.nan, record.costs,
-                               False, 0.0, record.params)
+                               False, 0.0, record.params, record.trained_curve[:epoch + 1])
     return record
+
+
+# ---- the trials themselves, for replays of other rules ----
+
+def dump_records(out_dir: Path, tasks: list[str], seeds: list[int], arms: tuple[str, ...]) -> dict:
+    """Every finished trial of every run folder, with what a replay needs: curves, final
+    metric, costs, feasibility, plus the task's reference point and constraint bound."""
+    out: dict = {}
+    for task in tasks:
+        for seed in seeds:
+            for arm in arms:
+                run = load_run(out_dir / f"{task}-seed{seed}-{arm}")
+                spec = run.info["experiment_spec"]
+                metric = run.metric_name
+                out.setdefault(task, {}).setdefault(str(seed), {})[arm] = {
+                    "directions": {metric: run.objectives[metric], "size_bytes": run.objectives["size_bytes"]},
+                    "reference": reference_point(run, spec["constraints"][0]["max_drop"]).tolist(),
+                    "bound": metric_bound([Constraint(**c) for c in spec["constraints"]], metric,
+                                          run.baseline[metric], maximize=run.objectives[metric] == "maximize"),
+                    "trials": [asdict(r) for r in read_trials(run)],
+                }
+    return out
+
+
+def replay_from_records(path: Path, quantiles: tuple[float, ...] = SENSITIVITY_QUANTILES,
+                        min_curves: int = 3) -> dict:
+    """The current rule replayed on the off arms of a ``--records`` file, by quantile, on the
+    shipped curve and on the curve of the model in training: no run folder needed."""
+    data = json.loads(path.read_text())
+    out: dict = {}
+    for task, seeds in data.items():
+        for curve_kind in ("curve", "trained_curve"):
+            for q in quantiles:
+                rows = []
+                for arms in seeds.values():
+                    off = arms["off"]
+                    directions, reference = off["directions"], np.array(off["reference"])
+                    records = [TrialRecord(**{**t, "curve": tuple(t[curve_kind]),
+                                              "trained_curve": tuple(t["trained_curve"])}) for t in off["trials"]]
+                    stopped = replay(records, directions, quantile=q, min_curves=min_curves, bound=off["bound"])
+                    rows.append(ratios(arm_numbers(records, directions, reference),
+                                       arm_numbers(stopped, directions, reference)))
+                out.setdefault(task, {}).setdefault(curve_kind, {})[str(q)] = {
+                    "epochs_saved": float(np.mean([r["epochs_saved"] for r in rows])),
+                    "hv_kept": float(np.mean([r["hv_kept"] for r in rows])),
+                    "hv_kept_min": float(min(r["hv_kept"] for r in rows)),
+                    "seeds": len(rows),
+                }
+    return out
+
+
+def ceiling_from_records(path: Path) -> dict:
+    """What a causal rule could save at most, per task (sums over seeds):
+
+    - ``oracle``: epochs after the first of every trial whose final point is infeasible or
+      dominated by the front of its time (an oracle stopping after one epoch);
+    - ``cheaper_than_front``: epochs of trials cheaper than every front point of their
+      time, which only the constraint bound can stop;
+    - ``repeated_trials``: trials whose parameters repeat an earlier trial's.
+    """
+    from autoslim.search.early_stop import dominated
+
+    data = json.loads(path.read_text())
+    out = {}
+    for task, seeds in data.items():
+        epochs = oracle = cheaper = repeats = trials = 0
+        for arms in seeds.values():
+            off = arms["off"]
+            directions = off["directions"]
+            cost = list(directions)[1]
+            done: list[TrialRecord] = []
+            seen = []
+            for t in off["trials"]:
+                record = TrialRecord(**{**t, "curve": tuple(t["curve"]), "trained_curve": tuple(t["trained_curve"])})
+                trials += 1
+                repeats += record.params in seen
+                seen.append(record.params)
+                front = [FrontPoint(r.metric, {cost: r.costs[cost]}) for r in front_of(done, directions)]
+                n = len(record.curve)
+                epochs += n
+                if n:
+                    lost = record.metric < off["bound"] or dominated(
+                        record.metric, {cost: record.costs[cost]}, front, maximize=True)
+                    oracle += (n - 1) if lost else 0
+                    cheaper += n if front and record.costs[cost] < min(p.costs[cost] for p in front) else 0
+                done.append(record)
+        out[task] = {"epochs": epochs, "oracle_saved": oracle / epochs, "cheaper_than_front": cheaper / epochs,
+                     "repeated_trials": repeats / trials}
+    return out
+
+
+def print_replay_from_records(result: dict) -> None:
+    print("replay of the current rule on recorded off arms (mean of seeds; min HV kept of any seed)")
+    print(f"{'task':<9}{'curve':<15}" + "".join(f"{'q=' + q:>26}" for q in next(iter(result.values()))["curve"]))
+    for task, kinds in result.items():
+        for kind, by_q in kinds.items():
+            cells = "".join(f"{v['epochs_saved']:>8.1%} {v['hv_kept']:>7.2%} ({v['hv_kept_min']:6.2%})"
+                            for v in by_q.values())
+            print(f"{task:<9}{'shipped' if kind == 'curve' else 'in training':<15}{cells}")
 
 
 # ---- comparing the arms ----
@@ -274,6 +375,10 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
 
     sensitivity = {str(q): scored(replayed(q, True)) for q in sorted({settings["quantile"], *SENSITIVITY_QUANTILES})}
     without_bound = replayed(settings["quantile"], False)
+    # The same rule reading the curve of the model in training instead of the shipped one
+    # (what the rule read before): how much seeing the later stages is worth.
+    on_trained = replay([replace(r, curve=r.trained_curve) for r in records["off"]], directions,
+                        quantile=settings["quantile"], min_curves=settings["min_curves"], bound=bound)
     # Where both arms drew the same trials, the replay of the rule the live arm ran must
     # reproduce its decisions; with the current rule this checks the replay machinery
     # only if the live run used the same rule.
@@ -284,6 +389,7 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
         "same_params_prefix": same, "replay_matches_live_on_prefix": agrees,
         "replay": sensitivity[str(settings["quantile"])], "replay_by_quantile": sensitivity,
         "replay_without_bound": scored(without_bound),
+        "replay_trained_curve": scored(on_trained),
         "rule": {"quantile": settings["quantile"], "min_curves": settings["min_curves"], "bound": bound},
     }
 
@@ -353,13 +459,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: digits, one seed, 8 trials")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--where", default="", help="where the searches ran (recorded with --analyze)")
+    parser.add_argument("--arms", default="off,on", help="which arms to run: off,on (compare) or off (record only)")
+    parser.add_argument("--records", type=Path, help="also write every trial (curves, costs) to this JSON file")
+    parser.add_argument("--from-records", type=Path,
+                        help="only replay the current rule on the off arms of a --records file, by quantile")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.trials = ["digits"], args.seeds[:1], 8
+    if args.from_records:
+        result = replay_from_records(args.from_records)
+        ceiling = ceiling_from_records(args.from_records)
+        if args.json:
+            print(json.dumps({"replay": result, "ceiling": ceiling}, indent=2))
+        else:
+            print_replay_from_records(result)
+            for task, c in ceiling.items():
+                print(f"{task}: {c['epochs']} epochs; an oracle stopping after one epoch saves {c['oracle_saved']:.1%}; "
+                      f"{c['cheaper_than_front']:.1%} are in trials cheaper than the front; "
+                      f"{c['repeated_trials']:.0%} of trials repeat earlier parameters")
+        return 0
     start = time.monotonic()
+    arms = tuple(a for a in args.arms.split(",") if a)
+    if not set(arms) <= set(ARMS):
+        parser.error(f"--arms: unknown arm in {args.arms!r} (known: off, on)")
     if not args.analyze:
         deadline = None if args.deadline is None else time.time() + args.deadline
-        run_all(args.tasks, args.seeds, args.trials, args.out_dir, args.jobs, deadline)
+        run_all(args.tasks, args.seeds, args.trials, args.out_dir, args.jobs, deadline, arms)
+    if args.records:
+        args.records.write_text(json.dumps(dump_records(args.out_dir, args.tasks, args.seeds, arms), indent=1))
+    if set(arms) != set(ARMS):
+        return 0  # nothing to compare: the records are the output
     import torch
 
     report = {

@@ -179,6 +179,14 @@ def _stats(model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> GradStat
                          hessian_samples=config.hutchinson_samples, batch_size=ctx.task.train.batch_size)
 
 
+def fold_pruning_masks(model: nn.Module) -> None:
+    """Fold every ``torch.nn.utils.prune`` mask in ``model`` into a plain weight with exact zeros."""
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                torch_prune.remove(module, hook._tensor_name)
+
+
 def _remove(modules: list[nn.Module]) -> None:
     for module in modules:
         # Folds weight_orig * weight_mask into a plain weight with exact zeros.

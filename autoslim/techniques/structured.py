@@ -395,6 +395,11 @@ class StructuredPruneSpace(ComponentSpec):
         return choices[0] if len(choices) == 1 else trial.suggest_categorical(f"{self.name}.{key}", choices)
 
     def suggest(self, trial: optuna.Trial, info: ModelInfo) -> StructuredPruneConfig | None:
+        if "bn_scale" in self.importance and not (info.has_module("BatchNorm") or info.has_module("Attention")):
+            # bn_scale scores channels by BatchNorm scales (heads fall back to L1): here it
+            # scores nothing, so every bn_scale trial would ship the unpruned model.
+            raise AutoslimError(f"{self.name}: importance bn_scale scores BatchNorm scales, and the model "
+                                "has no BatchNorm layer (drop bn_scale from importance)")
         if not self.enabled(trial):
             return None
         n = self.name

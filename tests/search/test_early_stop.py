@@ -122,3 +122,73 @@ def test_the_search_passes_the_constraint_bound_to_the_stopper():
     study = optuna.create_study(directions=["maximize", "minimize"])
     stopper = make_stopper(study, ctx)
     assert stopper.bound == pytest.approx(0.85) and stopper.maximize and stopper.curves == ()
+
+
+@pytest.mark.slow
+def test_the_curve_scores_the_model_as_it_would_ship(tmp_path, experiment_file):
+    """After the last fine-tune epoch the shipped curve is the artifact's own measured
+    validation metric, later 2-bit quantization included; the trained curve is not."""
+    space = [{"type": "prune.magnitude", "optional": False, "scopes": ["global"], "schedules": ["cubic"],
+              "sparsity": {"low": 0.5, "high": 0.5}, "fine_tune_epochs": {"low": 2, "high": 2}},
+             {"type": "quantize.weight", "bits": [2]}]
+    path = experiment_file(trials=2, space=space,
+                           search={"trials": 2, "seed": 0, "early_stopping": {"enabled": True}})
+    run = search(path, out=tmp_path / "run", progress=False)
+    for trial in run.study.trials:
+        assert trial.state == TrialState.COMPLETE
+        curve, trained = trial.user_attrs["curve"], trial.user_attrs["trained_curve"]
+        assert len(curve) == len(trained) == 2
+        assert curve[-1] == pytest.approx(trial.user_attrs["measured"]["accuracy"], abs=1e-9)
+    # 2-bit weights cost the width-4 digits CNN accuracy the fp32 curve does not show
+    assert any(t.user_attrs["trained_curve"][-1] > t.user_attrs["curve"][-1] for t in run.study.trials)
+
+
+def test_shipped_metric_runs_the_later_stages_on_a_copy(tiny_task_ref):
+    import copy
+
+    import torch
+
+    from autoslim.baseline import load_baseline
+    from autoslim.recipe import Recipe, TaskRef
+    from autoslim.search.evaluate import shipped_metric
+    from autoslim.task import load_task
+    from autoslim.techniques.prune import PruneConfig, apply_masks
+    from autoslim.techniques.quantize import QuantizeConfig
+
+    ref = TaskRef(**tiny_task_ref)
+    task = load_task(ref)
+    model = copy.deepcopy(load_baseline(ref, task).model)
+    apply_masks(model, PruneConfig(sparsity=0.5, scope="global"))  # masked, as inside a fine-tune
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe = Recipe(task=ref, seed=0, stages=[PruneConfig(sparsity=0.5), QuantizeConfig(default=2)])
+    ctx = type("Ctx", (), {"task": task})()
+    shipped = shipped_metric(model, recipe, 0, ctx)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the trained model is untouched
+    expected = copy.deepcopy(model)
+    from autoslim.techniques.prune import fold_pruning_masks
+    fold_pruning_masks(expected)
+    from autoslim.pipeline import apply_recipe
+    expected = apply_recipe(recipe, task=task, model=expected, dry_run=True, first_stage=1)
+    assert shipped == task.evaluate(expected, "val")
+    assert shipped_metric(model, Recipe(task=ref, seed=0, stages=[PruneConfig(sparsity=0.5)]), 0, ctx) \
+        == task.evaluate(model, "val")
+
+
+@pytest.mark.slow
+def test_a_repeated_configuration_reuses_the_measurement(tmp_path, experiment_file):
+    """A space with one point: the first trial trains and measures, the repeats reuse it."""
+    space = [{"type": "prune.magnitude", "optional": False, "scopes": ["global"],
+              "sparsity": {"low": 0.5, "high": 0.5}, "fine_tune_epochs": {"low": 1, "high": 1},
+              "lr": {"low": 1.0e-3, "high": 1.0e-3}}]
+    path = experiment_file(trials=3, space=space,
+                           search={"trials": 3, "seed": 0, "early_stopping": {"enabled": True}})
+    run = search(path, out=tmp_path / "run", progress=False)
+    first, *repeats = run.study.trials
+    assert all(t.state == TrialState.COMPLETE for t in run.study.trials)
+    assert "repeat_of" not in first.user_attrs and len(first.user_attrs["curve"]) == 1
+    for t in repeats:
+        assert t.user_attrs["repeat_of"] == 0
+        assert t.values == first.values and t.user_attrs["recipe"] == first.user_attrs["recipe"]
+        assert "curve" not in t.user_attrs  # no epoch was trained
+    table = run.table()
+    assert list(table["epochs_run"]) == [1, 0, 0] and list(table["repeat_of"])[1:] == [0, 0]

@@ -177,3 +177,21 @@ def test_presets_load_and_suggest_replayable_stages(preset):
     structured = next((s for s in stages if isinstance(s, StructuredPruneConfig)), None)
     if structured is not None:
         assert 0.0 <= structured.ratio <= 0.75 and structured.round_to in (1, 8)
+
+
+def test_bn_scale_in_a_space_for_a_model_without_batchnorm_is_a_configuration_error():
+    import optuna
+
+    from autoslim.space import ModelInfo
+    from autoslim.tasks.mnist1d import make_task
+    from autoslim.techniques.structured import StructuredPruneSpace
+
+    info = ModelInfo.from_model(make_task(model="cnn").build_model())  # convs and linears only
+    assert not info.has_module("BatchNorm")
+    trial = optuna.create_study().ask()
+    with pytest.raises(AutoslimError, match="bn_scale .* no BatchNorm layer"):
+        StructuredPruneSpace(importance=["l1", "bn_scale"]).suggest(trial, info)
+    assert StructuredPruneSpace(importance=["l1"], optional=False).suggest(trial, info) is not None
+    with_bn = ModelInfo.from_model(make_task(model="rescnn").build_model())
+    assert with_bn.has_module("BatchNorm")
+    assert StructuredPruneSpace(importance=["bn_scale"], optional=False).suggest(optuna.create_study().ask(), with_bn) is not None
