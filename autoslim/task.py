@@ -99,6 +99,16 @@ class Task:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
     train: TrainSettings = field(default_factory=TrainSettings)
     eval_batch_size: int = 256
+    # The best value the metric can take, when it has one (accuracy: 1.0). Early stopping
+    # uses it to skip, before any training, a trial that even a perfect metric would not
+    # bring onto the front.
+    metric_best: float | None = None
+
+    @property
+    def best_possible_metric(self) -> float | None:
+        if self.metric_best is not None:
+            return self.metric_best
+        return 1.0 if self.metric is accuracy else None
 
     @cached_property
     def data(self) -> Splits:

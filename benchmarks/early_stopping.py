@@ -207,7 +207,7 @@ def arm_numbers(records: list[TrialRecord], directions: dict[str, str], referenc
 # ---- replaying the rule on the off arm's trials (same configurations) ----
 
 def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: float,
-           min_curves: int, bound: float | None = None) -> list[TrialRecord]:
+           min_curves: int, bound: float | None = None, best_possible: float | None = None) -> list[TrialRecord]:
     """The off arm's trials as the stopping arm would have ended them, in the same order.
 
     Each trial meets a stopper built like ``local.make_stopper``: from the trials that
@@ -222,7 +222,8 @@ def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: 
             curves=tuple(Curve(r.curve, r.metric) for r in done if r.curve),
             front=tuple(FrontPoint(r.metric, {c: r.costs[c] for c in list(directions)[1:]})
                         for r in front_of(out, directions)),
-            maximize=maximize, quantile=quantile, min_curves=min_curves, bound=bound)
+            maximize=maximize, quantile=quantile, min_curves=min_curves, bound=bound,
+            best_possible=best_possible)
         out.append(_replay_one(record, stopper))
     return out
 
@@ -230,6 +231,8 @@ def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: 
 def _replay_one(record: TrialRecord, stopper: ParetoStopper) -> TrialRecord:
     if record.state != "COMPLETE":
         return record
+    if record.curve and stopper.decide_before_training(record.costs) is not None:
+        return TrialRecord(record.number, "PRUNED", (), np.nan, record.costs, False, 0.0, record.params, ())
     for epoch, value in enumerate(record.curve):
         if stopper.decide(epoch, value, record.costs) is not None:
             return TrialRecord(record.number, "PRUNED", record.curve[:epoch + 1], np.nan, record.costs,
@@ -238,6 +241,14 @@ def _replay_one(record: TrialRecord, stopper: ParetoStopper) -> TrialRecord:
 
 
 # ---- the trials themselves, for replays of other rules ----
+
+def best_possible_metric(spec: dict) -> float | None:
+    """The best value the task's metric can take (accuracy: 1.0), as the search knew it."""
+    from autoslim.recipe import TaskRef
+    from autoslim.task import load_task
+
+    return load_task(TaskRef(**spec["task"])).best_possible_metric
+
 
 def dump_records(out_dir: Path, tasks: list[str], seeds: list[int], arms: tuple[str, ...]) -> dict:
     """Every finished trial of every run folder, with what a replay needs: curves, final
@@ -254,6 +265,7 @@ def dump_records(out_dir: Path, tasks: list[str], seeds: list[int], arms: tuple[
                     "reference": reference_point(run, spec["constraints"][0]["max_drop"]).tolist(),
                     "bound": metric_bound([Constraint(**c) for c in spec["constraints"]], metric,
                                           run.baseline[metric], maximize=run.objectives[metric] == "maximize"),
+                    "best_possible": best_possible_metric(spec),
                     "trials": [asdict(r) for r in read_trials(run)],
                 }
     return out
@@ -274,7 +286,8 @@ def replay_from_records(path: Path, quantiles: tuple[float, ...] = SENSITIVITY_Q
                     directions, reference = off["directions"], np.array(off["reference"])
                     records = [TrialRecord(**{**t, "curve": tuple(t[curve_kind]),
                                               "trained_curve": tuple(t["trained_curve"])}) for t in off["trials"]]
-                    stopped = replay(records, directions, quantile=q, min_curves=min_curves, bound=off["bound"])
+                    stopped = replay(records, directions, quantile=q, min_curves=min_curves, bound=off["bound"],
+                                     best_possible=off.get("best_possible"))
                     rows.append(ratios(arm_numbers(records, directions, reference),
                                        arm_numbers(stopped, directions, reference)))
                 out.setdefault(task, {}).setdefault(curve_kind, {})[str(q)] = {
@@ -361,13 +374,14 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
     records = {arm: read_trials(run, budget) for arm, run in runs.items()}
     live = {arm: arm_numbers(records[arm], directions, refs["off"]) for arm in ARMS}
     settings = spec["search"]["early_stopping"]
+    best = best_possible_metric(spec)
     same = same_prefix(records["off"], records["on"])
     metric = runs["off"].metric_name
     bound = metric_bound([Constraint(**c) for c in spec["constraints"]], metric, runs["off"].baseline[metric],
                          maximize=directions[metric] == "maximize")
 
     def replayed(q: float, with_bound: bool) -> list[TrialRecord]:
-        return replay(records["off"], directions, quantile=q, min_curves=settings["min_curves"],
+        return replay(records["off"], directions, quantile=q, min_curves=settings["min_curves"], best_possible=best,
                       bound=bound if with_bound else None)
 
     def scored(trials: list[TrialRecord]) -> dict:
@@ -377,7 +391,7 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
     without_bound = replayed(settings["quantile"], False)
     # The same rule reading the curve of the model in training instead of the shipped one
     # (what the rule read before): how much seeing the later stages is worth.
-    on_trained = replay([replace(r, curve=r.trained_curve) for r in records["off"]], directions,
+    on_trained = replay([replace(r, curve=r.trained_curve) for r in records["off"]], directions, best_possible=best,
                         quantile=settings["quantile"], min_curves=settings["min_curves"], bound=bound)
     # Where both arms drew the same trials, the replay of the rule the live arm ran must
     # reproduce its decisions; with the current rule this checks the replay machinery

@@ -15,7 +15,10 @@ rule here uses what a compression trial knows early:
 4. If even ``m_e + gain`` is dominated by a point of the current front (at most the
    trial's costs on every cost objective and at least the projected metric, one of them
    strictly), the trial cannot reach the front: stop it.
-5. If even ``m_e + gain`` misses the experiment's constraint on the metric (``bound``,
+5. Before any training: if even the best value the metric can take (accuracy 1.0) at the
+   trial's costs is dominated by the front, the trial is stopped at zero epochs. This
+   needs no projection, so it cannot cost hypervolume.
+6. If even ``m_e + gain`` misses the experiment's constraint on the metric (``bound``,
    e.g. baseline − max_drop), the trial can never be on the feasible front, whatever it
    costs: stop it. This is the only way to stop a trial cheaper than every front point.
 
@@ -124,6 +127,16 @@ class ParetoStopper:
     quantile: float = 0.75
     min_curves: int = 3
     bound: float | None = None
+    best_possible: float | None = None  # the metric's best value, when it has one
+
+    def decide_before_training(self, costs: Mapping[str, float]) -> str | None:
+        """A reason to skip the trial's training: even a perfect metric at its costs is dominated."""
+        if self.best_possible is None or not self.front:
+            return None
+        if dominated(self.best_possible, costs, self.front, maximize=self.maximize):
+            return (f"early-stopped before training: even a metric of {self.best_possible:.4g} "
+                    "is dominated by the front at these costs")
+        return None
 
     def _covered(self, usable: Sequence[Curve], epoch: int, metric: float) -> bool:
         """Whether some calibration curve was at least as bad at this epoch (no extrapolation)."""

@@ -162,6 +162,9 @@ def evaluate_trial(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopp
     if stopper is not None:
         costs = dry_run_costs(recipe, ctx, out)
         trial.set_user_attr("dry_run_costs", costs)
+        reason = stopper.decide_before_training(costs)
+        if reason is not None:
+            raise StopTrial(reason)
         hooks.on_epoch_end.append(_epoch_hook(trial, ctx, stopper, costs, recipe, records))
     model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), hooks=hooks,
                          records=records)

@@ -117,11 +117,12 @@ def test_the_search_passes_the_constraint_bound_to_the_stopper():
         constraints=[Constraint(objective="accuracy", max_drop=0.05)],
         search=SimpleNamespace(early_stopping=EarlyStopping(enabled=True)),
     )
-    ctx = SimpleNamespace(experiment=experiment, task=SimpleNamespace(metric_name="accuracy"),
+    ctx = SimpleNamespace(experiment=experiment, task=SimpleNamespace(metric_name="accuracy", best_possible_metric=1.0),
                           baseline_values={"accuracy": 0.9}, cost_objectives=["size_bytes"])
     study = optuna.create_study(directions=["maximize", "minimize"])
     stopper = make_stopper(study, ctx)
     assert stopper.bound == pytest.approx(0.85) and stopper.maximize and stopper.curves == ()
+    assert stopper.best_possible == 1.0
 
 
 @pytest.mark.slow
@@ -192,3 +193,27 @@ def test_a_repeated_configuration_reuses_the_measurement(tmp_path, experiment_fi
         assert "curve" not in t.user_attrs  # no epoch was trained
     table = run.table()
     assert list(table["epochs_run"]) == [1, 0, 0] and list(table["repeat_of"])[1:] == [0, 0]
+
+
+def test_a_trial_that_even_a_perfect_metric_cannot_bring_onto_the_front_never_trains():
+    front = (FrontPoint(1.0, {"size_bytes": 100.0}),)
+    stopper = ParetoStopper(curves=(), front=front, best_possible=1.0)
+    reason = stopper.decide_before_training({"size_bytes": 200.0})
+    assert reason is not None and "before training" in reason
+    assert stopper.decide_before_training({"size_bytes": 100.0}) is None  # a tie is not dominated
+    assert stopper.decide_before_training({"size_bytes": 50.0}) is None
+    assert ParetoStopper(curves=(), front=front).decide_before_training({"size_bytes": 200.0}) is None
+    below = ParetoStopper(curves=(), front=(FrontPoint(0.99, {"size_bytes": 100.0}),), best_possible=1.0)
+    assert below.decide_before_training({"size_bytes": 200.0}) is None  # 1.0 would beat 0.99
+
+
+def test_accuracy_tasks_know_their_best_possible_metric():
+    from autoslim.task import Task
+
+    def nothing():
+        raise AssertionError
+
+    assert Task(name="t", build_model=nothing, load_data=nothing).best_possible_metric == 1.0
+    assert Task(name="t", build_model=nothing, load_data=nothing, metric=lambda m, d: 0.0).best_possible_metric is None
+    assert Task(name="t", build_model=nothing, load_data=nothing, metric=lambda m, d: 0.0,
+                metric_best=0.0).best_possible_metric == 0.0
