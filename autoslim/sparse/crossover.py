@@ -98,10 +98,19 @@ def random_sparse(rows: int, cols: int, sparsity: float, generator: torch.Genera
 
 
 def to_csr(matrix: torch.Tensor) -> torch.Tensor:
-    """CSR copy of a dense matrix, without torch's per-call "CSR support is in beta" warning."""
+    """CSR copy of a dense matrix, without torch's per-call "CSR support is in beta" warning.
+
+    Indices are int32 where they fit: torch's CPU CSR matmul (MKL) ran 7-12 % faster with
+    them than with the default int64 on a 768x3072 weight at 80 % and 95 % sparsity
+    (device lease Xeon, 2 threads), and they take half the memory.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return matrix.to_sparse_csr()
+        csr = matrix.to_sparse_csr()
+        if csr.values().numel() < 2**31 - 1 and max(matrix.shape) < 2**31 - 1:
+            csr = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                          csr.values(), csr.shape, check_invariants=False)
+        return csr
 
 
 def csr_linear(x: torch.Tensor, csr: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
