@@ -106,6 +106,7 @@ def to_csr(matrix: torch.Tensor) -> torch.Tensor:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
         csr = matrix.to_sparse_csr()
         if csr.values().numel() < 2**31 - 1 and max(matrix.shape) < 2**31 - 1:
             csr = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
