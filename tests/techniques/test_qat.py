@@ -101,3 +101,29 @@ def test_qat_divergence_fails_the_trial_with_a_reason(tiny_task_ref):
     hooks = TrainHooks(loss=lambda m, x, y: m(x).sum() * float("inf"))
     with pytest.raises(TrialFailed, match="training loss became"):
         apply_recipe(recipe, task=task, hooks=hooks)
+
+
+def test_the_benchmarked_4_bit_qat_setting_is_a_recipe_stage_and_a_search_space_setting():
+    """benchmarks/quantization.py's MNIST-1D 4-bit QAT row is one quantize stage; a
+    quantize.weight component with its values fixed suggests exactly that stage."""
+    import importlib.util
+    from pathlib import Path
+
+    import optuna
+
+    from autoslim.space import LayerInfo, ModelInfo
+    from autoslim.techniques.quantize import QuantizeConfig, WeightQuantSpace
+
+    path = Path(__file__).parents[2] / "benchmarks" / "quantization.py"
+    spec = importlib.util.spec_from_file_location("bench_quantization", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stage = QuantizeConfig(**{k: v for k, v in bench.QAT_STAGE.items() if k != "kind"})
+    assert (stage.default, stage.granularity, stage.symmetric) == (4, "per_channel", True)  # every layer 4-bit
+    assert not stage.layers
+    space = WeightQuantSpace(bits=[4], per_layer=False, optional=False, qat_method=[stage.qat_method],
+                             qat_epochs={"low": stage.qat_epochs, "high": stage.qat_epochs},
+                             qat_lr={"low": stage.qat_lr, "high": stage.qat_lr, "log": True})
+    info = ModelInfo((LayerInfo("features.0", "", 0, ()), LayerInfo("classifier.1", "", 0, ())), 0)
+    suggested = space.suggest(optuna.trial.FixedTrial({"quant.bits": 4}), info)
+    assert suggested == stage

@@ -160,3 +160,32 @@ def test_a_per_layer_search_that_lands_on_uniform_8_bit_writes_the_uniform_artif
     uniform = Recipe.from_dict({"task": tiny_task_ref, "stages": [{"kind": "quantize", "default": 8}]})
     sizes = [artifact_bytes(save_artifact(apply_recipe(r), r, tmp_path / str(i))) for i, r in enumerate((per_layer, uniform))]
     assert sizes[0] == sizes[1]
+
+
+def test_a_search_enqueued_uniform_plan_writes_the_standalone_uniform_artifact_byte_for_byte(
+        tmp_path, experiment_file):
+    """The mixed-precision benchmark compares the search's front with standalone uniform
+    recipes; the search's own uniform trials must be those very artifacts, not a few
+    recipe bytes larger. The search settles the target's storage policy into its recipes,
+    so the standalone recipe is written for that same target."""
+    from autoslim.artifact import artifact_bytes, save_artifact
+    from autoslim.pipeline import apply_recipe
+    from autoslim.recipe import Recipe
+    from autoslim.search.experiment import load_experiment
+    from autoslim.search.local import search
+    from autoslim.sparse.policy import settle_storage_policy
+
+    space = [{"type": "quantize.weight", "bits": [4, 8], "optional": False}]
+    path = experiment_file(trials=2, space=space,
+                           search={"trials": 2, "seed": 0, "warm_start_uniform": [8, 4], "keep_artifacts": "all"})
+    run = search(path, out=tmp_path / "run", progress=False)
+    experiment, _ = load_experiment(path)
+    target = settle_storage_policy(experiment.target)
+    for trial, bits in zip(run.study.trials, (8, 4), strict=True):
+        standalone = Recipe(task=experiment.task, seed=experiment.search.seed, target=target,
+                            stages=[{"kind": "quantize", "default": bits}])
+        alone = save_artifact(apply_recipe(standalone), standalone, tmp_path / f"uniform{bits}")
+        searched = tmp_path / "run" / "artifacts" / f"trial_{trial.number}"
+        assert trial.values[1] == artifact_bytes(searched) == artifact_bytes(alone)
+        for name in sorted(f.name for f in alone.iterdir()):
+            assert (searched / name).read_bytes() == (alone / name).read_bytes(), name
