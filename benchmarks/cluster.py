@@ -9,10 +9,14 @@ Two ways to run trials in parallel, on the same digits experiment:
 Throughput is completed trials per hour over the span from the first trial's start to the
 last trial's end, read from the study's own timestamps: the one-off baseline training,
 Ray's start-up and the interpreter start-up of each worker are outside it. Each trial
-trains with 2 threads, so N workers need 2N cores to scale. The early-stopping rows are
-read from ``benchmarks/results/early_stopping.json`` (``benchmarks/early_stopping.py``).
+trains with 2 threads, so N workers need 2N cores to scale. Ray's overhead is ray minus
+procs at 1 worker, per round, with ``--rounds`` interleaving the modes so a load change on a
+shared machine hits both. The early-stopping rows replay the current rule on the recorded
+test searches in ``benchmarks/results/early_stopping_records.json``
+(``benchmarks/early_stopping.py --from-records``).
 
-    python benchmarks/cluster.py [--mode procs,ray] [--workers 1,2,4,8] [--trials-per-worker 4] [--json]
+    python benchmarks/cluster.py [--mode procs,ray] [--workers 1,2,4,8] [--trials-per-worker 4]
+        [--rounds 1] [--json]
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-EARLY_STOPPING_JSON = ROOT / "benchmarks" / "results" / "early_stopping.json"
+EARLY_STOPPING_RECORDS = ROOT / "benchmarks" / "results" / "early_stopping_records.json"
 
 
 def experiment(folder: Path, name: str, trials: int, workers: int) -> Path:
@@ -87,21 +92,31 @@ def span_stats(out: Path) -> dict:
             "median_trial_s": round(durations[len(durations) // 2], 2)}
 
 
-def measure(mode: str, workers: int, trials_per_worker: int, scratch: Path) -> dict:
-    name = f"cluster_{mode}_{workers}"
+def measure(mode: str, workers: int, trials_per_worker: int, scratch: Path, round_: int = 0) -> dict:
+    name = f"cluster_{mode}_{workers}_r{round_}"
     trials = trials_per_worker * workers
     exp = experiment(scratch, name, trials, workers)
     out = scratch / name
     shutil.rmtree(out, ignore_errors=True)
     wall = (run_procs if mode == "procs" else run_ray)(exp, out, workers)
-    return {"mode": mode, "workers": workers, "trials": trials, "wall_s": round(wall, 1), **span_stats(out)}
+    return {"mode": mode, "workers": workers, "round": round_, "trials": trials, "wall_s": round(wall, 1),
+            **span_stats(out), "loadavg_1min": round(os.getloadavg()[0], 2)}
 
 
-def early_stopping_rows() -> list[dict]:
-    if not EARLY_STOPPING_JSON.is_file():
-        return []
-    data = json.loads(EARLY_STOPPING_JSON.read_text())
-    return data.get("summary", data.get("tasks", [])) if isinstance(data, dict) else []
+def early_stopping_rows() -> dict:
+    """The current early-stopping rule replayed on the recorded test searches (default
+    quantile, shipped curve); see benchmarks/early_stopping.py --from-records."""
+    if not EARLY_STOPPING_RECORDS.is_file():
+        return {}
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from early_stopping import replay_from_records
+
+    from autoslim.search.experiment import EarlyStopping
+
+    quantile = str(EarlyStopping().quantile)
+    replayed = replay_from_records(EARLY_STOPPING_RECORDS, quantiles=(float(quantile),))
+    return {task: {**kinds["curve"][quantile], "quantile": float(quantile), "records": str(
+        EARLY_STOPPING_RECORDS.relative_to(ROOT))} for task, kinds in replayed.items()}
 
 
 def main() -> None:
@@ -110,6 +125,9 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4,8")
     parser.add_argument("--trials-per-worker", type=int, default=4)
     parser.add_argument("--scratch", default="runs/bench-cluster")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every (mode, workers) run this many times, interleaved, so a load change "
+                             "on a shared machine hits both modes alike")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     scratch = Path(args.scratch).resolve()
@@ -119,10 +137,10 @@ def main() -> None:
                     "from autoslim.search.experiment import load_experiment; from autoslim.task import load_task;"
                     f"e,_=load_experiment({str(ROOT / 'experiments' / 'digits.yaml')!r});"
                     "load_baseline(e.task, load_task(e.task))"], check=True)
-    rows = [measure(mode, int(w), args.trials_per_worker, scratch)
-            for mode in args.mode.split(",") for w in args.workers.split(",")]
+    rows = [measure(mode, int(w), args.trials_per_worker, scratch, r)
+            for r in range(args.rounds) for w in args.workers.split(",") for mode in args.mode.split(",")]
     for row in rows:
-        first = next(r for r in rows if r["mode"] == row["mode"])
+        first = next(r for r in rows if r["mode"] == row["mode"] and r["round"] == row["round"])
         row["speedup_vs_first"] = round(row["trials_per_hour"] / first["trials_per_hour"], 2)
     result = {
         "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
@@ -134,18 +152,35 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"machine: {result['machine']}")
-    print(f"{'mode':>6} {'workers':>7} {'trials':>6} {'span s':>8} {'trials/h':>9} {'speedup':>8} {'median trial s':>15}")
+    print(f"{'round':>5} {'mode':>6} {'workers':>7} {'trials':>6} {'wall s':>7} {'span s':>8} {'trials/h':>9} "
+          f"{'speedup':>8} {'median trial s':>15} {'load':>5}")
     for r in rows:
-        print(f"{r['mode']:>6} {r['workers']:>7} {r['completed']:>6} {r['span_s']:>8} {r['trials_per_hour']:>9} "
-              f"{r['speedup_vs_first']:>8} {r['median_trial_s']:>15}")
-    print(f"Ray overhead per trial (median trial time, ray - procs, 1 worker): {result['ray_overhead_per_trial_s']} s")
+        print(f"{r['round']:>5} {r['mode']:>6} {r['workers']:>7} {r['completed']:>6} {r['wall_s']:>7} {r['span_s']:>8} "
+              f"{r['trials_per_hour']:>9} {r['speedup_vs_first']:>8} {r['median_trial_s']:>15} {r['loadavg_1min']:>5}")
+    overhead = result["ray_overhead_per_trial_s"]
+    if overhead:
+        print(f"Ray overhead, 1 worker, median over rounds of (ray - procs): {overhead['per_trial_s']} s per trial "
+              f"(median trial time), {overhead['wall_s']} s per search (wall, Ray start-up included); "
+              f"per round: {overhead['per_round']}")
+    for task, row in result["early_stopping"].items():
+        print(f"early stopping, {task} (replay, q={row['quantile']}): {row['epochs_saved']:.1%} of fine-tune epochs "
+              f"saved, {row['hv_kept']:.2%} of HV kept (worst seed {row['hv_kept_min']:.2%}), {row['seeds']} seeds")
 
 
-def ray_overhead(rows: list[dict]) -> float | None:
-    one = {r["mode"]: r for r in rows if r["workers"] == 1}
-    if {"procs", "ray"} <= set(one):
-        return round(one["ray"]["median_trial_s"] - one["procs"]["median_trial_s"], 2)
-    return None
+def ray_overhead(rows: list[dict]) -> dict | None:
+    """Ray minus local (procs) at 1 worker, per round (the two ran back to back), then the
+    median over rounds: per trial from the study's trial durations, per search from wall time."""
+    per_round = []
+    for round_ in sorted({r["round"] for r in rows}):
+        one = {r["mode"]: r for r in rows if r["workers"] == 1 and r["round"] == round_}
+        if {"procs", "ray"} <= set(one):
+            per_round.append({"per_trial_s": round(one["ray"]["median_trial_s"] - one["procs"]["median_trial_s"], 2),
+                              "wall_s": round(one["ray"]["wall_s"] - one["procs"]["wall_s"], 1)})
+    if not per_round:
+        return None
+    median = lambda key: float(np.median([p[key] for p in per_round]))  # noqa: E731
+    return {"per_trial_s": round(median("per_trial_s"), 2), "wall_s": round(median("wall_s"), 1),
+            "per_round": per_round}
 
 
 if __name__ == "__main__":

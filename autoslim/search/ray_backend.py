@@ -174,6 +174,16 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
         raise AutoslimError(f"cannot connect to Ray at {address}: {exc.strerror or exc}") from None
 
 
+def ray_address(address: str | None) -> str | None:
+    """What ``ray.init`` is given: ``--address``, else ``RAY_ADDRESS`` (Ray reads it), else
+    "local". Plain ``ray.init()`` would join the latest cluster a ``ray start`` left
+    running on this machine: a search once joined a test suite's two-node cluster that
+    way and died with it ("lost objects", plasma store gone) when the tests tore it down."""
+    if address:
+        return address
+    return None if os.environ.get("RAY_ADDRESS") else "local"
+
+
 def _init_ray(address: str | None) -> None:
     # Tune would reject a failed trial's result for lacking the objectives; the searcher
     # reads the outcome instead.
@@ -184,7 +194,7 @@ def _init_ray(address: str | None) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "logging_level": logging.WARNING}
     try:
-        ray.init(address=address, **kwargs)
+        ray.init(address=ray_address(address), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray instance"
         raise AutoslimError(f"cannot connect to Ray at {where}: {str(exc).splitlines()[0]}") from None

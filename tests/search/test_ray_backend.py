@@ -267,3 +267,14 @@ def test_a_wrong_address_is_one_line_exit_2_and_writes_no_run_folder(tmp_path, e
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and "\n" not in err
     assert not out.exists()
+
+
+def test_without_an_address_ray_starts_its_own_instance(monkeypatch):
+    """Plain ray.init() would join whatever cluster `ray start` left on this machine."""
+    from autoslim.search.ray_backend import ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_address(None) == "local"
+    assert ray_address("10.0.0.5:6379") == "10.0.0.5:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert ray_address(None) is None  # Ray reads RAY_ADDRESS itself
