@@ -5,7 +5,12 @@ uniform 4-bit and 8-bit artifacts of the same task, and reports for each uniform
 whether some front point dominates it on the size–accuracy plane (validation split, as
 the search saw it) and the best front point's test accuracy at or below its size.
 
-    python benchmarks/mixed_precision.py [--trials 30] [--json]
+The standalone uniform recipes are written for the target the search writes into its
+own recipes, so a search trial that lands on uniform 8-bit is the very same artifact.
+An existing ``--out`` folder resumes its study (no new trials): use a fresh one.
+
+    python benchmarks/mixed_precision.py [--trials 30] [--out runs/NAME] [--json]
+        [--experiment EXPERIMENT.yaml] [--save RESULT.json]
 """
 
 from __future__ import annotations
@@ -16,30 +21,48 @@ import sys
 import tempfile
 from pathlib import Path
 
-from autoslim.artifact import save_artifact
+from autoslim.artifact import artifact_bytes, save_artifact
 from autoslim.measure import measure_in_subprocess
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
 from autoslim.search.experiment import load_experiment
 from autoslim.search.local import Overrides, search
 from autoslim.search.outputs import test_metric
+from autoslim.sparse.policy import settle_storage_policy
 
 EXPERIMENT = Path(__file__).parents[1] / "experiments" / "mnist1d_mixed_precision.yaml"
 
 
 def uniform_point(experiment, bits: int, folder: Path) -> dict:
-    recipe = Recipe(task=experiment.task, target=experiment.target,
-                    stages=[{"kind": "quantize", "default": bits}])
-    out = save_artifact(apply_recipe(recipe), recipe, folder / f"uniform{bits}")
+    """The standalone uniform recipe (``default: bits``) for the target the search writes
+    into its recipes (storage policy settled), so the two artifacts are comparable byte
+    for byte; ``minimal_recipe_bytes`` is the same weights under a recipe whose target
+    leaves the policy unset (27 recipe bytes fewer, same model)."""
+    stages = [{"kind": "quantize", "default": bits}]
+    recipe = Recipe(task=experiment.task, seed=experiment.search.seed,
+                    target=settle_storage_policy(experiment.target), stages=stages)
+    model = apply_recipe(recipe)
+    out = save_artifact(model, recipe, folder / f"uniform{bits}")
+    minimal = Recipe(task=experiment.task, seed=experiment.search.seed, target=experiment.target, stages=stages)
     values = measure_in_subprocess(out, recipe.target, splits=("val", "test"))
     return {"setting": f"uniform {bits}-bit", "size_bytes": values["size_bytes"], "accuracy": values["accuracy"],
-            "test_accuracy": values["test_accuracy"]}
+            "test_accuracy": values["test_accuracy"],
+            "minimal_recipe_bytes": artifact_bytes(save_artifact(model, minimal, folder / f"uniform{bits}-minimal"))}
 
 
-def dominating(front, point: dict) -> list[int]:
+def dominating(front, point: dict, size_key: str = "size_bytes") -> list[int]:
+    """Front trials that Pareto-dominate the point: no larger, no less accurate, and
+    strictly better in one of the two (an identical point does not dominate)."""
+    size = point[size_key]
     return [int(r.trial) for r in front.itertuples()
-            if r.size_bytes <= point["size_bytes"] and r.accuracy >= point["accuracy"]
-            and (r.size_bytes < point["size_bytes"] or r.accuracy > point["accuracy"])]
+            if r.size_bytes <= size and r.accuracy >= point["accuracy"]
+            and (r.size_bytes < size or r.accuracy > point["accuracy"])]
+
+
+def matching(front, point: dict) -> list[int]:
+    """Front trials identical to the point on both axes (the enqueued uniform plans)."""
+    return [int(r.trial) for r in front.itertuples()
+            if r.size_bytes == point["size_bytes"] and r.accuracy == point["accuracy"]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,14 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-mixed-precision"))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--experiment", type=Path, default=EXPERIMENT,
+                        help="experiment file (default: experiments/mnist1d_mixed_precision.yaml)")
+    parser.add_argument("--save", type=Path, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
-    experiment, _ = load_experiment(EXPERIMENT)
-    run = search(EXPERIMENT, out=args.out, overrides=Overrides(trials=args.trials), progress=False)
+    experiment, _ = load_experiment(args.experiment)
+    run = search(args.experiment, out=args.out, overrides=Overrides(trials=args.trials), progress=False)
     front = run.front()
     with tempfile.TemporaryDirectory() as tmp:
         uniform = [uniform_point(experiment, bits, Path(tmp)) for bits in (8, 4)]
     for point in uniform:
         point["dominated_by_trials"] = dominating(front, point)
+        point["dominated_by_trials_vs_minimal_recipe"] = dominating(front, point, "minimal_recipe_bytes")
+        point["identical_front_trials"] = matching(front, point)
         cheaper = front[front["size_bytes"] <= point["size_bytes"]]
         if not cheaper.empty:
             best = cheaper.sort_values("accuracy").iloc[-1]
@@ -62,19 +90,29 @@ def main(argv: list[str] | None = None) -> int:
                 "trial": int(best["trial"]), "size_bytes": int(best["size_bytes"]),
                 "accuracy": float(best["accuracy"]), "test_accuracy": test_metric(run, int(best["trial"]))}
     result = {"trials": args.trials, "baseline": {k: run.baseline[k] for k in ("size_bytes", "accuracy", "test_accuracy")},
-              "front": [{"trial": int(r.trial), "size_bytes": int(r.size_bytes), "accuracy": float(r.accuracy)}
-                        for r in front.itertuples()],
-              "uniform": uniform}
+              "front": [{"trial": int(r.trial), "size_bytes": int(r.size_bytes), "accuracy": float(r.accuracy),
+                         "test_accuracy": test_metric(run, int(r.trial))} for r in front.itertuples()],
+              "uniform": uniform, "experiment": str(args.experiment),
+              "space": experiment.space, "warm_start": experiment.search.warm_start,
+              "warm_start_uniform": experiment.search.warm_start_uniform}
+    if args.save:
+        args.save.write_text(json.dumps(result, indent=1) + "\n")
     if args.json:
         print(json.dumps(result))
         return 0
     base = result["baseline"]
     print(f"MNIST-1D CNN, {args.trials} trials; fp32 {base['size_bytes']} bytes, val {base['accuracy']:.4f}, "
           f"test {base['test_accuracy']:.4f}")
+    print("front (trial, bytes, val, test):")
+    for r in result["front"]:
+        print(f"  {r['trial']:>4} {r['size_bytes']:>8} {r['accuracy']:.4f} {r['test_accuracy']:.4f}")
     for p in uniform:
         best = p.get("best_front_at_or_below_size", {})
-        print(f"{p['setting']:<15} {p['size_bytes']:>8} bytes  val {p['accuracy']:.4f}  test {p['test_accuracy']:.4f}"
-              f"  dominated by front trials {p['dominated_by_trials'] or 'none'}; best front point at <= size: "
+        print(f"{p['setting']:<15} {p['size_bytes']:>8} bytes ({p['minimal_recipe_bytes']} with the minimal recipe)  "
+              f"val {p['accuracy']:.4f}  test {p['test_accuracy']:.4f}")
+        print(f"  identical front trials {p['identical_front_trials'] or 'none'}; dominated by front trials "
+              f"{p['dominated_by_trials'] or 'none'} (vs the minimal recipe's bytes: "
+              f"{p['dominated_by_trials_vs_minimal_recipe'] or 'none'}); best front point at <= size: "
               f"{best.get('size_bytes')} bytes, val {best.get('accuracy', float('nan')):.4f}, "
               f"test {best.get('test_accuracy', float('nan')):.4f}")
     return 0
