@@ -87,9 +87,11 @@ def span_stats(out: Path) -> dict:
     ends = [t.datetime_complete.timestamp() for t in trials]
     span = max(ends) - min(starts)
     durations = sorted(e - s for s, e in zip(starts, ends, strict=True))
+    # Idle time between consecutive trials of one worker: scheduling, worker start-up.
+    gap = (span - sum(durations)) / max(len(trials) - 1, 1)
     return {"completed": len(trials), "span_s": round(span, 1),
             "trials_per_hour": round(3600 * len(trials) / span, 1),
-            "median_trial_s": round(durations[len(durations) // 2], 2)}
+            "median_trial_s": round(durations[len(durations) // 2], 2), "mean_gap_s": round(gap, 2)}
 
 
 def measure(mode: str, workers: int, trials_per_worker: int, scratch: Path, round_: int = 0) -> dict:
@@ -153,15 +155,16 @@ def main() -> None:
         return
     print(f"machine: {result['machine']}")
     print(f"{'round':>5} {'mode':>6} {'workers':>7} {'trials':>6} {'wall s':>7} {'span s':>8} {'trials/h':>9} "
-          f"{'speedup':>8} {'median trial s':>15} {'load':>5}")
+          f"{'speedup':>8} {'median trial s':>15} {'gap s':>6} {'load':>5}")
     for r in rows:
         print(f"{r['round']:>5} {r['mode']:>6} {r['workers']:>7} {r['completed']:>6} {r['wall_s']:>7} {r['span_s']:>8} "
-              f"{r['trials_per_hour']:>9} {r['speedup_vs_first']:>8} {r['median_trial_s']:>15} {r['loadavg_1min']:>5}")
+              f"{r['trials_per_hour']:>9} {r['speedup_vs_first']:>8} {r['median_trial_s']:>15} {r['mean_gap_s']:>6} "
+              f"{r['loadavg_1min']:>5}")
     overhead = result["ray_overhead_per_trial_s"]
     if overhead:
         print(f"Ray overhead, 1 worker, median over rounds of (ray - procs): {overhead['per_trial_s']} s per trial "
-              f"(median trial time), {overhead['wall_s']} s per search (wall, Ray start-up included); "
-              f"per round: {overhead['per_round']}")
+              f"(median trial time), {overhead['gap_s']} s per trial (idle gap between trials), "
+              f"{overhead['wall_s']} s per search (wall, Ray start-up included); per round: {overhead['per_round']}")
     for task, row in result["early_stopping"].items():
         print(f"early stopping, {task} (replay, q={row['quantile']}): {row['epochs_saved']:.1%} of fine-tune epochs "
               f"saved, {row['hv_kept']:.2%} of HV kept (worst seed {row['hv_kept_min']:.2%}), {row['seeds']} seeds")
@@ -175,12 +178,13 @@ def ray_overhead(rows: list[dict]) -> dict | None:
         one = {r["mode"]: r for r in rows if r["workers"] == 1 and r["round"] == round_}
         if {"procs", "ray"} <= set(one):
             per_round.append({"per_trial_s": round(one["ray"]["median_trial_s"] - one["procs"]["median_trial_s"], 2),
+                              "gap_s": round(one["ray"]["mean_gap_s"] - one["procs"]["mean_gap_s"], 2),
                               "wall_s": round(one["ray"]["wall_s"] - one["procs"]["wall_s"], 1)})
     if not per_round:
         return None
     median = lambda key: float(np.median([p[key] for p in per_round]))  # noqa: E731
-    return {"per_trial_s": round(median("per_trial_s"), 2), "wall_s": round(median("wall_s"), 1),
-            "per_round": per_round}
+    return {"per_trial_s": round(median("per_trial_s"), 2), "gap_s": round(median("gap_s"), 2),
+            "wall_s": round(median("wall_s"), 1), "per_round": per_round}
 
 
 if __name__ == "__main__":
