@@ -105,6 +105,9 @@ class Run:
     def front(self) -> pd.DataFrame:
         table = self.table()
         done = table[table["state"] == "COMPLETE"]
+        if "repeat_of" in done:
+            # A repeat is its twin's artifact with its twin's values: list the point once.
+            done = done[done["repeat_of"].isna()]
         values = done[list(self.objectives)].to_numpy(dtype=float)
         idx = pareto_front(values, list(self.objectives.values()), done["feasible"].to_numpy(bool))
         return done.iloc[idx].sort_values(list(self.objectives)[0]).reset_index(drop=True)

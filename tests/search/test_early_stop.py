@@ -193,6 +193,7 @@ def test_a_repeated_configuration_reuses_the_measurement(tmp_path, experiment_fi
         assert "curve" not in t.user_attrs  # no epoch was trained
     table = run.table()
     assert list(table["epochs_run"]) == [1, 0, 0] and list(table["repeat_of"])[1:] == [0, 0]
+    assert list(run.front()["trial"]) == [0]  # one point, listed once
 
 
 def test_a_trial_that_even_a_perfect_metric_cannot_bring_onto_the_front_never_trains():
