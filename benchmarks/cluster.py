@@ -132,6 +132,8 @@ def main() -> None:
                              "on a shared machine hits both modes alike")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.rounds < 1 or args.trials_per_worker < 1:
+        parser.error("--rounds and --trials-per-worker must be at least 1")
     scratch = Path(args.scratch).resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     # Train (or load) the shared baseline once, outside every timed span.

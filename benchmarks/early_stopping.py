@@ -317,7 +317,8 @@ def ceiling_from_records(path: Path) -> dict:
         for arms in seeds.values():
             off = arms["off"]
             directions = off["directions"]
-            cost = list(directions)[1]
+            metric, cost = list(directions)
+            maximize = directions[metric] == "maximize"
             done: list[TrialRecord] = []
             seen = []
             for t in off["trials"]:
@@ -329,8 +330,9 @@ def ceiling_from_records(path: Path) -> dict:
                 n = len(record.curve)
                 epochs += n
                 if n:
-                    lost = record.metric < off["bound"] or dominated(
-                        record.metric, {cost: record.costs[cost]}, front, maximize=True)
+                    infeasible = off["bound"] is not None and (
+                        record.metric < off["bound"] if maximize else record.metric > off["bound"])
+                    lost = infeasible or dominated(record.metric, {cost: record.costs[cost]}, front, maximize=maximize)
                     oracle += (n - 1) if lost else 0
                     cheaper += n if front and record.costs[cost] < min(p.costs[cost] for p in front) else 0
                 done.append(record)
@@ -481,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.tasks, args.seeds, args.trials = ["digits"], args.seeds[:1], 8
     if args.from_records:
-        result = replay_from_records(args.from_records)
+        try:
+            result = replay_from_records(args.from_records)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"--from-records {args.from_records}: not a --records file ({type(exc).__name__}: {exc})")
         ceiling = ceiling_from_records(args.from_records)
         if args.json:
             print(json.dumps({"replay": result, "ceiling": ceiling}, indent=2))

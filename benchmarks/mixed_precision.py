@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from autoslim.artifact import artifact_bytes, save_artifact
+from autoslim.errors import AutoslimError
 from autoslim.measure import measure_in_subprocess
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
@@ -74,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="experiment file (default: experiments/mnist1d_mixed_precision.yaml)")
     parser.add_argument("--save", type=Path, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
-    experiment, _ = load_experiment(args.experiment)
+    try:
+        experiment, _ = load_experiment(args.experiment)
+    except AutoslimError as exc:
+        parser.error(str(exc))
     run = search(args.experiment, out=args.out, overrides=Overrides(trials=args.trials), progress=False)
     front = run.front()
     with tempfile.TemporaryDirectory() as tmp:

@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qat-seeds", default="0", help=f"recipe seeds for the {QAT_LABEL!r} setting")
     args = parser.parse_args(argv)
     settings = {k: v for k, v in SETTINGS.items() if not args.quick or k in ("fp32", "int8 (int8 kernel)", "4-bit")}
-    seeds = [int(s) for s in args.qat_seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.qat_seeds.split(",")]
+    except ValueError:
+        parser.error(f"--qat-seeds: comma-separated integers, not {args.qat_seeds!r}")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for name in args.tasks.split(",") for row in measure_task(name, Path(tmp), settings, seeds)]
         ort = onnx_runtime_mlp(Path(tmp)) if "mlp" in args.tasks.split(",") else None
