@@ -15,6 +15,7 @@ import math
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,8 +55,9 @@ class SearchContext:
     def measure_artifact(self, path: Path, target: Target, splits: tuple[str, ...] = ("val",)) -> dict:
         return (self.measure or measure_in_subprocess)(path, target, splits=splits)
 
-    @property
+    @cached_property
     def info(self) -> ModelInfo:
+        # The baseline never changes within a study: describe it once, not per trial.
         return ModelInfo.from_model(self.baseline_model)
 
     @property
