@@ -91,7 +91,8 @@ def span_stats(out: Path) -> dict:
     gap = (span - sum(durations)) / max(len(trials) - 1, 1)
     return {"completed": len(trials), "span_s": round(span, 1),
             "trials_per_hour": round(3600 * len(trials) / span, 1),
-            "median_trial_s": round(durations[len(durations) // 2], 2), "mean_gap_s": round(gap, 2)}
+            "median_trial_s": round(durations[len(durations) // 2], 2), "mean_gap_s": round(gap, 2),
+            "trial_s": [round(e - s, 2) for s, e in zip(starts, ends, strict=True)]}
 
 
 def measure(mode: str, workers: int, trials_per_worker: int, scratch: Path, round_: int = 0) -> dict:
@@ -157,11 +158,11 @@ def main() -> None:
         return
     print(f"machine: {result['machine']}")
     print(f"{'round':>5} {'mode':>6} {'workers':>7} {'trials':>6} {'wall s':>7} {'span s':>8} {'trials/h':>9} "
-          f"{'speedup':>8} {'median trial s':>15} {'gap s':>6} {'load':>5}")
+          f"{'speedup':>8} {'median trial s':>15} {'gap s':>6} {'load':>5}  trial s, in order")
     for r in rows:
         print(f"{r['round']:>5} {r['mode']:>6} {r['workers']:>7} {r['completed']:>6} {r['wall_s']:>7} {r['span_s']:>8} "
               f"{r['trials_per_hour']:>9} {r['speedup_vs_first']:>8} {r['median_trial_s']:>15} {r['mean_gap_s']:>6} "
-              f"{r['loadavg_1min']:>5}")
+              f"{r['loadavg_1min']:>5}  {r['trial_s']}")
     overhead = result["ray_overhead_per_trial_s"]
     if overhead:
         print(f"Ray overhead, 1 worker, median over rounds of (ray - procs): {overhead['per_trial_s']} s per trial "

@@ -100,9 +100,9 @@ def random_sparse(rows: int, cols: int, sparsity: float, generator: torch.Genera
 def to_csr(matrix: torch.Tensor) -> torch.Tensor:
     """CSR copy of a dense matrix, without torch's per-call "CSR support is in beta" warning.
 
-    Indices are int32 where they fit: torch's CPU CSR matmul (MKL) ran 7-12 % faster with
+    Indices are int32 where they fit: torch's CPU CSR matmul (MKL) ran faster with
     them than with the default int64 on a 768x3072 weight at 80 % and 95 % sparsity
-    (device lease Xeon, 2 threads), and they take half the memory.
+    (7-14 %, device lease Xeon, ``benchmarks/csr_indices.py``), and take half the memory.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
