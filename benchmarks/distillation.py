@@ -10,24 +10,30 @@ artifact saved to disk and loaded back (runtime kernels on), mean ± std over re
     recovered = (acc_variant − acc_no_kd) / (acc_teacher − acc_no_kd)
 
     python benchmarks/distillation.py [--json] [--seeds 3] [--prune-epochs 4] [--recover-epochs 4] [--qat-epochs 2]
+                                      [--variants NAME ...] [--jobs J] [--threads T]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+import yaml
+from pydantic import ValidationError
 
 from autoslim.artifact import load_artifact, save_artifact
 from autoslim.baseline import load_baseline
 from autoslim.pipeline import apply_recipe
-from autoslim.recipe import Recipe, TaskRef
+from autoslim.recipe import Recipe, TaskRef, one_line
 from autoslim.task import load_task
 
 TASK = TaskRef(entry="autoslim.tasks.mnist1d:make_task", params={"model": "cnn"})
@@ -43,7 +49,17 @@ VARIANTS: dict[str, dict | None] = {
     "response+feature+relation": {**RESPONSE, "feature_weight": 1.0, "relation_distance_weight": 1.0,
                                   "relation_angle_weight": 2.0},
     "response+phases": {**RESPONSE, "feature_weight": 1.0, "schedule": {"kind": "phases"}},
+    # Function matching: the teacher labels mixed inputs (mixup). The control row mixes the
+    # same inputs but learns from the mixed hard labels only, so the gain of the KD rows
+    # over it is the teacher's, not the augmentation's.
+    "no_kd+mixup (control)": {"alpha": 0.0, "mixup": 1.0},
+    "response+mixup": {**RESPONSE, "mixup": 1.0},
+    "function matching (α 1)": {"alpha": 1.0, "temperature": 4.0, "mixup": 1.0},
+    "response+phases+mixup": {**RESPONSE, "feature_weight": 1.0, "schedule": {"kind": "phases"}, "mixup": 1.0},
 }
+
+
+STOP_AFTER = ["prune", "recover", "quantize"]
 
 
 def stages(kd: dict | None, args: argparse.Namespace) -> list[dict]:
@@ -52,27 +68,70 @@ def stages(kd: dict | None, args: argparse.Namespace) -> list[dict]:
         {"kind": "recover", "epochs": args.recover_epochs, "lr": 1e-3},
         {"kind": "quantize", "default": 4, "qat_epochs": args.qat_epochs, "qat_lr": 3e-4},
     ]
+    body = body[:STOP_AFTER.index(args.stop_after) + 1]  # where the student loses accuracy
     return ([{"kind": "distill", **kd}] if kd is not None else []) + body
 
 
-def run_variant(name: str, kd: dict | None, args: argparse.Namespace, task, teacher, folder: Path) -> dict:
-    accs, seconds = [], []
-    for seed in range(args.seeds):
-        recipe = Recipe(task=TASK, seed=seed, stages=stages(kd, args))
-        start = time.perf_counter()
-        model = apply_recipe(recipe, task=task, model=_copy(teacher))
-        seconds.append(time.perf_counter() - start)
-        loaded = load_artifact(save_artifact(model, recipe, folder / f"{name}_{seed}"), task=task)
-        accs.append(task.evaluate(loaded.model, "test"))
-    return {"variant": name, "accuracy_mean": statistics.mean(accs),
-            "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "accuracies": accs, "apply_seconds_mean": statistics.mean(seconds)}
+_WORKER: dict = {}
 
 
-def _copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
+def _load(threads: int) -> tuple:
+    """The task and its fp32 teacher, once per process."""
+    if not _WORKER:
+        torch.set_num_threads(threads)
+        task = load_task(TASK)
+        _WORKER.update(task=task, teacher=load_baseline(TASK, task, log=False).model)
+    return _WORKER["task"], _WORKER["teacher"]
 
-    return copy.deepcopy(model)
+
+def run_recipe(name: str, seed: int, args: argparse.Namespace) -> tuple[float, float]:
+    """Test accuracy of one variant's artifact (saved, loaded back) and its apply seconds."""
+    task, teacher = _load(args.threads)
+    recipe = Recipe(task=TASK, seed=seed, stages=stages(args.table[name], args))
+    start = time.perf_counter()
+    model = apply_recipe(recipe, task=task, model=copy.deepcopy(teacher))
+    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = load_artifact(save_artifact(model, recipe, Path(tmp) / "artifact"), task=task)
+        return task.evaluate(loaded.model, "test"), seconds
+
+
+def run_all(args: argparse.Namespace) -> list[dict]:
+    """Every (variant, seed) recipe, in ``--jobs`` worker processes (each on ``--threads``)."""
+    jobs = [(name, seed) for name in args.variants for seed in range(args.seeds)]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(run_recipe, [n for n, _ in jobs], [s for _, s in jobs], [args] * len(jobs)))
+    else:
+        results = [run_recipe(name, seed, args) for name, seed in jobs]
+    rows = []
+    for name in args.variants:
+        mine = [r for (n, _), r in zip(jobs, results, strict=True) if n == name]
+        accs = [a for a, _ in mine]
+        rows.append({"variant": name, "accuracy_mean": statistics.mean(accs),
+                     "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     "accuracies": accs, "apply_seconds_mean": statistics.mean(s for _, s in mine)})
+    return rows
+
+
+def extra_variants(specs: list[str], parser: argparse.ArgumentParser) -> dict[str, dict]:
+    """``NAME=YAML`` rows: each a distill stage's fields, checked by the recipe model."""
+    table = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        try:
+            fields = yaml.safe_load(text) if sep else None
+            if not isinstance(fields, dict):
+                raise ValueError("expected NAME={field: value, ...}")
+            Recipe(task=TASK, stages=[{"kind": "distill", **fields}])
+        except ValidationError as exc:
+            parser.error(f"--variant {spec!r}: {one_line(exc)}")
+        except (yaml.YAMLError, ValueError) as exc:
+            parser.error(f"--variant {spec!r}: {str(exc).splitlines()[0]}")
+        if name.strip() in VARIANTS:
+            parser.error(f"--variant {name.strip()!r} is a built-in row's name")
+        table[name.strip()] = fields
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,26 +141,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prune-epochs", type=int, default=4)
     parser.add_argument("--recover-epochs", type=int, default=4)
     parser.add_argument("--qat-epochs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--stop-after", choices=STOP_AFTER, default="quantize",
+                        help="end the recipe after this stage (an fp32 student before QAT, to see where accuracy goes)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument("--jobs", type=int, default=1, help="recipes run side by side in this many processes")
+    parser.add_argument("--variants", nargs="*", default=None, metavar="NAME",
+                        help=f"built-in rows to run (default: all: {', '.join(VARIANTS)})")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=YAML",
+                        help="an extra row, run after the chosen ones: a distill stage's fields as a YAML flow mapping, "
+                             "e.g. 'soft={alpha: 1.0, temperature: 2}'")
     args = parser.parse_args(argv)
+    args.table = {**VARIANTS, **extra_variants(args.variant, parser)}
+    extra = [n for n in args.table if n not in VARIANTS]  # --variant rows always run
+    args.variants = (list(VARIANTS) if args.variants is None else args.variants) + extra
+    unknown = [n for n in args.variants if n not in args.table]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r} (known: {', '.join(args.table)})")
     torch.set_num_threads(args.threads)
+    if args.seeds < 1 or args.jobs < 1 or args.threads < 1:
+        parser.error("--seeds, --jobs and --threads must be at least 1")
     start = time.perf_counter()
-    task = load_task(TASK)
-    teacher = load_baseline(TASK, task, log=not args.json).model
+    task, teacher = _load(args.threads)
     teacher_acc = task.evaluate(teacher, "test")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.variants:
-            rows.append(run_variant(name, VARIANTS[name], args, task, teacher, Path(tmp)))
-            if not args.json:
-                print(f"  {name}: {rows[-1]['accuracy_mean']:.4f}", file=sys.stderr)
+    rows = run_all(args)
     base = next((r["accuracy_mean"] for r in rows if r["variant"] == "no_kd"), None)
     for row in rows:
         lost = teacher_acc - base if base is not None else None
         row["recovered"] = (row["accuracy_mean"] - base) / lost if lost else None
     result = {"task": TASK.model_dump(), "teacher_test_accuracy": teacher_acc,
-              "student": "cnn, 70% structured channel pruning + 4-bit per-channel QAT",
+              "student": {"prune": "cnn, 70% structured channel pruning (fp32)",
+                          "recover": "cnn, 70% structured channel pruning + recovery fine-tune (fp32)",
+                          "quantize": "cnn, 70% structured channel pruning + 4-bit per-channel QAT"}[args.stop_after],
               "settings": {k: v for k, v in vars(args).items() if k != "json"}, "rows": rows,
               "wall_seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
     print(json.dumps(result, indent=2) if args.json else table(result))

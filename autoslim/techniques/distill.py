@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import optuna
 import torch
 from pydantic import Field, model_validator
@@ -95,6 +96,12 @@ class DistillConfig(StageConfig):
     lr: float = Field(default=1e-3, gt=0.0)
     teacher: TeacherRef | None = None
     cache_teacher: bool = True
+    # Function matching (Beyer et al. 2022, "a good teacher is patient and consistent"):
+    # each batch is mixed with a shuffled copy of itself, x' = λx + (1−λ)x[perm] with one
+    # λ ~ Beta(mixup, mixup) per batch, and the teacher labels x' itself. KD can match the
+    # teacher's function off the data's support, which hard labels cannot; the CE term
+    # uses the mixed labels (mixup). 0 turns it off; float inputs only.
+    mixup: float = Field(default=0.0, ge=0.0)
 
 
 class RecoverConfig(StageConfig):
@@ -171,6 +178,8 @@ class Distiller:
         self.student_probes: dict[str, tuple[str, str]] | None = None
         self.teacher_probes: dict[str, tuple[str, str]] = {}
         self.cache: TeacherCache | None = None
+        self.mix_rng = torch.Generator().manual_seed(seed + 8191)
+        self.beta_rng = np.random.default_rng(seed + 8191)
 
     def _setup(self, model: nn.Module) -> None:
         self.student_probes = default_probes(model, self.config)
@@ -204,14 +213,35 @@ class Distiller:
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.student_probes is None:
             self._setup(model)
+        if self.config.mixup:
+            return self.mixed_loss(model, inputs, targets)
         t = self.teacher_outputs(inputs)
         with capture(model, self.student_probes) as s:
             logits = model(inputs)
-        return self.combine(logits, s, t, targets)
+        return self.combine(logits, s, t, self.task.loss(logits, targets))
 
-    def combine(self, logits: torch.Tensor, s: dict, t: dict, targets: torch.Tensor) -> torch.Tensor:
+    def mix_plan(self, batch: int) -> tuple[float, torch.Tensor]:
+        """This batch's λ ~ Beta(m, m) and partner permutation, both from the trial's seed
+        (torch's Beta sampler takes no generator, NumPy's does)."""
+        m = self.config.mixup
+        return float(self.beta_rng.beta(m, m)), torch.randperm(batch, generator=self.mix_rng)
+
+    def mixed_loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not inputs.is_floating_point():
+            raise AutoslimError(f"distill mixup needs floating-point inputs; this task's are {inputs.dtype} "
+                                "(token ids cannot be mixed): set mixup to 0")
+        lam, perm = self.mix_plan(len(inputs))
+        mixed = lam * inputs + (1 - lam) * inputs[perm]
+        t = teacher_forward(self.teacher, mixed, self.teacher_probes)
+        with capture(model, self.student_probes) as s:
+            logits = model(mixed)
+        hard = lam * self.task.loss(logits, targets) + (1 - lam) * self.task.loss(logits, targets[perm])
+        return self.combine(logits, s, t, hard)
+
+    def combine(self, logits: torch.Tensor, s: dict, t: dict, hard: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of the hard-label loss ``hard`` and every enabled KD term."""
         c, w = self.config, self.config.schedule.weights(self.epoch)
-        loss = (1 - c.alpha) * self.task.loss(logits, targets)
+        loss = (1 - c.alpha) * hard
         if c.alpha:
             loss = loss + c.alpha * w["response"] * L.soft_kl(logits, t["logits"], c.temperature)
         for key in s:
@@ -310,7 +340,8 @@ Zero = FloatRange(low=0.0, high=0.0)
 
 class DistillSpace(ComponentSpec):
     """Search dimensions: α, temperature, the feature/attention/relation/contrastive
-    weights (a 0–0 range keeps a term off without a parameter), the schedule and the
+    weights and the mixup concentration (a 0–0 range keeps a term off without a
+    parameter), the schedule and the
     stage's own fine-tune. Put it first in the space; ``relation_weight`` sets RKD's
     distance weight and twice that for the angle, Park et al.'s 1:2."""
 
@@ -322,6 +353,7 @@ class DistillSpace(ComponentSpec):
     attention_weight: FloatRange = Zero
     relation_weight: FloatRange = Zero
     contrastive_weight: FloatRange = Zero
+    mixup: FloatRange = Zero  # Beta concentration of function-matching mixup; 0 = off
     schedules: list[Literal["constant", "phases", "linear"]] = Field(default=["constant"], min_length=1)
     phases: PhaseSchedule = Field(default_factory=PhaseSchedule)
     linear: LinearSchedule = Field(default_factory=LinearSchedule)
@@ -343,6 +375,7 @@ class DistillSpace(ComponentSpec):
             attention_weight=self.attention_weight.suggest(trial, f"{n}.attention_weight"),
             relation_distance_weight=relation, relation_angle_weight=2 * relation,
             contrastive_weight=self.contrastive_weight.suggest(trial, f"{n}.contrastive_weight"),
+            mixup=self.mixup.suggest(trial, f"{n}.mixup"),
             schedule=schedule, epochs=epochs, **self.fixed)
         if epochs:
             values["lr"] = self.lr.suggest(trial, f"{n}.lr")

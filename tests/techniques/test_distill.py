@@ -194,14 +194,55 @@ def test_named_teacher_from_a_task_entry(tiny_task_ref):
 def test_component_suggests_a_replayable_stage_and_presets_load():
     info = ModelInfo.from_model(DigitsCNN(width=2))
     space = DistillSpace(feature_weight={"low": 0.0, "high": 2.0}, relation_weight={"low": 0.0, "high": 1.0},
-                         schedules=["constant", "linear"], epochs={"low": 0, "high": 1})
+                         mixup={"low": 0.0, "high": 1.0}, schedules=["constant", "linear"], epochs={"low": 0, "high": 1})
     params = {"distill.enabled": True, "distill.schedule": "linear", "distill.alpha": 0.8,
               "distill.temperature": 2.0, "distill.feature_weight": 1.5, "distill.relation_weight": 0.5,
-              "distill.epochs": 0}
+              "distill.mixup": 0.3, "distill.epochs": 0}
     stage = space.suggest(optuna.trial.FixedTrial(params), info)
     assert stage == DistillConfig(alpha=0.8, temperature=2.0, feature_weight=1.5, relation_distance_weight=0.5,
-                                  relation_angle_weight=1.0, schedule=LinearSchedule())
+                                  relation_angle_weight=1.0, mixup=0.3, schedule=LinearSchedule())
+    trial = optuna.create_study().ask()
+    assert DistillSpace(optional=False).suggest(trial, info).mixup == 0.0 and "distill.mixup" not in trial.params
     for path in sorted((ROOT / "search_spaces").glob("distill*.yaml")):
         kinds = [type(c).__name__ for c in SearchSpace.load(path).components]
         assert kinds[0] == "DistillSpace", path
     assert RecoverConfig().epochs == 1
+
+
+def test_mixup_kd_matches_the_hand_computed_function_matching_loss():
+    """Teacher and student both see x' = λx + (1−λ)x[perm]; CE uses the mixed labels."""
+    torch.manual_seed(0)
+    task = tiny_task(lambda: DigitsCNN(width=2), torch.randn(40, 1, 8, 8))
+    teacher, student = DigitsCNN(width=4).eval(), DigitsCNN(width=2).eval()
+    config = DistillConfig(alpha=0.6, temperature=3.0, mixup=0.4)
+    batch, targets = task.data.train.inputs[:8], torch.arange(8) % 10
+    loss = Distiller(config, teacher, task, seed=5)(student, batch, targets)
+
+    lam, perm = Distiller(config, teacher, task, seed=5).mix_plan(8)  # the same seeded draw
+    assert 0.0 <= lam <= 1.0 and sorted(perm.tolist()) == list(range(8))
+    mixed = lam * batch + (1 - lam) * batch[perm]
+    s, t = student(mixed), teacher(mixed)
+    ce = lam * nn.functional.cross_entropy(s, targets) + (1 - lam) * nn.functional.cross_entropy(s, targets[perm])
+    kl = nn.functional.kl_div(nn.functional.log_softmax(s / 3.0, -1), nn.functional.softmax(t / 3.0, -1),
+                              reduction="batchmean") * 9.0
+    torch.testing.assert_close(loss, 0.4 * ce + 0.6 * kl, rtol=1e-5, atol=1e-6)
+
+
+def test_mixup_draws_follow_beta_and_replay_from_the_seed():
+    task = tiny_task(lambda: DigitsCNN(width=2), torch.randn(16, 1, 8, 8))
+    teacher = DigitsCNN(width=4).eval()
+    plans = [Distiller(DistillConfig(mixup=0.5), teacher, task, seed=s) for s in (3, 3, 4)]
+    draws = [[p.mix_plan(16)[0] for _ in range(400)] for p in plans]
+    assert draws[0] == draws[1] and draws[0] != draws[2]
+    # Beta(0.5, 0.5): mean 1/2, variance 1/8 (U-shaped: most λ near 0 or 1)
+    lams = torch.tensor(draws[0])
+    assert abs(float(lams.mean()) - 0.5) < 0.05 and abs(float(lams.var()) - 0.125) < 0.02
+
+
+def test_mixup_refuses_token_ids():
+    task = tiny_task(lambda: nn.Sequential(nn.Embedding(20, 4), nn.Flatten(), nn.Linear(12, 10)),
+                     torch.randint(0, 20, (16, 3)))
+    teacher = task.build_model().eval()
+    kd = Distiller(DistillConfig(mixup=1.0), teacher, task, seed=0)
+    with pytest.raises(AutoslimError, match="mixup needs floating-point inputs"):
+        kd(task.build_model(), task.data.train.inputs[:4], task.data.train.targets[:4])

@@ -1,0 +1,164 @@
+"""Does searching the KD weights pay? The same search with and without the distill component.
+
+Issue 5's search-level claim: a search whose space includes the distillation weights
+finds a front that dominates the same search without them, at the same trial budget.
+For each search seed this runs the experiment twice, side by side in worker processes:
+
+- ``kd``: the experiment as written (``experiments/mnist1d_distill.yaml`` by default; its
+  distill component is optional, so "no KD" competes inside it too);
+- ``no_kd``: the same file with every distill component removed from the space.
+
+Same trials, seed, objectives and constraint. Compared on (validation metric, artifact
+bytes), both exact; each run's study is the source. The hypervolume reference is shared
+per seed: (fp32 metric − 1.1·max_drop, 1.1·fp32 bytes), as in ``benchmarks/compare.py``,
+and it counts only feasible points. "Dominates" means every no-KD front point is weakly
+dominated by a KD front point, with at least one strictly. The test metric of each front
+point is reported next to it (search uses validation; the test split is reported).
+
+    python benchmarks/distillation_search.py [--experiment FILE] [--seeds 0,1,2] [--trials N]
+                                             [--jobs J] [--out-dir DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from autoslim.results.pareto import hypervolume, pareto_front, to_minimization
+from autoslim.run import load_run
+from autoslim.search.local import Overrides, search
+from autoslim.search.outputs import test_metric
+
+DIRECTIONS = ["maximize", "minimize"]
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "mnist1d_distill.yaml"
+
+
+def arm_experiment(path: Path, arm: str, folder: Path) -> Path:
+    """The experiment for one arm: as written (kd) or without its distill components (no_kd)."""
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data["space"], str):
+        space_path = (path.parent / data["space"]).resolve()
+        data["space"] = yaml.safe_load(space_path.read_text())["components"]
+    if arm == "no_kd":
+        kept = [c for c in data["space"] if c.get("type") != "distill"]
+        if len(kept) == len(data["space"]):
+            raise SystemExit(f"error: {path} has no distill component to remove")
+        data["space"] = kept
+    data["name"] = f"{data['name']}-{arm}"
+    out = folder / f"{arm}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def run_arm(path: Path, run_dir: Path, trials: int | None, seed: int) -> float:
+    """One search (resumes a partial run folder); returns its wall seconds."""
+    start = time.monotonic()
+    search(path, out=run_dir, overrides=Overrides(trials=trials, seed=seed), progress=False)
+    return time.monotonic() - start
+
+
+def front_rows(run_dir: Path, trials: int | None) -> tuple[list[dict], dict]:
+    """The (metric, bytes) front of the first ``trials`` trials' feasible completed ones
+    (a resumed run may hold more), and the run's fp32 baseline."""
+    run = load_run(run_dir)
+    table = run.table()
+    if trials is not None:
+        table = table[table["trial"] < trials]
+    metric = run.metric_name
+    done = table[(table["state"] == "COMPLETE") & table["feasible"]]
+    rows = [{"trial": int(r["trial"]), "metric": float(r[metric]), "size_bytes": float(r["size_bytes"])}
+            for _, r in done.iterrows()]
+    if rows:
+        values = np.array([[r["metric"], r["size_bytes"]] for r in rows])
+        rows = [rows[i] for i in pareto_front(values, DIRECTIONS)]
+    for row in rows:
+        row["test_metric"] = test_metric(run, row["trial"])
+    return sorted(rows, key=lambda r: r["size_bytes"]), run.baseline
+
+
+def dominates(a: list[dict], b: list[dict]) -> bool:
+    """Every point of front ``b`` weakly dominated by a point of ``a``, one strictly."""
+    def covers(p: dict, q: dict) -> bool:
+        return p["metric"] >= q["metric"] and p["size_bytes"] <= q["size_bytes"]
+    strict = any(covers(p, q) and (p["metric"] > q["metric"] or p["size_bytes"] < q["size_bytes"])
+                 for q in b for p in a)
+    return bool(b) and all(any(covers(p, q) for p in a) for q in b) and strict
+
+
+def hv_fraction(rows: list[dict], base: dict, metric: str, max_drop: float) -> float:
+    ref = np.array([-(base[metric] - 1.1 * max_drop), 1.1 * base["size_bytes"]])
+    points = np.array([[r["metric"], r["size_bytes"]] for r in rows], dtype=float).reshape(-1, 2)
+    return hypervolume(to_minimization(points, DIRECTIONS), ref) / (1.1 * max_drop * ref[1])
+
+
+def compare_seed(out_dir: Path, seed: int, trials: int | None, metric: str, max_drop: float) -> dict:
+    fronts = {arm: front_rows(out_dir / f"seed{seed}" / arm, trials) for arm in ("kd", "no_kd")}
+    base = fronts["kd"][1]
+    result = {"seed": seed}
+    for arm, (rows, _) in fronts.items():
+        result[arm] = {"hypervolume": hv_fraction(rows, base, metric, max_drop), "front": rows}
+    result["kd_dominates_no_kd"] = dominates(fronts["kd"][0], fronts["no_kd"][0])
+    result["no_kd_dominates_kd"] = dominates(fronts["no_kd"][0], fronts["kd"][0])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT)
+    parser.add_argument("--seeds", default="0", help="comma-separated search seeds")
+    parser.add_argument("--trials", type=int, default=None, help="trials per search (default: the experiment's)")
+    parser.add_argument("--jobs", type=int, default=2, help="searches run side by side")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/distillation_search"))
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+    if not args.experiment.is_file():
+        parser.error(f"experiment file not found: {args.experiment}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if args.jobs < 1 or (args.trials is not None and args.trials < 1):
+        parser.error("--jobs and --trials must be at least 1")
+    start = time.monotonic()
+    jobs = [(arm_experiment(args.experiment, arm, args.out_dir / "experiments"), args.out_dir / f"seed{s}" / arm, s)
+            for s in seeds for arm in ("kd", "no_kd")]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_arm, path, run_dir, args.trials, seed) for path, run_dir, seed in jobs]
+        seconds = [f.result() for f in futures]
+    budget = args.trials or yaml.safe_load(args.experiment.read_text())["search"]["trials"]
+    constraint = next(c for c in yaml.safe_load(args.experiment.read_text())["constraints"] if "max_drop" in c)
+    metric, max_drop = constraint["objective"], float(constraint["max_drop"])
+    result = {"experiment": str(args.experiment), "trials": budget, "metric": metric,
+              "search_seconds": {f"{run_dir.parent.name}/{run_dir.name}": round(s, 1)
+                                 for (_, run_dir, _), s in zip(jobs, seconds, strict=True)},
+              "seeds": [compare_seed(args.out_dir, s, budget, metric, max_drop) for s in seeds],
+              "wall_seconds": round(time.monotonic() - start, 1)}
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['experiment']}: KD in the space vs the same space without it "
+             f"(the first {result['trials']} trials of each)", ""]
+    for s in result["seeds"]:
+        lines.append(f"seed {s['seed']}: HV kd {s['kd']['hypervolume']:.4f}, no_kd {s['no_kd']['hypervolume']:.4f}; "
+                     f"kd front dominates no_kd: {s['kd_dominates_no_kd']}; reverse: {s['no_kd_dominates_kd']}")
+        for arm in ("kd", "no_kd"):
+            points = ", ".join(f"{r['size_bytes']:.0f} B @ {r['metric']:.4f} (test {r['test_metric']:.4f})"
+                               for r in s[arm]["front"])
+            lines.append(f"  {arm:6} front: {points}")
+    lines.append(f"\nwall time {result['wall_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
