@@ -10,7 +10,7 @@ own recipes, so a search trial that lands on uniform 8-bit is the very same arti
 An existing ``--out`` folder resumes its study (no new trials): use a fresh one.
 
     python benchmarks/mixed_precision.py [--trials 30] [--out runs/NAME] [--json]
-        [--experiment EXPERIMENT.yaml] [--save RESULT.json]
+        [--experiment EXPERIMENT.yaml] [--save RESULT.json] [--uniform-calibrations minmax,mse]
 """
 
 from __future__ import annotations
@@ -34,21 +34,24 @@ from autoslim.sparse.policy import settle_storage_policy
 EXPERIMENT = Path(__file__).parents[1] / "experiments" / "mnist1d_mixed_precision.yaml"
 
 
-def uniform_point(experiment, bits: int, folder: Path) -> dict:
+def uniform_point(experiment, bits: int, folder: Path, calibration: str = "minmax") -> dict:
     """The standalone uniform recipe (``default: bits``) for the target the search writes
     into its recipes (storage policy settled), so the two artifacts are comparable byte
     for byte; ``minimal_recipe_bytes`` is the same weights under a recipe whose target
     leaves the policy unset (27 recipe bytes fewer, same model)."""
     stages = [{"kind": "quantize", "default": bits}]
+    if calibration != "minmax":  # minmax is the stage's default: keep that recipe byte-identical
+        stages[0]["calibration"] = calibration
     recipe = Recipe(task=experiment.task, seed=experiment.search.seed,
                     target=settle_storage_policy(experiment.target), stages=stages)
     model = apply_recipe(recipe)
-    out = save_artifact(model, recipe, folder / f"uniform{bits}")
+    out = save_artifact(model, recipe, folder / f"uniform{bits}-{calibration}")
     minimal = Recipe(task=experiment.task, seed=experiment.search.seed, target=experiment.target, stages=stages)
     values = measure_in_subprocess(out, recipe.target, splits=("val", "test"))
-    return {"setting": f"uniform {bits}-bit", "size_bytes": values["size_bytes"], "accuracy": values["accuracy"],
+    label = f"uniform {bits}-bit" + ("" if calibration == "minmax" else f" ({calibration})")
+    return {"setting": label, "calibration": calibration, "size_bytes": values["size_bytes"], "accuracy": values["accuracy"],
             "test_accuracy": values["test_accuracy"],
-            "minimal_recipe_bytes": artifact_bytes(save_artifact(model, minimal, folder / f"uniform{bits}-minimal"))}
+            "minimal_recipe_bytes": artifact_bytes(save_artifact(model, minimal, folder / f"uniform{bits}-{calibration}-min"))}
 
 
 def dominating(front, point: dict, size_key: str = "size_bytes") -> list[int]:
@@ -74,7 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", type=Path, default=EXPERIMENT,
                         help="experiment file (default: experiments/mnist1d_mixed_precision.yaml)")
     parser.add_argument("--save", type=Path, help="also write the JSON result to this file")
+    parser.add_argument("--uniform-calibrations", default="minmax",
+                        help="comma-separated calibrations of the uniform reference points (minmax, percentile, "
+                             "mse, kl): when the space searches the calibration, judge it against uniform "
+                             "widths calibrated each of those ways too")
     args = parser.parse_args(argv)
+    calibrations = [c.strip() for c in args.uniform_calibrations.split(",") if c.strip()]
+    unknown = sorted(set(calibrations) - {"minmax", "percentile", "mse", "kl"})
+    if unknown or not calibrations:
+        parser.error(f"--uniform-calibrations: unknown calibration {unknown[0] if unknown else '(none)'!r} "
+                     "(known: minmax, percentile, mse, kl)")
     try:
         experiment, _ = load_experiment(args.experiment)
     except AutoslimError as exc:
@@ -82,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     run = search(args.experiment, out=args.out, overrides=Overrides(trials=args.trials), progress=False)
     front = run.front()
     with tempfile.TemporaryDirectory() as tmp:
-        uniform = [uniform_point(experiment, bits, Path(tmp)) for bits in (8, 4)]
+        uniform = [uniform_point(experiment, bits, Path(tmp), c) for bits in (8, 4) for c in calibrations]
     for point in uniform:
         point["dominated_by_trials"] = dominating(front, point)
         point["dominated_by_trials_vs_minimal_recipe"] = dominating(front, point, "minimal_recipe_bytes")
