@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from autoslim.errors import AutoslimError
 from autoslim.results.pareto import hypervolume, pareto_front, to_minimization
 from autoslim.run import load_run
+from autoslim.search.experiment import load_experiment
 from autoslim.search.local import Overrides, search
 from autoslim.search.outputs import test_metric
 
@@ -41,17 +43,20 @@ DIRECTIONS = ["maximize", "minimize"]
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "mnist1d_distill.yaml"
 
 
-def arm_experiment(path: Path, arm: str, folder: Path) -> Path:
-    """The experiment for one arm: as written (kd) or without its distill components (no_kd)."""
+def inline_space(path: Path) -> dict:
+    """The experiment's YAML with its space inlined as a list of components."""
     data = yaml.safe_load(path.read_text())
-    if isinstance(data["space"], str):
+    if isinstance(data.get("space"), str):
         space_path = (path.parent / data["space"]).resolve()
         data["space"] = yaml.safe_load(space_path.read_text())["components"]
+    return data
+
+
+def arm_experiment(path: Path, arm: str, folder: Path) -> Path:
+    """The experiment for one arm: as written (kd) or without its distill components (no_kd)."""
+    data = inline_space(path)
     if arm == "no_kd":
-        kept = [c for c in data["space"] if c.get("type") != "distill"]
-        if len(kept) == len(data["space"]):
-            raise SystemExit(f"error: {path} has no distill component to remove")
-        data["space"] = kept
+        data["space"] = [c for c in data["space"] if c.get("type") != "distill"]
     data["name"] = f"{data['name']}-{arm}"
     out = folder / f"{arm}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if args.jobs < 1 or (args.trials is not None and args.trials < 1):
         parser.error("--jobs and --trials must be at least 1")
+    try:
+        load_experiment(args.experiment)
+        space = inline_space(args.experiment)["space"]
+    except (AutoslimError, OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        parser.error(f"{args.experiment}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    if not any(isinstance(c, dict) and c.get("type") == "distill" for c in space):
+        parser.error(f"{args.experiment} has no distill component to remove")
     start = time.monotonic()
     jobs = [(arm_experiment(args.experiment, arm, args.out_dir / "experiments"), args.out_dir / f"seed{s}" / arm, s)
             for s in seeds for arm in ("kd", "no_kd")]
