@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.seeds < 1 or args.jobs < 1 or args.threads < 1:
         parser.error("--seeds, --jobs and --threads must be at least 1")
+    if min(args.prune_epochs, args.recover_epochs, args.qat_epochs) < 0:
+        parser.error("--prune-epochs, --recover-epochs and --qat-epochs must be at least 0")
     start = time.perf_counter()
     task, teacher = _load(args.threads)
     teacher_acc = task.evaluate(teacher, "test")

@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from autoslim.errors import AutoslimError
-from autoslim.results.pareto import hypervolume, pareto_front, to_minimization
+from autoslim.results.pareto import dominates, hypervolume, pareto_front, to_minimization
 from autoslim.run import load_run
 from autoslim.search.experiment import load_experiment
 from autoslim.search.local import Overrides, search
@@ -90,19 +90,22 @@ def front_rows(run_dir: Path, trials: int | None) -> tuple[list[dict], dict]:
     return sorted(rows, key=lambda r: r["size_bytes"]), run.baseline
 
 
-def dominates(a: list[dict], b: list[dict]) -> bool:
-    """Every point of front ``b`` weakly dominated by a point of ``a``, one strictly."""
-    def covers(p: dict, q: dict) -> bool:
-        return p["metric"] >= q["metric"] and p["size_bytes"] <= q["size_bytes"]
-    strict = any(covers(p, q) and (p["metric"] > q["metric"] or p["size_bytes"] < q["size_bytes"])
-                 for q in b for p in a)
-    return bool(b) and all(any(covers(p, q) for p in a) for q in b) and strict
+def minimization_points(rows: list[dict]) -> np.ndarray:
+    points = np.array([[r["metric"], r["size_bytes"]] for r in rows], dtype=float).reshape(-1, 2)
+    return to_minimization(points, DIRECTIONS)
+
+
+def front_dominates(a: list[dict], b: list[dict]) -> bool:
+    """Every point of front ``b`` dominated by or equal to a point of front ``a``, one strictly."""
+    pa, pb = minimization_points(a), minimization_points(b)
+    strictly = [any(dominates(p, q) for p in pa) for q in pb]
+    covered = [s or any(np.array_equal(p, q) for p in pa) for s, q in zip(strictly, pb, strict=True)]
+    return len(pb) > 0 and all(covered) and any(strictly)
 
 
 def hv_fraction(rows: list[dict], base: dict, metric: str, max_drop: float) -> float:
     ref = np.array([-(base[metric] - 1.1 * max_drop), 1.1 * base["size_bytes"]])
-    points = np.array([[r["metric"], r["size_bytes"]] for r in rows], dtype=float).reshape(-1, 2)
-    return hypervolume(to_minimization(points, DIRECTIONS), ref) / (1.1 * max_drop * ref[1])
+    return hypervolume(minimization_points(rows), ref) / (1.1 * max_drop * ref[1])
 
 
 def compare_seed(out_dir: Path, seed: int, trials: int | None, metric: str, max_drop: float) -> dict:
@@ -111,8 +114,8 @@ def compare_seed(out_dir: Path, seed: int, trials: int | None, metric: str, max_
     result = {"seed": seed}
     for arm, (rows, _) in fronts.items():
         result[arm] = {"hypervolume": hv_fraction(rows, base, metric, max_drop), "front": rows}
-    result["kd_dominates_no_kd"] = dominates(fronts["kd"][0], fronts["no_kd"][0])
-    result["no_kd_dominates_kd"] = dominates(fronts["no_kd"][0], fronts["kd"][0])
+    result["kd_dominates_no_kd"] = front_dominates(fronts["kd"][0], fronts["no_kd"][0])
+    result["no_kd_dominates_kd"] = front_dominates(fronts["no_kd"][0], fronts["kd"][0])
     return result
 
 

@@ -341,9 +341,9 @@ Zero = FloatRange(low=0.0, high=0.0)
 class DistillSpace(ComponentSpec):
     """Search dimensions: α, temperature, the feature/attention/relation/contrastive
     weights and the mixup concentration (a 0–0 range keeps a term off without a
-    parameter), the schedule and the
-    stage's own fine-tune. Put it first in the space; ``relation_weight`` sets RKD's
-    distance weight and twice that for the angle, Park et al.'s 1:2."""
+    parameter), the schedule and the stage's own fine-tune. Put it first in the space;
+    ``relation_weight`` sets RKD's distance weight and twice that for the angle, Park
+    et al.'s 1:2."""
 
     type: Literal["distill"] = "distill"
     name: str = "distill"
