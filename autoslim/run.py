@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,11 +52,31 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     scheme = url.split("://", 1)[0].split("+", 1)[0]
     if scheme not in RDB_SCHEMES:
         raise AutoslimError(f"unsupported storage URL scheme {scheme!r} (use postgresql://, mysql:// or sqlite:///)")
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as exc:  # noqa: BLE001 — a driver or connection error is the user's to fix
-        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise AutoslimError(f"cannot open storage {public_storage_url(url)}: {first.strip()}") from None
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:  # noqa: BLE001 — a driver or connection error is the user's to fix
+            if _lost_schema_race(exc) and attempt + 1 < SCHEMA_RACE_ATTEMPTS:
+                # Workers started together on an empty database all try to create Optuna's
+                # tables; the losers' CREATE fails once the winner commits. The tables
+                # exist now, so opening again succeeds. Jitter spreads any further retries.
+                time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
+                continue
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise AutoslimError(f"cannot open storage {public_storage_url(url)}: {first.strip()}") from None
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+SCHEMA_RACE_ATTEMPTS = 8
+
+
+def _lost_schema_race(exc: Exception) -> bool:
+    """True for the error a concurrent CREATE TABLE gives, never for a connection failure."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    if isinstance(exc, IntegrityError):  # PostgreSQL: duplicate key in pg_type
+        return True
+    return isinstance(exc, ProgrammingError) and "already exists" in str(exc)  # MySQL, PostgreSQL relations
 
 
 def public_storage_url(url: str) -> str:

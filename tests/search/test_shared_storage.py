@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -31,6 +32,63 @@ def test_unknown_scheme_and_unreachable_server_are_one_line_errors():
         open_storage("redis://localhost/0")
     with pytest.raises(AutoslimError, match=r"cannot open storage postgresql://nobody@127\.0\.0\.1:9/none"):
         open_storage("postgresql://nobody:pw@127.0.0.1:9/none")
+
+
+def test_a_lost_schema_race_is_retried_but_a_connection_failure_is_not(monkeypatch):
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    calls = []
+
+    def flaky_storage(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:  # what PostgreSQL says to the loser of a concurrent CREATE TABLE
+            raise IntegrityError("CREATE TABLE studies", {}, Exception('duplicate key "pg_type_typname_nsp_index"'))
+        return "storage"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", flaky_storage)
+    monkeypatch.setattr("autoslim.run.time.sleep", lambda s: None)
+    assert open_storage("postgresql://a@h/db") == "storage"
+    assert len(calls) == 2
+
+    def refused(url, **kwargs):
+        calls.append(url)
+        raise OperationalError("connect", {}, Exception("connection refused"))
+
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", refused)
+    with pytest.raises(AutoslimError, match="cannot open storage postgresql://a@h/db: .*connection refused"):
+        open_storage("postgresql://a@h/db")
+    assert len(calls) == 1
+
+
+def _open_after(barrier, url, results):
+    barrier.wait()  # all workers reach the empty database in the same instant
+    try:
+        open_storage(url)
+        results.put("ok")
+    except AutoslimError as exc:
+        results.put(str(exc))
+
+
+@needs_postgres
+def test_workers_starting_together_on_an_empty_database_all_open_it():
+    # Without the retry, 4 simultaneous opens lost the CREATE TABLE race in 5 of 5 tries.
+    import sqlalchemy
+
+    name = f"race_{uuid.uuid4().hex[:8]}"
+    with sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_open_after, args=(barrier, url, results)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    assert outcomes == ["ok"] * 4
 
 
 @needs_postgres
