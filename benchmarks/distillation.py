@@ -2,7 +2,7 @@
 does each KD variant recover, at the same fine-tune budget?
 
 The student is the paper's CNN after 70 % structured channel pruning (physically removed)
-and 4-bit per-channel weights (QAT). Every variant runs the same recipe (prune with
+and 4-bit per-channel weights (QAT); ``--prune-ratio`` and ``--bits`` set a milder or harsher one. Every variant runs the same recipe (prune with
 fine-tune → recover → 4-bit QAT); only a leading ``distill`` stage differs, so every
 fine-tune of the recipe uses its loss. Accuracy is measured on the test split of the
 artifact saved to disk and loaded back (runtime kernels on), mean ± std over recipe seeds.
@@ -11,6 +11,7 @@ artifact saved to disk and loaded back (runtime kernels on), mean ± std over re
 
     python benchmarks/distillation.py [--json] [--seeds 3] [--prune-epochs 4] [--recover-epochs 4] [--qat-epochs 2]
                                       [--variants NAME ...] [--jobs J] [--threads T]
+                                      [--prune-ratio 0.7] [--bits 4]
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ STOP_AFTER = ["prune", "recover", "quantize"]
 
 def stages(kd: dict | None, args: argparse.Namespace) -> list[dict]:
     body = [
-        {"kind": "prune_structured", "ratio": 0.7, "fine_tune_epochs": args.prune_epochs, "lr": 3e-3},
+        {"kind": "prune_structured", "ratio": args.prune_ratio, "fine_tune_epochs": args.prune_epochs, "lr": 3e-3},
         {"kind": "recover", "epochs": args.recover_epochs, "lr": 1e-3},
-        {"kind": "quantize", "default": 4, "qat_epochs": args.qat_epochs, "qat_lr": 3e-4},
+        {"kind": "quantize", "default": args.bits, "qat_epochs": args.qat_epochs, "qat_lr": 3e-4},
     ]
     body = body[:STOP_AFTER.index(args.stop_after) + 1]  # where the student loses accuracy
     return ([{"kind": "distill", **kd}] if kd is not None else []) + body
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prune-epochs", type=int, default=4)
     parser.add_argument("--recover-epochs", type=int, default=4)
     parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--prune-ratio", type=float, default=0.7,
+                        help="share of channels structured pruning removes (how hard the student is compressed)")
+    parser.add_argument("--bits", type=int, default=4, help="QAT weight bit width of the student")
     parser.add_argument("--stop-after", choices=STOP_AFTER, default="quantize",
                         help="end the recipe after this stage (an fp32 student before QAT, to see where accuracy goes)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
@@ -160,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.seeds < 1 or args.jobs < 1 or args.threads < 1:
         parser.error("--seeds, --jobs and --threads must be at least 1")
+    if not 0.0 < args.prune_ratio < 1.0:
+        parser.error(f"--prune-ratio must be between 0 and 1 (exclusive), got {args.prune_ratio}")
+    if args.bits not in (2, 3, 4, 5, 6, 8):
+        parser.error(f"--bits must be one of 2, 3, 4, 5, 6, 8, got {args.bits}")
     if min(args.prune_epochs, args.recover_epochs, args.qat_epochs) < 0:
         parser.error("--prune-epochs, --recover-epochs and --qat-epochs must be at least 0")
     start = time.perf_counter()
@@ -171,13 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         lost = teacher_acc - base if base is not None else None
         row["recovered"] = (row["accuracy_mean"] - base) / lost if lost else None
     result = {"task": TASK.model_dump(), "teacher_test_accuracy": teacher_acc,
-              "student": {"prune": "cnn, 70% structured channel pruning (fp32)",
-                          "recover": "cnn, 70% structured channel pruning + recovery fine-tune (fp32)",
-                          "quantize": "cnn, 70% structured channel pruning + 4-bit per-channel QAT"}[args.stop_after],
+              "student": student_label(args),
               "settings": {k: v for k, v in vars(args).items() if k != "json"}, "rows": rows,
               "wall_seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0
+
+
+def student_label(args: argparse.Namespace) -> str:
+    pruned = f"cnn, {args.prune_ratio:.0%} structured channel pruning"
+    return {"prune": f"{pruned} (fp32)", "recover": f"{pruned} + recovery fine-tune (fp32)",
+            "quantize": f"{pruned} + {args.bits}-bit per-channel QAT"}[args.stop_after]
 
 
 def table(result: dict) -> str:

@@ -3,7 +3,9 @@
 Runs the mixed-precision experiment (per-layer widths, allocator warm start), measures
 uniform 4-bit and 8-bit artifacts of the same task, and reports for each uniform point
 whether some front point dominates it on the size–accuracy plane (validation split, as
-the search saw it) and the best front point's test accuracy at or below its size.
+the search saw it) and the best front point's test accuracy at or below its size. A
+uniform point counts as beaten by mixed precision only when a trial whose plan mixes bit
+widths dominates it (``dominated_by_mixed_plans``).
 
 The standalone uniform recipes are written for the target the search writes into its
 own recipes, so a search trial that lands on uniform 8-bit is the very same artifact.
@@ -63,6 +65,32 @@ def dominating(front, point: dict, size_key: str = "size_bytes") -> list[int]:
             and (r.size_bytes < size or r.accuracy > point["accuracy"])]
 
 
+def mixed_trials(run) -> list[dict]:
+    """Completed trials whose plan mixes bit widths (at least two layers differ), with
+    plan and calibration: only these count as mixed precision beating a uniform width. A
+    uniform plan enqueued as a warm start can sit a few bytes or one calibration away
+    from a reference point, and that is no win for mixed precision."""
+    table = run.table()
+    bit_cols = [c for c in table.columns if c.startswith("param:quant.bits.")]
+    done = table[(table["state"] == "COMPLETE") & table["repeat_of"].isna()] if "repeat_of" in table \
+        else table[table["state"] == "COMPLETE"]
+    rows = []
+    for _, r in done.iterrows():
+        plan = [int(r[c]) for c in bit_cols if r[c] == r[c]]  # NaN: layer kept in fp32
+        if len(set(plan)) > 1:
+            rows.append({"trial": int(r["trial"]), "size_bytes": int(r["size_bytes"]), "accuracy": float(r["accuracy"]),
+                         "plan": "/".join(map(str, plan)), "calibration": r.get("param:quant.calibration")})
+    return rows
+
+
+def dominating_mixed(mixed: list[dict], point: dict) -> list[dict]:
+    """Mixed plans that Pareto-dominate the point, smallest first."""
+    size, acc = point["size_bytes"], point["accuracy"]
+    wins = [m for m in mixed if m["size_bytes"] <= size and m["accuracy"] >= acc
+            and (m["size_bytes"] < size or m["accuracy"] > acc)]
+    return sorted(wins, key=lambda m: (m["size_bytes"], -m["accuracy"]))
+
+
 def matching(front, point: dict) -> list[int]:
     """Front trials identical to the point on both axes (the enqueued uniform plans)."""
     return [int(r.trial) for r in front.itertuples()
@@ -95,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     front = run.front()
     with tempfile.TemporaryDirectory() as tmp:
         uniform = [uniform_point(experiment, bits, Path(tmp), c) for bits in (8, 4) for c in calibrations]
+    mixed = mixed_trials(run)
     for point in uniform:
         point["dominated_by_trials"] = dominating(front, point)
+        point["dominated_by_mixed_plans"] = dominating_mixed(mixed, point)
         point["dominated_by_trials_vs_minimal_recipe"] = dominating(front, point, "minimal_recipe_bytes")
         point["identical_front_trials"] = matching(front, point)
         cheaper = front[front["size_bytes"] <= point["size_bytes"]]
@@ -131,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{p['dominated_by_trials_vs_minimal_recipe'] or 'none'}); best front point at <= size: "
               f"{best.get('size_bytes')} bytes, val {best.get('accuracy', float('nan')):.4f}, "
               f"test {best.get('test_accuracy', float('nan')):.4f}")
+        wins = [f"trial {m['trial']} {m['plan']} {m['calibration'] or ''} {m['size_bytes']} B @ {m['accuracy']:.4f}"
+                for m in p["dominated_by_mixed_plans"]]
+        more = f" (+{len(wins) - 3} more)" if len(wins) > 3 else ""
+        print("  dominated by mixed plans: " + (", ".join(wins[:3]) + more if wins else "none"))
     return 0
 
 
