@@ -52,22 +52,31 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     scheme = url.split("://", 1)[0].split("+", 1)[0]
     if scheme not in RDB_SCHEMES:
         raise AutoslimError(f"unsupported storage URL scheme {scheme!r} (use postgresql://, mysql:// or sqlite:///)")
-    for attempt in range(SCHEMA_RACE_ATTEMPTS):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        except Exception as exc:  # noqa: BLE001 — a driver or connection error is the user's to fix
-            if _lost_schema_race(exc) and attempt + 1 < SCHEMA_RACE_ATTEMPTS:
-                # Workers started together on an empty database all try to create Optuna's
-                # tables; the losers' CREATE fails once the winner commits. The tables
-                # exist now, so opening again succeeds. Jitter spreads any further retries.
-                time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
-                continue
-            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-            raise AutoslimError(f"cannot open storage {public_storage_url(url)}: {first.strip()}") from None
-    raise AssertionError("unreachable")  # the last attempt returns or raises
+    try:
+        return _open_rdb(url)
+    except Exception as exc:  # noqa: BLE001 — a driver or connection error is the user's to fix
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise AutoslimError(f"cannot open storage {public_storage_url(url)}: {first.strip()}") from None
 
 
 SCHEMA_RACE_ATTEMPTS = 8
+
+
+def _open_rdb(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage, retried when a concurrent worker won the race to create its tables.
+
+    Workers started together on an empty database all run CREATE TABLE; the losers fail once
+    the winner commits. The tables exist by then, so opening again succeeds; jitter spreads
+    any further retries. Any other error is raised at once.
+    """
+    for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:
+            if attempt == SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(exc):
+                raise
+            time.sleep(random.uniform(0.05, 0.3) * attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _lost_schema_race(exc: Exception) -> bool:
