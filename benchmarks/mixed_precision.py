@@ -28,6 +28,7 @@ from autoslim.errors import AutoslimError
 from autoslim.measure import measure_in_subprocess
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
+from autoslim.results.pareto import dominates
 from autoslim.search.experiment import load_experiment
 from autoslim.search.local import Overrides, search
 from autoslim.search.outputs import test_metric
@@ -56,13 +57,15 @@ def uniform_point(experiment, bits: int, folder: Path, calibration: str = "minma
             "minimal_recipe_bytes": artifact_bytes(save_artifact(model, minimal, folder / f"uniform{bits}-{calibration}-min"))}
 
 
+def beats(size_bytes: float, accuracy: float, point: dict, size_key: str = "size_bytes") -> bool:
+    """Pareto dominance on (bytes, accuracy): no larger, no less accurate, strictly better
+    in one of the two (an identical point does not dominate)."""
+    return dominates([size_bytes, -accuracy], [point[size_key], -point["accuracy"]])
+
+
 def dominating(front, point: dict, size_key: str = "size_bytes") -> list[int]:
-    """Front trials that Pareto-dominate the point: no larger, no less accurate, and
-    strictly better in one of the two (an identical point does not dominate)."""
-    size = point[size_key]
-    return [int(r.trial) for r in front.itertuples()
-            if r.size_bytes <= size and r.accuracy >= point["accuracy"]
-            and (r.size_bytes < size or r.accuracy > point["accuracy"])]
+    """Front trials that Pareto-dominate the point."""
+    return [int(r.trial) for r in front.itertuples() if beats(r.size_bytes, r.accuracy, point, size_key)]
 
 
 def mixed_trials(run) -> list[dict]:
@@ -85,9 +88,7 @@ def mixed_trials(run) -> list[dict]:
 
 def dominating_mixed(mixed: list[dict], point: dict) -> list[dict]:
     """Mixed plans that Pareto-dominate the point, smallest first."""
-    size, acc = point["size_bytes"], point["accuracy"]
-    wins = [m for m in mixed if m["size_bytes"] <= size and m["accuracy"] >= acc
-            and (m["size_bytes"] < size or m["accuracy"] > acc)]
+    wins = [m for m in mixed if beats(m["size_bytes"], m["accuracy"], point)]
     return sorted(wins, key=lambda m: (m["size_bytes"], -m["accuracy"]))
 
 
