@@ -2,10 +2,11 @@
 does each KD variant recover, at the same fine-tune budget?
 
 The student is the paper's CNN after 70 % structured channel pruning (physically removed)
-and 4-bit per-channel weights (QAT); ``--prune-ratio`` and ``--bits`` set a milder or harsher one. Every variant runs the same recipe (prune with
-fine-tune → recover → 4-bit QAT); only a leading ``distill`` stage differs, so every
-fine-tune of the recipe uses its loss. Accuracy is measured on the test split of the
-artifact saved to disk and loaded back (runtime kernels on), mean ± std over recipe seeds.
+and 4-bit per-channel weights (QAT); ``--prune-ratio`` and ``--bits`` set a milder or
+harsher one. Every variant runs the same recipe (prune with fine-tune → recover → QAT);
+only a leading ``distill`` stage differs, so every fine-tune of the recipe uses its loss.
+Accuracy is measured on the test split of the artifact saved to disk and loaded back
+(runtime kernels on), mean ± std over recipe seeds.
 
     recovered = (acc_variant − acc_no_kd) / (acc_teacher − acc_no_kd)
 

@@ -24,6 +24,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import mixed_precision  # noqa: E402 — a sibling script, not a package module
+
 RUNS = {"D": ROOT / "benchmarks" / "results" / "mixed_precision_runD.yaml",
         "E": ROOT / "benchmarks" / "results" / "mixed_precision_runE.yaml"}
 REFERENCES = ["uniform 8-bit", "uniform 8-bit (mse)", "uniform 4-bit", "uniform 4-bit (mse)"]
@@ -40,9 +43,6 @@ def seeded_experiment(run: str, seed: int, folder: Path) -> Path:
 
 def judge(run: str, seed: int, out_dir: Path) -> dict:
     """One mixed_precision.py run (resumed if its folder exists); its saved result."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import mixed_precision
-
     saved = out_dir / f"run{run}_s{seed}.json"
     experiment = seeded_experiment(run, seed, out_dir / "experiments")
     argv = ["--trials", "30", "--experiment", str(experiment), "--out", str(out_dir / f"run{run}_s{seed}"),
