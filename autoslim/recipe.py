@@ -146,11 +146,20 @@ class Recipe(StrictModel):
         """The recipe without provenance: what decides the artifact's bytes."""
         return self.model_copy(update={"provenance": None})
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+    def to_dict(self, *, compact: bool = False) -> dict[str, Any]:
+        """Every field, or with ``compact`` only those that differ from their defaults.
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+        Compact is what an artifact ships: the defaults are implied by
+        ``schema_version``, which is always written, as is every ``kind`` (the key that
+        says which config a mapping is). Loading it gives back an equal recipe.
+        """
+        if not compact:
+            return self.model_dump(mode="json", exclude_none=True)
+        data = self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+        return {"schema_version": self.schema_version, **_with_kinds(self, data)}
+
+    def to_yaml(self, *, compact: bool = False) -> str:
+        return yaml.safe_dump(self.to_dict(compact=compact), sort_keys=False, default_flow_style=False)
 
     @classmethod
     def from_dict(cls, data: Any) -> Recipe:
@@ -165,6 +174,23 @@ class Recipe(StrictModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _with_kinds(value: Any, dumped: Any) -> Any:
+    """``dumped`` (a dump of ``value`` without defaults) with every ``kind`` put back.
+
+    ``exclude_defaults`` drops ``kind`` because each config's kind is its default, yet
+    the kind is what tells a loader which config a mapping is.
+    """
+    if isinstance(value, BaseModel) and isinstance(dumped, dict):
+        inner = {key: _with_kinds(getattr(value, key, None), item) for key, item in dumped.items()}
+        kind = getattr(value, "kind", None)
+        return {"kind": kind, **inner} if isinstance(kind, str) else inner
+    if isinstance(value, list | tuple) and isinstance(dumped, list) and len(value) == len(dumped):
+        return [_with_kinds(v, d) for v, d in zip(value, dumped, strict=True)]
+    if isinstance(value, Mapping) and isinstance(dumped, dict):
+        return {key: _with_kinds(value.get(key), item) for key, item in dumped.items()}
+    return dumped
 
 
 def one_line(exc: ValidationError) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from autoslim.artifact import artifact_recipe_text
 from autoslim.errors import AutoslimError
 from autoslim.recipe import Recipe
 from autoslim.results.pareto import dominates, hypervolume, pareto_front, to_minimization
@@ -76,8 +77,8 @@ def run_arm(path: Path, run_dir: Path, trials: int | None, seed: int) -> float:
 
 
 def recipe_bytes(run, trial: int) -> int:
-    """Bytes of the recipe.yaml that trial's artifact carries (the core recipe, as saved)."""
-    return len(Recipe.from_dict(run.study.trials[trial].user_attrs["recipe"]).core().to_yaml().encode())
+    """Bytes of the recipe.yaml that trial's artifact carries (written as save_artifact writes it)."""
+    return len(artifact_recipe_text(Recipe.from_dict(run.study.trials[trial].user_attrs["recipe"])).encode())
 
 
 def front_rows(run_dir: Path, trials: int | None, without_recipe: bool = False) -> tuple[list[dict], dict]:

@@ -88,6 +88,9 @@ def test_artifact_size_equals_sum_of_files_and_load_restores_outputs(tmp_path, t
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), model(x), rtol=0, atol=1e-6)
     assert Recipe.load(out / "recipe.yaml") == recipe.core()
+    # shipped without defaults: only what differs from them, and every stage's kind
+    assert (out / "recipe.yaml").read_text() == recipe.core().to_yaml(compact=True)
+    assert "fine_tune_epochs" not in (out / "recipe.yaml").read_text()
 
 
 def test_compressed_artifact_is_smaller_than_fp32(tmp_path, tiny_task_ref):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import yaml
 
 from autoslim.errors import AutoslimError
 from autoslim.recipe import Recipe, resolve_layer_map
@@ -36,6 +37,35 @@ def test_round_trip_through_yaml(tmp_path):
     assert isinstance(again.stages[0], PruneConfig) and again.stages[0].layers["features.0"] == 0.5
     assert isinstance(again.stages[1], QuantizeConfig) and again.stages[1].layers["re:classifier.*"] == 2
     assert again.to_dict() == recipe.to_dict()
+
+
+def test_compact_dump_keeps_only_non_defaults_and_every_kind():
+    data = full_recipe()
+    data["stages"].insert(0, {"kind": "distill", "alpha": 0.25, "schedule": {"kind": "phases"}})
+    data["stages"].append({"kind": "distill", "schedule": {"kind": "linear", "end": 2.0}})
+    recipe = Recipe.from_dict(data)
+    assert recipe.to_dict(compact=True) == {
+        "schema_version": 1,
+        "task": TASK,
+        "seed": 3,
+        "target": {"threads": 1, "batch_size": 8, "warmup": 1, "repeats": 5},
+        "stages": [
+            # a schedule at all its defaults still says which schedule it is
+            {"kind": "distill", "alpha": 0.25, "schedule": {"kind": "phases"}},
+            {"kind": "prune", "scope": "layer", "layers": {"features.0": 0.5, "re:classifier\\..*": 0.75},
+             "fine_tune_epochs": 2, "lr": 0.002},
+            {"kind": "quantize", "default": 8, "layers": {"features.0": "fp32", "re:classifier.*": 2}},
+            {"kind": "distill", "schedule": {"kind": "linear", "end": 2.0}},
+        ],
+        "provenance": data["provenance"],
+    }
+    assert Recipe.from_dict(yaml.safe_load(recipe.to_yaml(compact=True))) == recipe
+
+
+def test_compact_dump_of_a_default_recipe_is_its_task_and_schema():
+    recipe = Recipe.from_dict({"task": TASK})
+    assert recipe.to_dict(compact=True) == {"schema_version": 1, "task": TASK}
+    assert Recipe.from_dict(recipe.to_dict(compact=True)) == recipe
 
 
 def test_core_drops_provenance_only():
