@@ -3,8 +3,9 @@
 Layout::
 
     ARTIFACT_DIR/
-      recipe.yaml           the recipe's core (task, seed, target, stages) without provenance
-                            or default-valued fields
+      recipe.yaml           what loading needs of the recipe: task, seed, target and the
+                            stages that shape the model, without default-valued fields
+                            (no provenance, no training-only stages such as distill)
       weights.safetensors   every tensor; quantized weights as bit-packed integers and
                             sparse weights as a 1-bit occupancy map plus their non-zeros
 
@@ -274,17 +275,30 @@ def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path) -> Path
     return out_dir
 
 
-def artifact_recipe_text(recipe: Recipe) -> str:
-    """The recipe an artifact ships: its core without default-valued fields.
+def artifact_recipe(recipe: Recipe) -> Recipe:
+    """What an artifact's recipe.yaml holds: the core recipe less the stages that only
+    train (``StageConfig.shipped``), such as distillation and recovery fine-tunes.
 
-    Spelled out in full, the defaults were most of the file (a distill + prune + recover +
-    quantize recipe: 1 317 bytes, 537 compact), and on a small model the recipe is a
+    They say how the weights were trained, as provenance says which trial chose them;
+    loading needs neither. A distilled model is the same model, and the same download,
+    as one fine-tuned without a teacher. The replayable recipe is the one
+    ``autoslim export`` writes (the run keeps it for every trial).
+    """
+    core = recipe.core()
+    return core.model_copy(update={"stages": [stage for stage in core.stages if stage.shipped]})
+
+
+def artifact_recipe_text(recipe: Recipe) -> str:
+    """:func:`artifact_recipe` without default-valued fields.
+
+    Spelled out in full, the defaults were most of the file (a prune + quantize recipe
+    of the KD search with every field: 778 bytes; compact: 327), and on a small model the recipe is a
     large share of what a user downloads. The compact text is only used if it loads back
     to the same recipe; otherwise every field is written.
     """
-    core = recipe.core()
-    compact = core.to_yaml(compact=True)
-    return compact if Recipe.from_dict(yaml.safe_load(compact)) == core else core.to_yaml()
+    shipped = artifact_recipe(recipe)
+    compact = shipped.to_yaml(compact=True)
+    return compact if Recipe.from_dict(yaml.safe_load(compact)) == shipped else shipped.to_yaml()
 
 
 def _storage_plan(model: nn.Module, recipe: Recipe) -> dict:

@@ -45,6 +45,10 @@ class StageConfig(StrictModel):
     kind: str
 
     kinds: ClassVar[dict[str, type[StageConfig]]] = {}
+    # False for a stage that only trains: it changes weight values, never the structure,
+    # the storage or the kernels, so loading an artifact needs nothing from it and the
+    # artifact's recipe leaves it out (autoslim.artifact.artifact_recipe).
+    shipped: ClassVar[bool] = True
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

@@ -14,9 +14,12 @@ per seed: (fp32 metric − 1.1·max_drop, 1.1·fp32 bytes), as in ``benchmarks/c
 and it counts only feasible points. "Dominates" means every no-KD front point is weakly
 dominated by a KD front point, with at least one strictly. The test metric of each front
 point is reported next to it (search uses validation; the test split is reported).
-As a diagnostic only, each seed is also judged on artifact bytes less the recipe.yaml the
-artifact carries: a distill stage's fields add hundreds of bytes to a tiny model's
-artifact, which this separates from the accuracy KD buys.
+As a diagnostic only, each seed is also judged with every point re-priced as artifacts
+were before 2026-11-27 (session 6), when they carried the whole recipe with every field:
+the bytes the artifact holds plus those the full recipe would add. A distill stage then
+cost hundreds of bytes on a tiny model; artifacts now leave training-only stages and
+default-valued fields out (``autoslim.artifact.artifact_recipe``). Re-pricing is not
+re-searching: the sampler saw the bytes of the format it ran under.
 
     python benchmarks/distillation_search.py [--experiment FILE] [--seeds 0,1,2] [--trials N]
                                              [--jobs J] [--out-dir DIR] [--json]
@@ -76,16 +79,18 @@ def run_arm(path: Path, run_dir: Path, trials: int | None, seed: int) -> float:
     return time.monotonic() - start
 
 
-def recipe_bytes(run, trial: int) -> int:
-    """Bytes of the recipe.yaml that trial's artifact carries (written as save_artifact writes it)."""
-    return len(artifact_recipe_text(Recipe.from_dict(run.study.trials[trial].user_attrs["recipe"])).encode())
+def full_recipe_extra_bytes(run, trial: int) -> int:
+    """Bytes the trial's artifact would gain if it carried the full core recipe (every
+    stage, every field), as artifacts did before session 6."""
+    recipe = Recipe.from_dict(run.study.trials[trial].user_attrs["recipe"])
+    return len(recipe.core().to_yaml().encode()) - len(artifact_recipe_text(recipe).encode())
 
 
-def front_rows(run_dir: Path, trials: int | None, without_recipe: bool = False) -> tuple[list[dict], dict]:
+def front_rows(run_dir: Path, trials: int | None, full_recipe: bool = False) -> tuple[list[dict], dict]:
     """The (metric, bytes) front of the first ``trials`` budget-using trials' feasible
-    completed ones (a resumed run may hold more), and the run's fp32 baseline. ``without_recipe`` counts
-    the artifact's bytes less its recipe.yaml: a diagnostic of how much of a gap is the
-    recipe text (a distill stage adds hundreds of bytes), never the size autoslim reports."""
+    completed ones (a resumed run may hold more), and the run's fp32 baseline. ``full_recipe`` re-prices
+    each artifact as if it carried the full recipe (the format before session 6): a
+    diagnostic of what the format change did, never the size autoslim reports."""
     run = load_run(run_dir)
     table = run.table().sort_values("trial")
     # A trial a killed process left behind is re-run under a new number and does not use
@@ -96,7 +101,7 @@ def front_rows(run_dir: Path, trials: int | None, without_recipe: bool = False) 
     metric = run.metric_name
     done = table[(table["state"] == "COMPLETE") & table["feasible"]]
     rows = [{"trial": int(r["trial"]), "metric": float(r[metric]),
-             "size_bytes": float(r["size_bytes"]) - (recipe_bytes(run, int(r["trial"])) if without_recipe else 0)}
+             "size_bytes": float(r["size_bytes"]) - (full_recipe_extra_bytes(run, int(r["trial"])) if full_recipe else 0)}
             for _, r in done.iterrows()]
     if rows:
         values = np.array([[r["metric"], r["size_bytes"]] for r in rows])
@@ -125,16 +130,16 @@ def hv_fraction(rows: list[dict], base: dict, metric: str, max_drop: float) -> f
 
 
 def compare_seed(out_dir: Path, seed: int, trials: int | None, metric: str, max_drop: float,
-                 without_recipe: bool = False) -> dict:
-    fronts = {arm: front_rows(out_dir / f"seed{seed}" / arm, trials, without_recipe) for arm in ("kd", "no_kd")}
+                 full_recipe: bool = False) -> dict:
+    fronts = {arm: front_rows(out_dir / f"seed{seed}" / arm, trials, full_recipe) for arm in ("kd", "no_kd")}
     base = fronts["kd"][1]
     result = {"seed": seed}
     for arm, (rows, _) in fronts.items():
         result[arm] = {"hypervolume": hv_fraction(rows, base, metric, max_drop), "front": rows}
     result["kd_dominates_no_kd"] = front_dominates(fronts["kd"][0], fronts["no_kd"][0])
     result["no_kd_dominates_kd"] = front_dominates(fronts["no_kd"][0], fronts["kd"][0])
-    if not without_recipe:  # the same judgement on bytes less recipe.yaml (diagnostic only)
-        result["without_recipe_bytes"] = compare_seed(out_dir, seed, trials, metric, max_drop, without_recipe=True)
+    if not full_recipe:  # the same judgement with the old artifact format's bytes (diagnostic only)
+        result["priced_with_full_recipe"] = compare_seed(out_dir, seed, trials, metric, max_drop, full_recipe=True)
     return result
 
 
@@ -190,8 +195,8 @@ def table(result: dict) -> str:
             points = ", ".join(f"{r['size_bytes']:.0f} B @ {r['metric']:.4f} (test {r['test_metric']:.4f})"
                                for r in s[arm]["front"])
             lines.append(f"  {arm:6} front: {points}")
-        d = s["without_recipe_bytes"]
-        lines.append(f"  diagnostic, bytes less recipe.yaml: HV kd {d['kd']['hypervolume']:.4f}, "
+        d = s["priced_with_full_recipe"]
+        lines.append(f"  diagnostic, re-priced with the full recipe (old format): HV kd {d['kd']['hypervolume']:.4f}, "
                      f"no_kd {d['no_kd']['hypervolume']:.4f}; kd dominates: {d['kd_dominates_no_kd']}; "
                      f"reverse: {d['no_kd_dominates_kd']}")
     lines.append(f"\nwall time {result['wall_seconds']:.0f} s")

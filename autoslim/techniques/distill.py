@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import optuna
@@ -76,6 +76,7 @@ class DistillConfig(StageConfig):
     the student's; ``layer_map`` translates them for a teacher with other names."""
 
     kind: Literal["distill"] = "distill"
+    shipped: ClassVar[bool] = False  # how the weights were trained, not what they are
     alpha: float = Field(default=0.5, ge=0.0, le=1.0)
     temperature: float = Field(default=4.0, gt=0.0)
     feature_weight: float = Field(default=0.0, ge=0.0)
@@ -109,6 +110,7 @@ class RecoverConfig(StageConfig):
     first, the task loss otherwise), after the pruning stages and before quantize."""
 
     kind: Literal["recover"] = "recover"
+    shipped: ClassVar[bool] = False
     epochs: int = Field(default=1, ge=0)
     lr: float = Field(default=1e-3, gt=0.0)
 

@@ -164,9 +164,16 @@ def test_artifact_rebuilds_without_the_teacher(tiny_task_ref, tmp_path):
                {"kind": "recover", "epochs": 1}, {"kind": "quantize", "default": 8, "qat_epochs": 1})
     model = apply_recipe(r)
     save_artifact(model, r, tmp_path / "a")
-    loaded = load_artifact(tmp_path / "a", runtime=False).model
+    loaded = load_artifact(tmp_path / "a", runtime=False)
     x = load_task(TaskRef(**tiny_task_ref)).data.val.inputs[:8]
-    torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loaded.model(x), model(x), rtol=1e-5, atol=1e-5)
+    # The training-only stages are not shipped: the same weights under the recipe without
+    # them make a byte-identical artifact.
+    assert [stage.kind for stage in loaded.recipe.stages] == ["prune", "quantize"]
+    plain = recipe(tiny_task_ref, PRUNE, {"kind": "quantize", "default": 8, "qat_epochs": 1})
+    save_artifact(model, plain, tmp_path / "b")
+    for name in ("recipe.yaml", "weights.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_recover_keeps_pruned_zeros(tiny_task_ref):
