@@ -7,7 +7,13 @@ uniform reference (4- and 8-bit, min-max and MSE calibrated), the seeds where a 
 whose plan *mixes* bit widths dominates it (``dominated_by_mixed_plans``). PTQ trains
 nothing, so a seed changes only the sampler: the same seed replays the same trials.
 
-    python benchmarks/mixed_precision_seeds.py [--runs D,E] [--seeds 0,1,2,3,4] [--out-dir runs/mp-seeds] [--json]
+    python benchmarks/mixed_precision_seeds.py [--runs D,E,R,RM] [--seeds 0,1,2,3,4] [--jobs 1]
+                                               [--out-dir runs/mp-seeds] [--json]
+
+Runs D and E are the 4-layer CNN; run R is the residual CNN
+(``experiments/mnist1d_rescnn_mixed_precision.yaml``), whose layers differ far more in
+sensitivity, and RM is run R with MSE clipping for every plan. ``--jobs`` runs that many (run, seed) searches side by side, each in its own
+process with the experiment's thread count.
 
 Each (run, seed) is a resumable run folder under ``--out-dir``; an existing one is judged
 again without new trials.
@@ -18,7 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -28,7 +36,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import mixed_precision  # noqa: E402 — a sibling script, not a package module
 
 RUNS = {"D": ROOT / "benchmarks" / "results" / "mixed_precision_runD.yaml",
-        "E": ROOT / "benchmarks" / "results" / "mixed_precision_runE.yaml"}
+        "E": ROOT / "benchmarks" / "results" / "mixed_precision_runE.yaml",
+        # the residual CNN (8 layers, 75 k weights), 2-bit in the space, min-max calibration
+        "R": ROOT / "experiments" / "mnist1d_rescnn_mixed_precision.yaml",
+        "RM": ROOT / "benchmarks" / "results" / "mixed_precision_runRM.yaml"}  # R, MSE clipping for all
 REFERENCES = ["uniform 8-bit", "uniform 8-bit (mse)", "uniform 4-bit", "uniform 4-bit (mse)"]
 
 
@@ -70,11 +81,15 @@ def summary(results: dict[tuple[str, int], dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="D,E", help="comma-separated: D (calibration searched), E (MSE for all)")
+    parser.add_argument("--runs", default="D,E", help="comma-separated: D (calibration searched), E (MSE for all), "
+                                                      "R (residual CNN), RM (R with MSE clipping)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated sampler seeds")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/mp-seeds"))
+    parser.add_argument("--jobs", type=int, default=1, help="(run, seed) searches side by side")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     if not runs or any(r not in RUNS for r in runs):
         parser.error(f"--runs: expected a comma-separated subset of {', '.join(RUNS)}, got {args.runs!r}")
@@ -84,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     if not seeds:
         parser.error("--seeds: give at least one seed")
-    results = {(run, seed): judge(run, seed, args.out_dir) for run in runs for seed in seeds}
+    cells = [(run, seed) for run in runs for seed in seeds]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {cell: pool.submit(judge, *cell, args.out_dir) for cell in cells}
+        results = {cell: future.result() for cell, future in futures.items()}
     table = summary(results)
     if args.json:
         print(json.dumps({"seeds": seeds, "summary": table}))
