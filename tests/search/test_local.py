@@ -107,7 +107,7 @@ def test_a_crashing_trial_is_recorded_and_the_study_goes_on(tmp_path, experiment
 
 
 def test_sigkill_mid_search_then_rerun_loses_and_repeats_nothing(tmp_path, experiment_file):
-    path, out = experiment_file(trials=6), tmp_path / "run"
+    path, out = experiment_file(trials=4), tmp_path / "run"
     cmd = [sys.executable, "-m", "autoslim.cli", "search", str(path), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.monotonic() + 240
@@ -133,7 +133,7 @@ def test_sigkill_mid_search_then_rerun_loses_and_repeats_nothing(tmp_path, exper
     assert {n: after[n] for n in before} == before
     finished = [t for t in run.study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)
                 and t.user_attrs.get("fail_reason") != local.INTERRUPTED]
-    assert len(finished) == 6
+    assert len(finished) == 4
     assert not [t for t in run.study.trials if t.state == TrialState.RUNNING]
     numbers = [t.number for t in run.study.trials]
     assert len(numbers) == len(set(numbers))
