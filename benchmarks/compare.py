@@ -64,7 +64,7 @@ from autoslim.search.experiment import load_experiment
 from autoslim.search.local import Overrides, apply_overrides, open_study, search
 from autoslim.search.outputs import test_metric
 from autoslim.search.warm_start import baseline_params, enqueue_plans
-from autoslim.space import ModelInfo
+from autoslim.space import ModelInfo, searched_float
 from autoslim.sparse.policy import settle_storage_policy
 from autoslim.task import load_task
 
@@ -128,7 +128,7 @@ def fine_tune_settings(space) -> dict:
         epochs = getattr(component, "fine_tune_epochs", None)
         lr = getattr(component, "lr", None)
         if epochs is not None and lr is not None:
-            return {"fine_tune_epochs": int(epochs.high), "lr": float(math.sqrt(lr.low * lr.high))}
+            return {"fine_tune_epochs": int(epochs.high), "lr": searched_float(math.sqrt(lr.low * lr.high))}
     return {"fine_tune_epochs": 0, "lr": 1e-3}
 
 

@@ -105,3 +105,15 @@ def test_storage_component_pins_the_format_for_all_layers():
 
     space = SearchSpace.from_spec([{"type": "storage.format", "optional": False, "formats": ["auto", "csr"]}])
     assert space.suggest(optuna.trial.FixedTrial({"storage.format": "csr"}), info()) == [StorageConfig(default="csr")]
+
+
+def test_a_searched_float_enters_the_recipe_with_four_significant_digits():
+    from autoslim.space import FloatRange
+
+    lr = FloatRange(low=1e-4, high=3e-2, log=True)
+    assert lr.suggest(optuna.trial.FixedTrial({"lr": 0.00956178662298805}), "lr") == 0.009562
+    # rounding never leaves the range, and a stepped range keeps its grid
+    assert FloatRange(low=0.0, high=0.12346).suggest(optuna.trial.FixedTrial({"x": 0.12346}), "x") == 0.12346
+    assert FloatRange(low=0.12344, high=1.0).suggest(optuna.trial.FixedTrial({"x": 0.12344}), "x") == 0.12344
+    assert FloatRange(low=0.0, high=1.0, step=0.125).suggest(optuna.trial.FixedTrial({"x": 0.375}), "x") == 0.375
+    assert FloatRange(low=0.5, high=0.5).suggest(optuna.trial.FixedTrial({}), "x") == 0.5

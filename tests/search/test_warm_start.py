@@ -9,9 +9,9 @@ import pytest
 from torch import nn
 
 from autoslim.search.warm_start import baseline_params, normalise_stage
-from autoslim.space import ModelInfo, SearchSpace
+from autoslim.space import ModelInfo, SearchSpace, searched_float
 
-LR_MID = math.sqrt(1e-4 * 3e-3)
+LR_MID = searched_float(math.sqrt(1e-4 * 3e-3))  # a searched float has 4 significant digits
 
 
 @pytest.fixture
