@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import math
 import os
 import shutil
@@ -203,14 +204,32 @@ def _requeue(study: optuna.Study, params: dict) -> None:
         study.enqueue_trial(params)
 
 
-def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
-    """Fail trials left RUNNING by a dead process on this host and re-queue their params."""
+# A process marks a trial it asked for as its own within milliseconds (mark_owner). One
+# killed in between leaves a RUNNING trial with no owner; after this long, nobody will claim it.
+OWNERLESS_GRACE_S = 10.0
+
+
+def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                        *, grace_s: float = OWNERLESS_GRACE_S, wait: bool = True) -> int:
+    """Fail trials left RUNNING by a dead process and re-queue their params: those a dead
+    process on this host owns, and those nobody owns ``grace_s`` after they started (the
+    owner died between asking for the trial and marking it, on any host). An ownerless
+    trial younger than that is waited for, so a re-run right after a kill does not count
+    it as another worker's and run one trial short (``wait=False`` skips it instead)."""
+    ages = [_ownerless_age(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    young = [age for age in ages if age is not None and age < grace_s]
+    if young and wait:
+        time.sleep(grace_s - min(young))
     host, recovered = socket.gethostname(), 0
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner_host = trial.user_attrs.get(ATTR_PREFIX + "host")
         pid = trial.user_attrs.get(ATTR_PREFIX + "pid")
-        if owner_host != host or pid is None or _alive(pid):
+        if owner_host is None or pid is None:
+            age = _ownerless_age(trial)
+            if age is None or age < grace_s:
+                continue
+        elif owner_host != host or _alive(pid):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
@@ -218,6 +237,14 @@ def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorag
         _requeue(study, trial.params)
         recovered += 1
     return recovered
+
+
+def _ownerless_age(trial: optuna.trial.FrozenTrial) -> float | None:
+    """Seconds since an ownerless trial started (None if it has an owner or no start)."""
+    owned = trial.user_attrs.get(ATTR_PREFIX + "host") is not None and trial.user_attrs.get(ATTR_PREFIX + "pid") is not None
+    if owned or trial.datetime_start is None:
+        return None
+    return (datetime.datetime.now() - trial.datetime_start).total_seconds()
 
 
 def _alive(pid: int) -> bool:

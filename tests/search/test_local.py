@@ -181,6 +181,26 @@ def test_interrupted_trials_are_failed_and_their_params_queued_once(tmp_path):
     assert study.trials[1].system_attrs["fixed_params"] == study.trials[0].params
 
 
+def test_a_trial_left_without_an_owner_is_recovered_once_its_grace_has_passed(tmp_path):
+    # A process killed between asking for a trial and marking itself its owner (seen in CI:
+    # the host attribute written, the pid not) left it RUNNING, and a re-run counted it as
+    # another worker's and ran one trial short.
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("autoslim.host", local.socket.gethostname())
+    # young: another worker may be about to claim it
+    assert local.recover_interrupted(study, storage, grace_s=3600, wait=False) == 0
+    assert study.trials[0].state == TrialState.RUNNING
+    assert local.recover_interrupted(study, storage, grace_s=0) == 1
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[0].user_attrs["fail_reason"] == local.INTERRUPTED
+
+
 def test_uniform_warm_start_plans_respect_each_layers_choices():
     from autoslim.search.warm_start import uniform_params
     from autoslim.techniques.quantize import WeightQuantSpace
