@@ -21,7 +21,6 @@ import json
 import math
 import multiprocessing
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -158,14 +157,23 @@ class _MeasureServer:
             server.stdin.write(json.dumps(request) + "\n")
             server.stdin.flush()
             pid = json.loads(server.stdout.readline())["pid"]
-            ready, _, _ = select.select([server.stdout], [], [], timeout)
-            if not ready:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                server.stdout.readline()  # the server reports the killed child's exit code
+            # A timer, not select(): the exit-code line may already sit in the reader's
+            # buffer, where select() on the pipe would not see it.
+            timed_out = threading.Event()
+            timer = threading.Timer(timeout, lambda: (timed_out.set(), _kill(pid)))
+            timer.start()
+            try:
+                code = json.loads(server.stdout.readline())["code"]
+            finally:
+                timer.cancel()
+            if timed_out.is_set():
                 raise TrialFailed(f"measuring {path} took longer than {timeout:.0f} s")
-            code = json.loads(server.stdout.readline())["code"]
             return code, reply_file.read_text() if reply_file.exists() else ""
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 _SERVER = _MeasureServer()
