@@ -23,6 +23,7 @@ from autoslim.artifact import save_artifact
 from autoslim.measure import runner
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
+from autoslim.tasks.mnist1d import MODELS
 
 WAYS = {"forked from the server": runner._run_in_forked_child, "new interpreter": runner._run_in_new_interpreter}
 SHOWN = ("size_bytes", "accuracy", "test_accuracy", "latency_ms", "peak_memory_bytes")
@@ -31,7 +32,7 @@ SHOWN = ("size_bytes", "accuracy", "test_accuracy", "latency_ms", "peak_memory_b
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--task", default="mlp", help="MNIST-1D model (cnn, rescnn, transformer, mlp)")
+    parser.add_argument("--task", default="mlp", choices=MODELS, help="MNIST-1D model")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.rounds < 1:

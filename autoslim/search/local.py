@@ -223,13 +223,11 @@ def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorag
     host, recovered = socket.gethostname(), 0
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner_host = trial.user_attrs.get(ATTR_PREFIX + "host")
-        pid = trial.user_attrs.get(ATTR_PREFIX + "pid")
-        if owner_host is None or pid is None:
-            age = _ownerless_age(trial)
-            if age is None or age < grace_s:
+        age = _ownerless_age(trial)
+        if age is not None:
+            if age < grace_s:
                 continue
-        elif owner_host != host or _alive(pid):
+        elif trial.user_attrs[ATTR_PREFIX + "host"] != host or _alive(trial.user_attrs[ATTR_PREFIX + "pid"]):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
@@ -240,10 +238,12 @@ def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorag
 
 
 def _ownerless_age(trial: optuna.trial.FrozenTrial) -> float | None:
-    """Seconds since an ownerless trial started (None if it has an owner or no start)."""
-    owned = trial.user_attrs.get(ATTR_PREFIX + "host") is not None and trial.user_attrs.get(ATTR_PREFIX + "pid") is not None
-    if owned or trial.datetime_start is None:
+    """Seconds since a trial without a full owner (host and pid) started; None if owned.
+    A trial with no start time (never the case for RUNNING) counts as just started."""
+    if trial.user_attrs.get(ATTR_PREFIX + "host") is not None and trial.user_attrs.get(ATTR_PREFIX + "pid") is not None:
         return None
+    if trial.datetime_start is None:
+        return 0.0
     return (datetime.datetime.now() - trial.datetime_start).total_seconds()
 
 

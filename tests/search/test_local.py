@@ -163,7 +163,8 @@ def test_a_uniform_warm_start_is_the_quantization_plan_alone(tmp_path, experimen
     assert trial.user_attrs["recipe"]["stages"][0]["default"] == 8  # written as uniform 8-bit
 
 
-def test_interrupted_trials_are_failed_and_their_params_queued_once(tmp_path):
+def journal_study_with_a_running_trial(tmp_path):
+    """A study on a journal file with one RUNNING trial marked as this host's."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -172,6 +173,11 @@ def test_interrupted_trials_are_failed_and_their_params_queued_once(tmp_path):
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
     trial.set_user_attr("autoslim.host", local.socket.gethostname())
+    return study, storage, trial
+
+
+def test_interrupted_trials_are_failed_and_their_params_queued_once(tmp_path):
+    study, storage, trial = journal_study_with_a_running_trial(tmp_path)
     trial.set_user_attr("autoslim.pid", 2**22 + 12345)  # no such process
     assert local.recover_interrupted(study, storage) == 1
     assert local.recover_interrupted(study, storage) == 0
@@ -185,14 +191,7 @@ def test_a_trial_left_without_an_owner_is_recovered_once_its_grace_has_passed(tm
     # A process killed between asking for a trial and marking itself its owner (seen in CI:
     # the host attribute written, the pid not) left it RUNNING, and a re-run counted it as
     # another worker's and ran one trial short.
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
-    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
-    trial = study.ask()
-    trial.suggest_float("x", 0, 1)
-    trial.set_user_attr("autoslim.host", local.socket.gethostname())
+    study, storage, _ = journal_study_with_a_running_trial(tmp_path)  # the pid never written
     # young: another worker may be about to claim it
     assert local.recover_interrupted(study, storage, grace_s=3600, wait=False) == 0
     assert study.trials[0].state == TrialState.RUNNING
