@@ -24,6 +24,9 @@ REALISED = "realised_stages"
 # The ``records`` key holding the index of the stage being applied, so a per-epoch hook
 # knows which stages are still to come (early stopping scores the model as it would ship).
 CURRENT_STAGE = "current_stage"
+# The ``records`` key a dry run leaves the recipe's planned fine-tune epochs under (all
+# stages together), so early stopping knows how many epochs a trial still has to come.
+PLANNED_EPOCHS = "planned_epochs"
 
 
 @dataclass
@@ -60,6 +63,9 @@ class ApplyContext:
         is all the cost objectives (size, latency, memory, energy) depend on.
         """
         if self.skip_training:
+            # What the recipe would train, counted without training: early stopping
+            # judges a trial by the epochs it still has to come.
+            self.records[PLANNED_EPOCHS] = self.records.get(PLANNED_EPOCHS, 0) + max(epochs, 0)
             return model
         hooks = TrainHooks(
             loss=(extra.loss if extra and extra.loss else self.hooks.loss),

@@ -145,6 +145,7 @@ class TrialRecord:
     seconds: float
     params: dict
     trained_curve: tuple[float, ...] = ()  # the fp32 model in training (no later stages)
+    planned_epochs: int | None = None  # what its recipe planned (records before session 7: the curve's length)
 
 
 def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
@@ -161,6 +162,7 @@ def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
             feasible=t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values()),
             seconds=t.duration.total_seconds() if t.duration else 0.0, params=dict(sorted(t.params.items())),
             trained_curve=tuple(t.user_attrs.get("trained_curve", [])),
+            planned_epochs=t.user_attrs.get("planned_epochs"),
         ))
     return out[:limit]
 
@@ -207,7 +209,8 @@ def arm_numbers(records: list[TrialRecord], directions: dict[str, str], referenc
 # ---- replaying the rule on the off arm's trials (same configurations) ----
 
 def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: float,
-           min_curves: int, bound: float | None = None, best_possible: float | None = None) -> list[TrialRecord]:
+           min_curves: int, bound: float | None = None, best_possible: float | None = None,
+           whole_gain: bool = False) -> list[TrialRecord]:
     """The off arm's trials as the stopping arm would have ended them, in the same order.
 
     Each trial meets a stopper built like ``local.make_stopper``: from the trials that
@@ -224,17 +227,21 @@ def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: 
                         for r in front_of(out, directions)),
             maximize=maximize, quantile=quantile, min_curves=min_curves, bound=bound,
             best_possible=best_possible)
-        out.append(_replay_one(record, stopper))
+        out.append(_replay_one(record, stopper, whole_gain))
     return out
 
 
-def _replay_one(record: TrialRecord, stopper: ParetoStopper) -> TrialRecord:
+def _replay_one(record: TrialRecord, stopper: ParetoStopper, whole_gain: bool = False) -> TrialRecord:
+    """``whole_gain``: the rule before session 7, which did not tell the stopper the trial's
+    horizon, so each calibration curve's whole remaining gain counted."""
     if record.state != "COMPLETE":
         return record
     if record.curve and stopper.decide_before_training(record.costs) is not None:
         return TrialRecord(record.number, "PRUNED", (), np.nan, record.costs, False, 0.0, record.params, ())
+    planned = record.planned_epochs if record.planned_epochs is not None else len(record.curve)
     for epoch, value in enumerate(record.curve):
-        if stopper.decide(epoch, value, record.costs) is not None:
+        remaining = None if whole_gain else max(planned - 1 - epoch, 0)
+        if stopper.decide(epoch, value, record.costs, remaining=remaining) is not None:
             return TrialRecord(record.number, "PRUNED", record.curve[:epoch + 1], np.nan, record.costs,
                                False, 0.0, record.params, record.trained_curve[:epoch + 1])
     return record
@@ -272,7 +279,7 @@ def dump_records(out_dir: Path, tasks: list[str], seeds: list[int], arms: tuple[
 
 
 def replay_from_records(path: Path, quantiles: tuple[float, ...] = SENSITIVITY_QUANTILES,
-                        min_curves: int = 3) -> dict:
+                        min_curves: int = 3, whole_gain: bool = False) -> dict:
     """The current rule replayed on the off arms of a ``--records`` file, by quantile, on the
     shipped curve and on the curve of the model in training: no run folder needed."""
     data = json.loads(path.read_text())
@@ -287,7 +294,7 @@ def replay_from_records(path: Path, quantiles: tuple[float, ...] = SENSITIVITY_Q
                     records = [TrialRecord(**{**t, "curve": tuple(t[curve_kind]),
                                               "trained_curve": tuple(t["trained_curve"])}) for t in off["trials"]]
                     stopped = replay(records, directions, quantile=q, min_curves=min_curves, bound=off["bound"],
-                                     best_possible=off.get("best_possible"))
+                                     best_possible=off.get("best_possible"), whole_gain=whole_gain)
                     rows.append(ratios(arm_numbers(records, directions, reference),
                                        arm_numbers(stopped, directions, reference)))
                 out.setdefault(task, {}).setdefault(curve_kind, {})[str(q)] = {
@@ -479,12 +486,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=Path, help="also write every trial (curves, costs) to this JSON file")
     parser.add_argument("--from-records", type=Path,
                         help="only replay the current rule on the off arms of a --records file, by quantile")
+    parser.add_argument("--whole-gain", action="store_true",
+                        help="with --from-records: replay the rule before session 7 (each calibration curve's whole "
+                             "remaining gain, whatever the trial's horizon)")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.trials = ["digits"], args.seeds[:1], 8
     if args.from_records:
         try:
-            result = replay_from_records(args.from_records)
+            result = replay_from_records(args.from_records, whole_gain=args.whole_gain)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             parser.error(f"--from-records {args.from_records}: not a --records file ({type(exc).__name__}: {exc})")
         ceiling = ceiling_from_records(args.from_records)

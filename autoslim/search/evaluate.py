@@ -26,7 +26,7 @@ from torch import nn
 from autoslim.artifact import artifact_bytes, save_artifact
 from autoslim.errors import TrialFailed
 from autoslim.measure import measure_in_subprocess
-from autoslim.pipeline import CURRENT_STAGE, apply_recipe, realised_recipe
+from autoslim.pipeline import CURRENT_STAGE, PLANNED_EPOCHS, apply_recipe, realised_recipe
 from autoslim.recipe import Recipe, Target
 from autoslim.search.early_stop import ParetoStopper, StopTrial
 from autoslim.search.experiment import Experiment
@@ -76,9 +76,12 @@ def suggest_recipe(trial: optuna.Trial, ctx: SearchContext) -> Recipe:
     return Recipe(task=ctx.experiment.task, seed=ctx.seed, target=target, stages=stages)
 
 
-def dry_run_costs(recipe: Recipe, ctx: SearchContext, out: Path) -> dict[str, float]:
-    """Cost objectives of the recipe's structure, from an artifact built without training."""
-    model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), dry_run=True)
+def dry_run_costs(recipe: Recipe, ctx: SearchContext, out: Path) -> tuple[dict[str, float], int]:
+    """Cost objectives of the recipe's structure, from an artifact built without training,
+    and the fine-tune epochs the recipe plans (all stages together)."""
+    records: dict[str, Any] = {}
+    model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), dry_run=True,
+                         records=records)
     save_artifact(model, recipe, out)
     try:
         if set(ctx.cost_objectives) <= {"size_bytes"}:
@@ -87,7 +90,7 @@ def dry_run_costs(recipe: Recipe, ctx: SearchContext, out: Path) -> dict[str, fl
             values = ctx.measure_artifact(out, ctx.experiment.target)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return {name: float(values[name]) for name in ctx.cost_objectives}
+    return {name: float(values[name]) for name in ctx.cost_objectives}, int(records.get(PLANNED_EPOCHS, 0))
 
 
 def shipped_metric(model: nn.Module, recipe: Recipe, stage: int, ctx: SearchContext) -> float:
@@ -107,9 +110,10 @@ def shipped_metric(model: nn.Module, recipe: Recipe, stage: int, ctx: SearchCont
 
 
 def _epoch_hook(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper, costs: dict[str, float],
-                recipe: Recipe, records: dict[str, Any]):
+                recipe: Recipe, records: dict[str, Any], planned_epochs: int):
     """Per fine-tune epoch: record the shipped metric (``curve``, what the rule reads) and
-    the metric of the model in training (``trained_curve``), then ask the rule."""
+    the metric of the model in training (``trained_curve``), then ask the rule, telling it
+    how many of the ``planned_epochs`` are still to come."""
     curve: list[float] = []
     trained: list[float] = []
 
@@ -120,7 +124,7 @@ def _epoch_hook(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper,
         curve.append(trained[-1] if last else shipped_metric(model, recipe, stage, ctx))
         trial.set_user_attr("curve", list(curve))
         trial.set_user_attr("trained_curve", list(trained))
-        reason = stopper.decide(len(curve) - 1, curve[-1], costs)
+        reason = stopper.decide(len(curve) - 1, curve[-1], costs, remaining=max(planned_epochs - len(curve), 0))
         if reason is not None:
             raise StopTrial(reason)
 
@@ -162,12 +166,13 @@ def evaluate_trial(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopp
     hooks = TrainHooks()
     records: dict[str, Any] = {}
     if stopper is not None:
-        costs = dry_run_costs(recipe, ctx, out)
+        costs, planned_epochs = dry_run_costs(recipe, ctx, out)
         trial.set_user_attr("dry_run_costs", costs)
+        trial.set_user_attr("planned_epochs", planned_epochs)
         reason = stopper.decide_before_training(costs)
         if reason is not None:
             raise StopTrial(reason)
-        hooks.on_epoch_end.append(_epoch_hook(trial, ctx, stopper, costs, recipe, records))
+        hooks.on_epoch_end.append(_epoch_hook(trial, ctx, stopper, costs, recipe, records, planned_epochs))
     model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), hooks=hooks,
                          records=records)
     recipe = realised_recipe(recipe, records)  # e.g. the phases an adaptive schedule chose

@@ -62,7 +62,7 @@ class EarlyStopping(StrictModel):
     """Pareto-aware early stopping of fine-tunes (see :mod:`autoslim.search.early_stop`)."""
 
     enabled: bool = False
-    quantile: float = Field(default=0.75, gt=0.0, le=1.0)
+    quantile: float = Field(default=0.9, gt=0.0, le=1.0)
     min_curves: int = Field(default=3, ge=1)
 
 

@@ -8,6 +8,7 @@ from autoslim.search.early_stop import (
     FrontPoint,
     ParetoStopper,
     dominated,
+    gains_to_come,
     metric_bound,
     optimistic_gain,
 )
@@ -24,6 +25,38 @@ def test_optimistic_gain_is_the_quantile_of_the_gains_still_to_come():
     assert optimistic_gain(CURVES, 5, quantile=0.5, maximize=True) is None
     losses = (Curve((2.0, 1.5), 1.0),)
     assert optimistic_gain(losses, 0, quantile=1.0, maximize=False) == pytest.approx(1.0)
+
+
+def test_gains_to_come_are_taken_over_the_trials_own_horizon():
+    # One epoch to come after epoch 0: each curve's next step.
+    assert gains_to_come(CURVES, 0, maximize=True, remaining=1) == pytest.approx([0.05, 0.10, 0.15])
+    # Two to come: each curve's last epoch is its measured final.
+    assert gains_to_come(CURVES, 0, maximize=True, remaining=2) == pytest.approx([0.10, 0.16, 0.24])
+    # Four to come, but the curves had two left: their gains scaled by 4 / 2.
+    assert gains_to_come(CURVES, 0, maximize=True, remaining=4) == pytest.approx([0.20, 0.32, 0.48])
+    # A curve that ended at this epoch says nothing about epochs after it.
+    assert gains_to_come(CURVES, 2, maximize=True, remaining=1) == []
+    # Horizon unknown: each curve's whole remaining gain (the rule before session 7).
+    assert gains_to_come(CURVES, 0, maximize=True) == pytest.approx([0.10, 0.16, 0.24])
+    assert gains_to_come((Curve((2.0, 1.5, 1.4), 1.2),), 0, maximize=False, remaining=1) == pytest.approx([0.5])
+
+
+def test_a_trial_with_many_epochs_to_go_is_not_judged_by_short_curves():
+    # Calibration curves of two epochs gained 0.02-0.04 in their one remaining epoch. A trial
+    # at 0.80 with six epochs to go may gain six such steps: the front at 0.88 is within reach.
+    short = (Curve((0.80, 0.82), 0.82), Curve((0.79, 0.82), 0.82), Curve((0.78, 0.82), 0.82))
+    stopper = ParetoStopper(curves=short, front=(FrontPoint(0.88, {"size_bytes": 1000.0}),), quantile=1.0)
+    assert stopper.decide(0, 0.80, {"size_bytes": 1500.0}, remaining=6) is None  # 0.80 + 6 * 0.04 = 1.04
+    assert stopper.decide(0, 0.80, {"size_bytes": 1500.0}, remaining=1) is not None  # 0.84 < 0.88
+    assert stopper.decide(0, 0.80, {"size_bytes": 1500.0}) is not None  # horizon unknown: whole gains
+
+
+def test_nothing_is_stopped_after_its_last_planned_epoch():
+    # Stopping there saves no epoch and throws away a finished result.
+    front = (FrontPoint(0.90, {"size_bytes": 1000.0}),)
+    stopper = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3)
+    assert stopper.decide(0, 0.60, {"size_bytes": 1500.0}, remaining=0) is None
+    assert stopper.decide(0, 0.60, {"size_bytes": 1500.0}, remaining=2) is not None  # 0.60 + 0.24 < 0.90
 
 
 def test_domination_needs_no_worse_everywhere_and_better_somewhere():
@@ -88,7 +121,10 @@ def test_search_records_stopped_trials_and_exact_dry_run_costs(tmp_path, experim
     path = experiment_file(trials=3, space=space,
                            search={"trials": 3, "seed": 0, "early_stopping": {"enabled": True}})
 
-    def decide(self, epoch, metric, costs):
+    remaining_seen = []
+
+    def decide(self, epoch, metric, costs, remaining=None):
+        remaining_seen.append(remaining)
         return "stopped by the test" if epoch == 1 and len(self.curves) >= 1 else None
 
     monkeypatch.setattr(ParetoStopper, "decide", decide)
@@ -100,6 +136,9 @@ def test_search_records_stopped_trials_and_exact_dry_run_costs(tmp_path, experim
     assert first.user_attrs["dry_run_costs"]["size_bytes"] == first.user_attrs["measured"]["size_bytes"]
     assert [len(t.user_attrs["curve"]) for t in trials[1:]] == [2, 2]
     assert trials[1].user_attrs["stop_reason"] == "stopped by the test"
+    # the dry run counted the 3 planned epochs; after epochs 1, 2, 3 there are 2, 1, 0 to come
+    assert [t.user_attrs["planned_epochs"] for t in trials] == [3, 3, 3]
+    assert remaining_seen == [2, 1, 0, 2, 1, 2, 1]
     table = run.table()
     assert list(table["epochs_run"]) == [3, 2, 2]
 
@@ -218,3 +257,31 @@ def test_accuracy_tasks_know_their_best_possible_metric():
     assert Task(name="t", build_model=nothing, load_data=nothing, metric=lambda m, d: 0.0).best_possible_metric is None
     assert Task(name="t", build_model=nothing, load_data=nothing, metric=lambda m, d: 0.0,
                 metric_best=0.0).best_possible_metric == 0.0
+
+
+def test_a_dry_run_counts_the_epochs_every_stage_plans(tiny_task_ref):
+    """Early stopping's horizon: a prune fine-tune of 2 epochs then 3 of QAT plan 5, all
+    counted without training (the weights are left as they were)."""
+    import copy
+
+    import torch
+
+    from autoslim.baseline import load_baseline
+    from autoslim.pipeline import PLANNED_EPOCHS, apply_recipe
+    from autoslim.recipe import Recipe, TaskRef
+    from autoslim.task import load_task
+    from autoslim.techniques.prune import PruneConfig
+    from autoslim.techniques.quantize import QuantizeConfig
+
+    ref = TaskRef(**tiny_task_ref)
+    task = load_task(ref)
+    baseline = load_baseline(ref, task).model
+    recipe = Recipe(task=ref, seed=0, stages=[PruneConfig(sparsity=0.0, fine_tune_epochs=2),
+                                              QuantizeConfig(default=8, qat_epochs=3)])
+    records: dict = {}
+    model = apply_recipe(recipe, task=task, model=copy.deepcopy(baseline), dry_run=True, records=records)
+    assert records[PLANNED_EPOCHS] == 5
+    untrained = apply_recipe(recipe.model_copy(update={"stages": recipe.stages[1:]}), task=task,
+                             model=copy.deepcopy(baseline), dry_run=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), untrained.state_dict().values(),
+                                                  strict=True))
