@@ -210,7 +210,7 @@ def arm_numbers(records: list[TrialRecord], directions: dict[str, str], referenc
 
 def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: float,
            min_curves: int, bound: float | None = None, best_possible: float | None = None,
-           whole_gain: bool = False) -> list[TrialRecord]:
+           whole_gain: bool = False, own_curve_from: int | None = 3) -> list[TrialRecord]:
     """The off arm's trials as the stopping arm would have ended them, in the same order.
 
     Each trial meets a stopper built like ``local.make_stopper``: from the trials that
@@ -226,14 +226,15 @@ def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: 
             front=tuple(FrontPoint(r.metric, {c: r.costs[c] for c in list(directions)[1:]})
                         for r in front_of(out, directions)),
             maximize=maximize, quantile=quantile, min_curves=min_curves, bound=bound,
-            best_possible=best_possible)
+            best_possible=best_possible, own_curve_from=None if whole_gain else own_curve_from)
         out.append(_replay_one(record, stopper, whole_gain))
     return out
 
 
 def _replay_one(record: TrialRecord, stopper: ParetoStopper, whole_gain: bool = False) -> TrialRecord:
     """``whole_gain``: the rule before session 7, which did not tell the stopper the trial's
-    horizon, so each calibration curve's whole remaining gain counted."""
+    horizon, so each calibration curve's whole remaining gain counted, and had no own-curve
+    bound."""
     if record.state != "COMPLETE":
         return record
     if record.curve and stopper.decide_before_training(record.costs) is not None:
@@ -241,7 +242,7 @@ def _replay_one(record: TrialRecord, stopper: ParetoStopper, whole_gain: bool = 
     planned = record.planned_epochs if record.planned_epochs is not None else len(record.curve)
     for epoch, value in enumerate(record.curve):
         remaining = None if whole_gain else max(planned - 1 - epoch, 0)
-        if stopper.decide(epoch, value, record.costs, remaining=remaining) is not None:
+        if stopper.decide(epoch, value, record.costs, remaining=remaining, curve=record.curve[:epoch + 1]) is not None:
             return TrialRecord(record.number, "PRUNED", record.curve[:epoch + 1], np.nan, record.costs,
                                False, 0.0, record.params, record.trained_curve[:epoch + 1])
     return record
@@ -279,7 +280,7 @@ def dump_records(out_dir: Path, tasks: list[str], seeds: list[int], arms: tuple[
 
 
 def replay_from_records(path: Path, quantiles: tuple[float, ...] = SENSITIVITY_QUANTILES,
-                        min_curves: int = 3, whole_gain: bool = False) -> dict:
+                        min_curves: int = 3, whole_gain: bool = False, own_curve_from: int | None = 3) -> dict:
     """The current rule replayed on the off arms of a ``--records`` file, by quantile, on the
     shipped curve and on the curve of the model in training: no run folder needed."""
     data = json.loads(path.read_text())
@@ -294,7 +295,8 @@ def replay_from_records(path: Path, quantiles: tuple[float, ...] = SENSITIVITY_Q
                     records = [TrialRecord(**{**t, "curve": tuple(t[curve_kind]),
                                               "trained_curve": tuple(t["trained_curve"])}) for t in off["trials"]]
                     stopped = replay(records, directions, quantile=q, min_curves=min_curves, bound=off["bound"],
-                                     best_possible=off.get("best_possible"), whole_gain=whole_gain)
+                                     best_possible=off.get("best_possible"), whole_gain=whole_gain,
+                                     own_curve_from=own_curve_from)
                     rows.append(ratios(arm_numbers(records, directions, reference),
                                        arm_numbers(stopped, directions, reference)))
                 out.setdefault(task, {}).setdefault(curve_kind, {})[str(q)] = {
@@ -391,6 +393,7 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
 
     def replayed(q: float, with_bound: bool) -> list[TrialRecord]:
         return replay(records["off"], directions, quantile=q, min_curves=settings["min_curves"], best_possible=best,
+                      own_curve_from=settings.get("own_curve_from"),
                       bound=bound if with_bound else None)
 
     def scored(trials: list[TrialRecord]) -> dict:
@@ -401,7 +404,8 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
     # The same rule reading the curve of the model in training instead of the shipped one
     # (what the rule read before): how much seeing the later stages is worth.
     on_trained = replay([replace(r, curve=r.trained_curve) for r in records["off"]], directions, best_possible=best,
-                        quantile=settings["quantile"], min_curves=settings["min_curves"], bound=bound)
+                        quantile=settings["quantile"], min_curves=settings["min_curves"], bound=bound,
+                        own_curve_from=settings.get("own_curve_from"))
     # Where both arms drew the same trials, the replay of the rule the live arm ran must
     # reproduce its decisions; with the current rule this checks the replay machinery
     # only if the live run used the same rule.
@@ -488,13 +492,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="only replay the current rule on the off arms of a --records file, by quantile")
     parser.add_argument("--whole-gain", action="store_true",
                         help="with --from-records: replay the rule before session 7 (each calibration curve's whole "
-                             "remaining gain, whatever the trial's horizon)")
+                             "remaining gain, whatever the trial's horizon; no own-curve bound)")
+    parser.add_argument("--own-curve-from", type=int, default=3,
+                        help="with --from-records: epochs before a trial's own curve bounds it (0: never)")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.trials = ["digits"], args.seeds[:1], 8
     if args.from_records:
         try:
-            result = replay_from_records(args.from_records, whole_gain=args.whole_gain)
+            result = replay_from_records(args.from_records, whole_gain=args.whole_gain,
+                                         own_curve_from=args.own_curve_from or None)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             parser.error(f"--from-records {args.from_records}: not a --records file ({type(exc).__name__}: {exc})")
         ceiling = ceiling_from_records(args.from_records)

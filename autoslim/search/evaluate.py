@@ -124,7 +124,8 @@ def _epoch_hook(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper,
         curve.append(trained[-1] if last else shipped_metric(model, recipe, stage, ctx))
         trial.set_user_attr("curve", list(curve))
         trial.set_user_attr("trained_curve", list(trained))
-        reason = stopper.decide(len(curve) - 1, curve[-1], costs, remaining=max(planned_epochs - len(curve), 0))
+        reason = stopper.decide(len(curve) - 1, curve[-1], costs, remaining=max(planned_epochs - len(curve), 0),
+                                curve=curve)
         if reason is not None:
             raise StopTrial(reason)
 

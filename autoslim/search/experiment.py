@@ -64,6 +64,9 @@ class EarlyStopping(StrictModel):
     enabled: bool = False
     quantile: float = Field(default=0.9, gt=0.0, le=1.0)
     min_curves: int = Field(default=3, ge=1)
+    # Epochs a trial runs before its own best step bounds it where no calibration curve
+    # speaks for it (null: never). One step seen (2) lost hypervolume on a calibration search.
+    own_curve_from: int | None = Field(default=3, ge=2)
 
 
 class RaySettings(StrictModel):

@@ -291,7 +291,8 @@ def make_stopper(study: optuna.Study, ctx: SearchContext) -> ParetoStopper | Non
     # join the feasible front, whatever it costs.
     bound = metric_bound(ctx.experiment.constraints, metric, ctx.baseline_values[metric], maximize=maximize)
     return ParetoStopper(curves=curves, front=front, maximize=maximize, quantile=settings.quantile,
-                         min_curves=settings.min_curves, bound=bound, best_possible=ctx.task.best_possible_metric)
+                         min_curves=settings.min_curves, bound=bound, best_possible=ctx.task.best_possible_metric,
+                         own_curve_from=settings.own_curve_from)
 
 
 def measure_baseline(study: optuna.Study, ctx: SearchContext) -> dict[str, float]:

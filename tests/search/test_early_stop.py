@@ -91,6 +91,29 @@ def test_no_stop_below_every_calibration_curve():
     assert losses.decide(0, 1.8, {"size_bytes": 2.0}) is not None  # 1.8 - 1.0 = 0.8 > 0.5
 
 
+def test_own_curve_bounds_a_trial_the_calibration_says_nothing_about():
+    # 0.45 after epoch 3 is below every calibration curve there (0.82-0.88): the calibration
+    # abstains. Its best step so far is 0.10, so 3 more epochs reach at most 0.75 < 0.85.
+    front = (FrontPoint(0.90, {"size_bytes": 1000.0}),)
+    stopper = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.85)
+    reason = stopper.decide(2, 0.45, {"size_bytes": 500.0}, remaining=3, curve=[0.30, 0.40, 0.45])
+    assert reason is not None and "own-curve bound 0.75" in reason and "constraint bound" in reason
+    # 4 more epochs reach 0.85: at the bound, still feasible
+    assert stopper.decide(2, 0.45, {"size_bytes": 500.0}, remaining=4, curve=[0.30, 0.40, 0.45]) is None
+    # One step seen is too little (default own_curve_from=3), and it can be switched off.
+    assert stopper.decide(1, 0.40, {"size_bytes": 500.0}, remaining=1, curve=[0.30, 0.40]) is None
+    off = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.85, own_curve_from=None)
+    assert off.decide(2, 0.45, {"size_bytes": 500.0}, remaining=3, curve=[0.30, 0.40, 0.45]) is None
+    # Where the calibration speaks, it decides alone: 0.84 after epoch 2 is covered, and the
+    # calibrated 0.84 + 0.09 may still be feasible, though the own curve (flat) would stop it.
+    eager = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.85, own_curve_from=2)
+    assert eager.decide(1, 0.84, {"size_bytes": 500.0}, remaining=1, curve=[0.84, 0.84]) is None
+    assert eager.decide(1, 0.60, {"size_bytes": 500.0}, remaining=1, curve=[0.60, 0.60]) is not None  # uncovered
+    losses = ParetoStopper(curves=(), front=(), maximize=False, min_curves=1, bound=1.0)
+    assert losses.decide(2, 2.0, {"size_bytes": 1.0}, remaining=1, curve=[3.0, 2.5, 2.0]) is not None  # 1.5 > 1.0
+    assert losses.decide(2, 2.0, {"size_bytes": 1.0}, remaining=2, curve=[3.0, 2.5, 2.0]) is None  # 1.0 reaches it
+
+
 def test_bound_stops_a_trial_cheaper_than_the_front_that_cannot_be_feasible():
     front = (FrontPoint(0.90, {"size_bytes": 1000.0}),)
     stopper = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.86)
@@ -123,8 +146,11 @@ def test_search_records_stopped_trials_and_exact_dry_run_costs(tmp_path, experim
 
     remaining_seen = []
 
-    def decide(self, epoch, metric, costs, remaining=None):
+    curves_seen = []
+
+    def decide(self, epoch, metric, costs, remaining=None, curve=None):
         remaining_seen.append(remaining)
+        curves_seen.append(list(curve))
         return "stopped by the test" if epoch == 1 and len(self.curves) >= 1 else None
 
     monkeypatch.setattr(ParetoStopper, "decide", decide)
@@ -139,6 +165,9 @@ def test_search_records_stopped_trials_and_exact_dry_run_costs(tmp_path, experim
     # the dry run counted the 3 planned epochs; after epochs 1, 2, 3 there are 2, 1, 0 to come
     assert [t.user_attrs["planned_epochs"] for t in trials] == [3, 3, 3]
     assert remaining_seen == [2, 1, 0, 2, 1, 2, 1]
+    # the rule sees the trial's own curve so far (for the own-curve bound)
+    assert curves_seen[:3] == [first.user_attrs["curve"][:n] for n in (1, 2, 3)]
+    assert [len(c) for c in curves_seen[3:]] == [1, 2, 1, 2]
     table = run.table()
     assert list(table["epochs_run"]) == [3, 2, 2]
 
