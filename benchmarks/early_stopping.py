@@ -89,15 +89,19 @@ def record_curves_without_stopping() -> None:
     local.make_stopper = lambda study, ctx: real(study, ctx) or ParetoStopper(curves=(), front=())
 
 
-def run_arm(task: str, seed: int, arm: str, trials: int, out_dir: str, deadline: float | None) -> str:
-    """One search from scratch in its own run folder (also the worker of ``--jobs``)."""
+def run_arm(task: str, seed: int, arm: str, trials: int, out_dir: str, deadline: float | None,
+            resume: bool = False) -> str:
+    """One search in its own run folder (also the worker of ``--jobs``): from scratch, or
+    with ``resume`` continued until its study holds ``trials`` trials (longer searches than
+    one sitting allows: a device call lasts 10 minutes)."""
     from autoslim.search.local import search  # imported here: workers are spawned fresh
 
     out = Path(out_dir)
     timeout = None if deadline is None else deadline - time.time()
     path = arm_experiment(task, seed, arm, trials, timeout, out / "experiments")
     run_dir = out / f"{task}-seed{seed}-{arm}"
-    shutil.rmtree(run_dir, ignore_errors=True)  # same budget from zero, never a resumed study
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)  # same budget from zero
     if arm == "off":
         record_curves_without_stopping()
     search(path, out=run_dir, progress=False)
@@ -116,11 +120,11 @@ def train_baselines(tasks: list[str]) -> None:
 
 
 def run_all(tasks: list[str], seeds: list[int], trials: int, out_dir: Path, jobs: int,
-            deadline: float | None, arms: tuple[str, ...] = ARMS) -> None:
+            deadline: float | None, arms: tuple[str, ...] = ARMS, resume: bool = False) -> None:
     train_baselines(tasks)
     # Both arms of a task and seed are adjacent, so with fewer jobs than searches they
     # still run side by side, under the same load.
-    jobs_list = [(t, s, a, trials, str(out_dir), deadline) for t in tasks for s in seeds for a in arms]
+    jobs_list = [(t, s, a, trials, str(out_dir), deadline, resume) for t in tasks for s in seeds for a in arms]
     if jobs <= 1:
         for job in jobs_list:
             run_arm(*job)
@@ -483,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, help="seconds after which no search starts a new trial")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bench-early-stopping"))
     parser.add_argument("--analyze", action="store_true", help="only read the run folders already in --out-dir")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run folders already in --out-dir up to --trials instead of starting over")
     parser.add_argument("--quick", action="store_true", help="smoke run: digits, one seed, 8 trials")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--where", default="", help="where the searches ran (recorded with --analyze)")
@@ -520,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--arms: unknown arm in {args.arms!r} (known: off, on)")
     if not args.analyze:
         deadline = None if args.deadline is None else time.time() + args.deadline
-        run_all(args.tasks, args.seeds, args.trials, args.out_dir, args.jobs, deadline, arms)
+        run_all(args.tasks, args.seeds, args.trials, args.out_dir, args.jobs, deadline, arms, args.resume)
     if args.records:
         args.records.write_text(json.dumps(dump_records(args.out_dir, args.tasks, args.seeds, arms), indent=1))
     if set(arms) != set(ARMS):
