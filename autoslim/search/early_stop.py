@@ -29,9 +29,9 @@ rule here uses what a compression trial knows early:
    away a finished result.
 
 Why the horizon (3): an earlier rule took each curve's whole remaining gain, whatever
-its length. A trial with 7 epochs to go was then judged by curves with 1 or 2 to go, and
-on the MNIST-1D searches without ``bn_scale`` that rule stopped front trials and kept
-only 84 % of the hypervolume (BENCHMARKS.md, "Early stopping").
+its length, so a trial with 4 epochs to go was judged partly by curves that had none
+left (a gain of 0). On the MNIST-1D searches without ``bn_scale`` it stopped front trials
+and kept only 84 % of the hypervolume (BENCHMARKS.md, "Early stopping").
 
 Two guards keep the projection calibrated on this study, not guessed (the median-stopping
 idea, made Pareto-aware):
