@@ -24,9 +24,10 @@ REALISED = "realised_stages"
 # The ``records`` key holding the index of the stage being applied, so a per-epoch hook
 # knows which stages are still to come (early stopping scores the model as it would ship).
 CURRENT_STAGE = "current_stage"
-# The ``records`` key a dry run leaves the recipe's planned fine-tune epochs under (all
-# stages together), so early stopping knows how many epochs a trial still has to come.
-PLANNED_EPOCHS = "planned_epochs"
+# The ``records`` key a dry run leaves the recipe's planned fine-tunes under: the epochs of
+# each, in order (None: a stage decides them while it trains), so early stopping knows how
+# many epochs a trial still has to come.
+PLANNED_FINE_TUNES = "planned_fine_tunes"
 
 
 @dataclass
@@ -54,6 +55,15 @@ class ApplyContext:
         that recipe runs the settled stage without deciding anything again."""
         self.records.setdefault(REALISED, {})[self.stage_index] = config
 
+    def plan_fine_tunes(self, epochs: list[int] | None) -> None:
+        """In a dry run: the fine-tunes a stage would run (None: it decides them while it
+        trains). A stage whose dry run skips its own fine-tune calls says so here."""
+        planned = self.records.get(PLANNED_FINE_TUNES, [])
+        if planned is None or epochs is None:
+            self.records[PLANNED_FINE_TUNES] = None  # one unknown stage makes the horizon unknown
+        else:
+            self.records[PLANNED_FINE_TUNES] = [*planned, *(max(e, 0) for e in epochs)]
+
     def fine_tune(
         self, model: nn.Module, *, epochs: int, lr: float, extra: TrainHooks | None = None
     ) -> nn.Module:
@@ -63,9 +73,7 @@ class ApplyContext:
         is all the cost objectives (size, latency, memory, energy) depend on.
         """
         if self.skip_training:
-            # What the recipe would train, counted without training: early stopping
-            # judges a trial by the epochs it still has to come.
-            self.records[PLANNED_EPOCHS] = self.records.get(PLANNED_EPOCHS, 0) + max(epochs, 0)
+            self.plan_fine_tunes([epochs])
             return model
         hooks = TrainHooks(
             loss=(extra.loss if extra and extra.loss else self.hooks.loss),

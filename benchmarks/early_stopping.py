@@ -55,7 +55,7 @@ from optuna.trial import TrialState
 
 from autoslim.results.pareto import hypervolume, pareto_front, to_minimization
 from autoslim.run import load_run
-from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, metric_bound
+from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, horizon, metric_bound
 from autoslim.search.experiment import Constraint
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -81,12 +81,13 @@ def arm_experiment(task: str, seed: int, arm: str, trials: int, timeout: float |
 
 
 def record_curves_without_stopping() -> None:
-    """Give the off arm a stopper with no calibration data: it records every epoch's
-    validation metric (for the replay) and never stops, because it never has min_curves."""
+    """Give the off arm a stopper with nothing to stop on: it records every epoch's
+    validation metric and planned fine-tunes (for the replay) and never stops, having no
+    calibration curves, no front, no bound and no own-curve bound."""
     import autoslim.search.local as local
 
     real = local.make_stopper
-    local.make_stopper = lambda study, ctx: real(study, ctx) or ParetoStopper(curves=(), front=())
+    local.make_stopper = lambda study, ctx: real(study, ctx) or ParetoStopper(curves=(), front=(), own_curve_from=None)
 
 
 def run_arm(task: str, seed: int, arm: str, trials: int, out_dir: str, deadline: float | None,
@@ -149,7 +150,9 @@ class TrialRecord:
     seconds: float
     params: dict
     trained_curve: tuple[float, ...] = ()  # the fp32 model in training (no later stages)
-    planned_epochs: int | None = None  # what its recipe planned (records before session 7: the curve's length)
+    # the fine-tunes its recipe planned, each one's epochs; None: unknown to the search (a stage
+    # decides them while training); () not recorded (before session 7: one, the curve's length)
+    planned_fine_tunes: tuple[int, ...] | None = ()
 
 
 def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
@@ -166,9 +169,25 @@ def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
             feasible=t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values()),
             seconds=t.duration.total_seconds() if t.duration else 0.0, params=dict(sorted(t.params.items())),
             trained_curve=tuple(t.user_attrs.get("trained_curve", [])),
-            planned_epochs=t.user_attrs.get("planned_epochs"),
+            planned_fine_tunes=_planned(t.user_attrs),
         ))
     return out[:limit]
+
+
+def _planned(attrs: dict) -> tuple[int, ...] | None:
+    if "planned_fine_tunes" in attrs:
+        planned = attrs["planned_fine_tunes"]
+        return None if planned is None else tuple(planned)
+    if "planned_epochs" in attrs:  # this session's first live run recorded only the total
+        return (attrs["planned_epochs"],)
+    return ()
+
+
+def record_from_json(t: dict, curve_kind: str = "curve") -> TrialRecord:
+    """A ``--records`` entry as a TrialRecord, reading ``curve_kind`` as the curve."""
+    fields = {k: v for k, v in t.items() if k != "planned_epochs"}
+    return TrialRecord(**{**fields, "curve": tuple(t[curve_kind]), "trained_curve": tuple(t["trained_curve"]),
+                          "planned_fine_tunes": _planned(t)})
 
 
 def front_of(records: list[TrialRecord], directions: dict[str, str]) -> list[TrialRecord]:
@@ -243,10 +262,12 @@ def _replay_one(record: TrialRecord, stopper: ParetoStopper, whole_gain: bool = 
         return record
     if record.curve and stopper.decide_before_training(record.costs) is not None:
         return TrialRecord(record.number, "PRUNED", (), np.nan, record.costs, False, 0.0, record.params, ())
-    planned = record.planned_epochs if record.planned_epochs is not None else len(record.curve)
+    planned = record.planned_fine_tunes if record.planned_fine_tunes != () else (len(record.curve),)
     for epoch, value in enumerate(record.curve):
-        remaining = None if whole_gain else max(planned - 1 - epoch, 0)
-        if stopper.decide(epoch, value, record.costs, remaining=remaining, curve=record.curve[:epoch + 1]) is not None:
+        now = horizon(planned, epoch + 1)
+        own = record.curve[now.last_started:epoch + 1] if now.last_started is not None else None
+        remaining = None if whole_gain else now.remaining
+        if stopper.decide(epoch, value, record.costs, remaining=remaining, curve=own) is not None:
             return TrialRecord(record.number, "PRUNED", record.curve[:epoch + 1], np.nan, record.costs,
                                False, 0.0, record.params, record.trained_curve[:epoch + 1])
     return record
@@ -296,8 +317,7 @@ def replay_from_records(path: Path, quantiles: tuple[float, ...] = SENSITIVITY_Q
                 for arms in seeds.values():
                     off = arms["off"]
                     directions, reference = off["directions"], np.array(off["reference"])
-                    records = [TrialRecord(**{**t, "curve": tuple(t[curve_kind]),
-                                              "trained_curve": tuple(t["trained_curve"])}) for t in off["trials"]]
+                    records = [record_from_json(t, curve_kind) for t in off["trials"]]
                     stopped = replay(records, directions, quantile=q, min_curves=min_curves, bound=off["bound"],
                                      best_possible=off.get("best_possible"), whole_gain=whole_gain,
                                      own_curve_from=own_curve_from)
@@ -335,7 +355,7 @@ def ceiling_from_records(path: Path) -> dict:
             done: list[TrialRecord] = []
             seen = []
             for t in off["trials"]:
-                record = TrialRecord(**{**t, "curve": tuple(t["curve"]), "trained_curve": tuple(t["trained_curve"])})
+                record = record_from_json(t)
                 trials += 1
                 repeats += record.params in seen
                 seen.append(record.params)
@@ -421,7 +441,8 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
         "replay": sensitivity[str(settings["quantile"])], "replay_by_quantile": sensitivity,
         "replay_without_bound": scored(without_bound),
         "replay_trained_curve": scored(on_trained),
-        "rule": {"quantile": settings["quantile"], "min_curves": settings["min_curves"], "bound": bound},
+        "rule": {"quantile": settings["quantile"], "min_curves": settings["min_curves"], "bound": bound,
+                 "own_curve_from": settings.get("own_curve_from")},
     }
 
 
@@ -506,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         args.tasks, args.seeds, args.trials = ["digits"], args.seeds[:1], 8
     if args.from_records:
         try:
+            if args.own_curve_from == 1:
+                parser.error("--own-curve-from: 0 (never) or at least 2 (one step seen needs two epochs)")
             result = replay_from_records(args.from_records, whole_gain=args.whole_gain,
                                          own_curve_from=args.own_curve_from or None)
         except (OSError, ValueError, KeyError, TypeError) as exc:

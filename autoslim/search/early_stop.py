@@ -5,8 +5,9 @@ rule here uses what a compression trial knows early:
 
 1. Its **costs** (size, latency, memory, energy) depend on the recipe, not on the trained
    weights, so they are measured on a dry-run artifact built with every fine-tune
-   skipped, before any training. The same dry run counts the fine-tune epochs the recipe
-   plans, so after each epoch the trial knows how many ``r`` are still to come.
+   skipped, before any training. The same dry run records the fine-tunes the recipe
+   plans (each one's epochs), so after each epoch the trial knows how many ``r`` are
+   still to come (:func:`horizon`; unknown where a stage decides them while training).
 2. After each fine-tune epoch ``e`` it reports the validation metric ``m_e`` **of the model
    as it would ship**: a copy goes through the recipe's later stages (e.g. quantization)
    first, so the curve sees what they cost, which a curve of the fp32 model in training
@@ -45,9 +46,11 @@ idea, made Pareto-aware):
   stopping such trials lost up to 9 % of the front's hypervolume (BENCHMARKS.md, "Early
   stopping").
 
-**Own-curve bound** where those guards leave the calibration silent: once a trial has run
-``own_curve_from`` epochs (default 3, so two steps are seen), its own best step so far,
-repeated for every epoch still to come, is its optimistic final. A fine-tune under a
+**Own-curve bound** where those guards leave the calibration silent: once the trial's
+last planned fine-tune has run ``own_curve_from`` epochs (default 3, so two steps are
+seen), its best step so far, repeated for every epoch still to come, is its optimistic
+final. Only the last fine-tune counts: a later one (QAT after pruning, the next round of
+an iterative schedule) can recover more than any step seen before it. A fine-tune under a
 constant learning rate recovers fastest early, so this over-states what it can still
 gain. It stops mostly the heavily pruned trials that start below every calibration curve
 and can never reach the constraint. From the second epoch (one step seen), one
@@ -117,6 +120,32 @@ def optimistic_gain(curves: Sequence[Curve], epoch: int, *, quantile: float, max
     return float(np.quantile(gains, quantile)) if gains else None
 
 
+@dataclass(frozen=True)
+class Horizon:
+    """Where a trial stands against its planned fine-tunes after ``done`` epochs."""
+
+    remaining: int | None  # epochs still to come (None: unknown)
+    last_started: int | None  # curve index where the fine-tune now running began, if no other follows
+
+
+def horizon(planned: Sequence[int] | None, done: int) -> Horizon:
+    """The trial's horizon from its planned fine-tunes (each one's epochs, in order).
+
+    The own-curve bound may only read the fine-tune now running, and only when no later
+    one follows: a later fine-tune (QAT after pruning, the next round of a schedule) can
+    recover more than any step seen so far.
+    """
+    total = sum(planned) if planned is not None else None
+    if total is None or done > total:
+        return Horizon(None, None)  # unknown, or the plan was wrong: no horizon to trust
+    start = 0
+    for epochs in planned:
+        if epochs > 0 and done <= start + epochs:  # the fine-tune whose epoch just ended
+            return Horizon(total - done, start if start + epochs == total else None)
+        start += epochs
+    return Horizon(0, None)  # nothing planned is running (a dry run saw no fine-tune)
+
+
 def dominated(metric: float, costs: Mapping[str, float], front: Sequence[FrontPoint], *, maximize: bool) -> bool:
     """Whether a front point is at least as good everywhere and strictly better somewhere."""
     for point in front:
@@ -169,6 +198,10 @@ class ParetoStopper:
     best_possible: float | None = None  # the metric's best value, when it has one
     own_curve_from: int | None = 3  # epochs a trial runs before its own curve bounds it (None: never)
 
+    def __post_init__(self) -> None:
+        if self.own_curve_from is not None and self.own_curve_from < 2:
+            raise ValueError(f"own_curve_from must be at least 2 (a step needs two epochs), got {self.own_curve_from}")
+
     def decide_before_training(self, costs: Mapping[str, float]) -> str | None:
         """A reason to skip the trial's training: even a perfect metric at its costs is dominated."""
         if self.best_possible is None or not self.front:
@@ -188,7 +221,8 @@ class ParetoStopper:
 
         ``remaining``: the trial's planned epochs after this one (None: unknown, and each
         calibration curve's whole remaining gain counts). ``curve``: the trial's metric
-        after each epoch so far, for the own-curve bound."""
+        after each epoch of the fine-tune now running, for the own-curve bound; pass it
+        only when no later fine-tune follows (:func:`horizon`)."""
         if remaining == 0:
             return None  # the last epoch: stopping saves nothing and loses the result
         projection = self._calibrated(epoch, metric, remaining)
@@ -217,10 +251,13 @@ class ParetoStopper:
 
     def _own_curve(self, epoch: int, metric: float, remaining: int | None,
                    curve: Sequence[float] | None) -> tuple[float, str] | None:
-        """The trial's best step so far, repeated for every epoch to come (None: too early)."""
-        if self.own_curve_from is None or not remaining or curve is None or epoch + 1 < self.own_curve_from:
+        """The trial's best step so far, repeated for every epoch to come (None: too early).
+
+        ``curve`` is the metric after each epoch of the fine-tune now running, given only
+        when no later fine-tune follows (:func:`horizon`)."""
+        if self.own_curve_from is None or not remaining or curve is None or len(curve) < self.own_curve_from:
             return None
-        seen = list(curve[:epoch + 1])
+        seen = list(curve)
         steps = [(b - a) if self.maximize else (a - b) for a, b in zip(seen[:-1], seen[1:], strict=True)]
-        gain = remaining * max(0.0, *steps)
+        gain = remaining * max([0.0, *steps])
         return (metric + gain if self.maximize else metric - gain), "own-curve bound"

@@ -26,9 +26,9 @@ from torch import nn
 from autoslim.artifact import artifact_bytes, save_artifact
 from autoslim.errors import TrialFailed
 from autoslim.measure import measure_in_subprocess
-from autoslim.pipeline import CURRENT_STAGE, PLANNED_EPOCHS, apply_recipe, realised_recipe
+from autoslim.pipeline import CURRENT_STAGE, PLANNED_FINE_TUNES, apply_recipe, realised_recipe
 from autoslim.recipe import Recipe, Target
-from autoslim.search.early_stop import ParetoStopper, StopTrial
+from autoslim.search.early_stop import ParetoStopper, StopTrial, horizon
 from autoslim.search.experiment import Experiment
 from autoslim.space import ModelInfo, SearchSpace
 from autoslim.sparse.policy import settle_storage_policy
@@ -76,9 +76,9 @@ def suggest_recipe(trial: optuna.Trial, ctx: SearchContext) -> Recipe:
     return Recipe(task=ctx.experiment.task, seed=ctx.seed, target=target, stages=stages)
 
 
-def dry_run_costs(recipe: Recipe, ctx: SearchContext, out: Path) -> tuple[dict[str, float], int]:
+def dry_run_costs(recipe: Recipe, ctx: SearchContext, out: Path) -> tuple[dict[str, float], list[int] | None]:
     """Cost objectives of the recipe's structure, from an artifact built without training,
-    and the fine-tune epochs the recipe plans (all stages together)."""
+    and the fine-tunes the recipe plans (each one's epochs, in order; None: unknown)."""
     records: dict[str, Any] = {}
     model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), dry_run=True,
                          records=records)
@@ -90,7 +90,7 @@ def dry_run_costs(recipe: Recipe, ctx: SearchContext, out: Path) -> tuple[dict[s
             values = ctx.measure_artifact(out, ctx.experiment.target)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return {name: float(values[name]) for name in ctx.cost_objectives}, int(records.get(PLANNED_EPOCHS, 0))
+    return {name: float(values[name]) for name in ctx.cost_objectives}, records.get(PLANNED_FINE_TUNES, [])
 
 
 def shipped_metric(model: nn.Module, recipe: Recipe, stage: int, ctx: SearchContext) -> float:
@@ -110,10 +110,10 @@ def shipped_metric(model: nn.Module, recipe: Recipe, stage: int, ctx: SearchCont
 
 
 def _epoch_hook(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper, costs: dict[str, float],
-                recipe: Recipe, records: dict[str, Any], planned_epochs: int):
+                recipe: Recipe, records: dict[str, Any], planned: list[int] | None):
     """Per fine-tune epoch: record the shipped metric (``curve``, what the rule reads) and
     the metric of the model in training (``trained_curve``), then ask the rule, telling it
-    how many of the ``planned_epochs`` are still to come."""
+    how many of the ``planned`` fine-tune epochs are still to come."""
     curve: list[float] = []
     trained: list[float] = []
 
@@ -124,8 +124,9 @@ def _epoch_hook(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper,
         curve.append(trained[-1] if last else shipped_metric(model, recipe, stage, ctx))
         trial.set_user_attr("curve", list(curve))
         trial.set_user_attr("trained_curve", list(trained))
-        reason = stopper.decide(len(curve) - 1, curve[-1], costs, remaining=max(planned_epochs - len(curve), 0),
-                                curve=curve)
+        now = horizon(planned, len(curve))
+        own = curve[now.last_started:] if now.last_started is not None else None
+        reason = stopper.decide(len(curve) - 1, curve[-1], costs, remaining=now.remaining, curve=own)
         if reason is not None:
             raise StopTrial(reason)
 
@@ -167,13 +168,13 @@ def evaluate_trial(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopp
     hooks = TrainHooks()
     records: dict[str, Any] = {}
     if stopper is not None:
-        costs, planned_epochs = dry_run_costs(recipe, ctx, out)
+        costs, planned = dry_run_costs(recipe, ctx, out)
         trial.set_user_attr("dry_run_costs", costs)
-        trial.set_user_attr("planned_epochs", planned_epochs)
+        trial.set_user_attr("planned_fine_tunes", planned)
         reason = stopper.decide_before_training(costs)
         if reason is not None:
             raise StopTrial(reason)
-        hooks.on_epoch_end.append(_epoch_hook(trial, ctx, stopper, costs, recipe, records, planned_epochs))
+        hooks.on_epoch_end.append(_epoch_hook(trial, ctx, stopper, costs, recipe, records, planned))
     model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), hooks=hooks,
                          records=records)
     recipe = realised_recipe(recipe, records)  # e.g. the phases an adaptive schedule chose

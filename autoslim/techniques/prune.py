@@ -199,6 +199,7 @@ class MagnitudePruneHandler:
         if ctx.skip_training and config.schedule != "oneshot":
             # A dry run builds only the final structure, which every schedule reaches.
             masked = apply_masks(model, config, stats=_stats(model, config, ctx))
+            ctx.plan_fine_tunes(planned_fine_tunes(config))
         elif config.schedule in ("cubic", "polynomial"):
             masked = self._gradual(model, config, ctx)
         elif config.schedule in ("iterative", "lottery"):
@@ -265,6 +266,19 @@ class MagnitudePruneHandler:
 
     def rebuild(self, model: nn.Module, config: PruneConfig) -> nn.Module:
         return model  # unstructured zeros keep every shape
+
+
+def planned_fine_tunes(config: PruneConfig) -> list[int] | None:
+    """The fine-tunes a schedule runs, in order (None: the adaptive controller decides them)."""
+    if config.schedule in ("cubic", "polynomial"):
+        return [config.fine_tune_epochs]
+    if config.schedule == "iterative":
+        return [config.fine_tune_epochs] * config.rounds
+    if config.schedule == "lottery":
+        return [config.rewind_epochs] + [config.fine_tune_epochs] * config.rounds
+    if config.schedule == "adaptive":
+        return [phase.epochs for phase in config.phases] if config.phases else None
+    return [config.fine_tune_epochs]
 
 
 def _run_phase(model: nn.Module, config: PruneConfig, ctx: ApplyContext, phase: Phase) -> list[nn.Module]:

@@ -6,9 +6,11 @@ from optuna.trial import TrialState
 from autoslim.search.early_stop import (
     Curve,
     FrontPoint,
+    Horizon,
     ParetoStopper,
     dominated,
     gains_to_come,
+    horizon,
     metric_bound,
     optimistic_gain,
 )
@@ -103,6 +105,8 @@ def test_own_curve_bounds_a_trial_the_calibration_says_nothing_about():
     # One step seen is too little (default own_curve_from=3), and it can be switched off.
     assert stopper.decide(1, 0.40, {"size_bytes": 500.0}, remaining=1, curve=[0.30, 0.40]) is None
     off = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.85, own_curve_from=None)
+    with pytest.raises(ValueError, match="own_curve_from"):
+        ParetoStopper(curves=CURVES, front=front, own_curve_from=1)
     assert off.decide(2, 0.45, {"size_bytes": 500.0}, remaining=3, curve=[0.30, 0.40, 0.45]) is None
     # Where the calibration speaks, it decides alone: 0.84 after epoch 2 is covered, and the
     # calibrated 0.84 + 0.09 may still be feasible, though the own curve (flat) would stop it.
@@ -162,8 +166,8 @@ def test_search_records_stopped_trials_and_exact_dry_run_costs(tmp_path, experim
     assert first.user_attrs["dry_run_costs"]["size_bytes"] == first.user_attrs["measured"]["size_bytes"]
     assert [len(t.user_attrs["curve"]) for t in trials[1:]] == [2, 2]
     assert trials[1].user_attrs["stop_reason"] == "stopped by the test"
-    # the dry run counted the 3 planned epochs; after epochs 1, 2, 3 there are 2, 1, 0 to come
-    assert [t.user_attrs["planned_epochs"] for t in trials] == [3, 3, 3]
+    # the dry run planned one fine-tune of 3 epochs; after epochs 1, 2, 3 there are 2, 1, 0 to come
+    assert [t.user_attrs["planned_fine_tunes"] for t in trials] == [[3], [3], [3]]
     assert remaining_seen == [2, 1, 0, 2, 1, 2, 1]
     # the rule sees the trial's own curve so far (for the own-curve bound)
     assert curves_seen[:3] == [first.user_attrs["curve"][:n] for n in (1, 2, 3)]
@@ -288,29 +292,52 @@ def test_accuracy_tasks_know_their_best_possible_metric():
                 metric_best=0.0).best_possible_metric == 0.0
 
 
-def test_a_dry_run_counts_the_epochs_every_stage_plans(tiny_task_ref):
-    """Early stopping's horizon: a prune fine-tune of 2 epochs then 3 of QAT plan 5, all
-    counted without training (the weights are left as they were)."""
+def test_a_dry_run_plans_the_fine_tunes_of_every_stage_and_schedule(tiny_task_ref):
+    """Early stopping's horizon: each planned fine-tune's epochs, counted without training."""
     import copy
 
     import torch
 
     from autoslim.baseline import load_baseline
-    from autoslim.pipeline import PLANNED_EPOCHS, apply_recipe
+    from autoslim.pipeline import PLANNED_FINE_TUNES, apply_recipe
     from autoslim.recipe import Recipe, TaskRef
     from autoslim.task import load_task
+    from autoslim.techniques.adaptive import Phase
     from autoslim.techniques.prune import PruneConfig
     from autoslim.techniques.quantize import QuantizeConfig
 
     ref = TaskRef(**tiny_task_ref)
     task = load_task(ref)
     baseline = load_baseline(ref, task).model
-    recipe = Recipe(task=ref, seed=0, stages=[PruneConfig(sparsity=0.0, fine_tune_epochs=2),
-                                              QuantizeConfig(default=8, qat_epochs=3)])
-    records: dict = {}
-    model = apply_recipe(recipe, task=task, model=copy.deepcopy(baseline), dry_run=True, records=records)
-    assert records[PLANNED_EPOCHS] == 5
-    untrained = apply_recipe(recipe.model_copy(update={"stages": recipe.stages[1:]}), task=task,
-                             model=copy.deepcopy(baseline), dry_run=True)
+
+    def planned(*stages):
+        records: dict = {}
+        model = apply_recipe(Recipe(task=ref, seed=0, stages=list(stages)), task=task,
+                             model=copy.deepcopy(baseline), dry_run=True, records=records)
+        return records[PLANNED_FINE_TUNES], model
+
+    qat = QuantizeConfig(default=8, qat_epochs=3)
+    plan, model = planned(PruneConfig(sparsity=0.0, fine_tune_epochs=2), qat)
+    assert plan == [2, 3]
+    _, untrained = planned(qat)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), untrained.state_dict().values(),
-                                                  strict=True))
+                                                  strict=True))  # nothing trained
+    # Schedules whose dry run skips their own fine-tunes still plan them.
+    assert planned(PruneConfig(sparsity=0.5, fine_tune_epochs=2, schedule="iterative", rounds=3))[0] == [2, 2, 2]
+    assert planned(PruneConfig(sparsity=0.5, fine_tune_epochs=2, schedule="cubic"), qat)[0] == [2, 3]
+    phases = [Phase(sparsity=0.3, epochs=1, lr=1e-3), Phase(sparsity=0.5, epochs=2, lr=1e-3)]
+    assert planned(PruneConfig(sparsity=0.5, fine_tune_epochs=1, schedule="adaptive", phases=phases))[0] == [1, 2]
+    # An adaptive controller decides its phases while training: the horizon is unknown.
+    assert planned(PruneConfig(sparsity=0.5, fine_tune_epochs=1, schedule="adaptive"), qat)[0] is None
+
+
+def test_horizon_reads_the_planned_fine_tunes():
+    # one fine-tune of 3: after epoch 1, 2 to come, and it is the last one (own curve from index 0)
+    assert horizon([3], 1) == Horizon(2, 0)
+    # prune 2 then QAT 3: during pruning a later fine-tune follows, so no own-curve bound
+    assert horizon([2, 3], 1) == Horizon(4, None)
+    assert horizon([2, 3], 2) == Horizon(3, None)
+    assert horizon([2, 3], 3) == Horizon(2, 2)  # QAT's first epoch: the curve from index 2 on
+    assert horizon([2, 0], 2) == Horizon(0, 0)  # a trailing empty fine-tune changes nothing
+    assert horizon(None, 1) == Horizon(None, None)  # unknown plan
+    assert horizon([2], 3) == Horizon(None, None)  # more epochs than planned: no horizon to trust
