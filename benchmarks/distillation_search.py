@@ -14,9 +14,10 @@ per seed: (fp32 metric − 1.1·max_drop, 1.1·fp32 bytes), as in ``benchmarks/c
 and it counts only feasible points. "Dominates" means every no-KD front point is weakly
 dominated by a KD front point, with at least one strictly. The test metric of each front
 point is reported next to it (search uses validation; the test split is reported).
-As a diagnostic only, each seed is also judged with every point re-priced as artifacts
-were before 2026-11-27 (session 6), when they carried the whole recipe with every field:
-the bytes the artifact holds plus those the full recipe would add. A distill stage then
+As diagnostics only, each seed is also judged with every point re-priced: as artifacts
+were before 2026-11-27 (session 6), when they carried the whole recipe with every field
+(the bytes the artifact holds plus those the full recipe would add), and by its weights
+alone (the artifact less its recipe.yaml). A distill stage then
 cost hundreds of bytes on a tiny model; artifacts now leave training-only stages and
 default-valued fields out (``autoslim.artifact.artifact_recipe``). Re-pricing is not
 re-searching: the sampler saw the bytes of the format it ran under.
@@ -79,18 +80,27 @@ def run_arm(path: Path, run_dir: Path, trials: int | None, seed: int) -> float:
     return time.monotonic() - start
 
 
-def full_recipe_extra_bytes(run, trial: int) -> int:
-    """Bytes the trial's artifact would gain if it carried the full core recipe (every
-    stage, every field), as artifacts did before session 6."""
+def repricing(run, trial: int, pricing: str) -> int:
+    """Bytes to add to the trial's measured artifact bytes under a diagnostic pricing:
+
+    - ``full_recipe``: as if the artifact carried the full core recipe (every stage, every
+      field), as artifacts did before session 6;
+    - ``weights``: the artifact less its recipe.yaml, i.e. only what the weights take. Two
+      artifacts of one architecture differ in recipe text alone, e.g. by a learning rate's
+      digits or QAT fields, which no user of the model needs.
+    """
+    if pricing == "artifact":
+        return 0
     recipe = Recipe.from_dict(run.study.trials[trial].user_attrs["recipe"])
-    return len(recipe.core().to_yaml().encode()) - len(artifact_recipe_text(recipe).encode())
+    shipped = len(artifact_recipe_text(recipe).encode())
+    return len(recipe.core().to_yaml().encode()) - shipped if pricing == "full_recipe" else -shipped
 
 
-def front_rows(run_dir: Path, trials: int | None, full_recipe: bool = False) -> tuple[list[dict], dict]:
+def front_rows(run_dir: Path, trials: int | None, pricing: str = "artifact") -> tuple[list[dict], dict]:
     """The (metric, bytes) front of the first ``trials`` budget-using trials' feasible
-    completed ones (a resumed run may hold more), and the run's fp32 baseline. ``full_recipe`` re-prices
-    each artifact as if it carried the full recipe (the format before session 6): a
-    diagnostic of what the format change did, never the size autoslim reports."""
+    completed ones (a resumed run may hold more), and the run's fp32 baseline. ``pricing``
+    other than ``artifact`` re-prices each artifact (:func:`repricing`): a diagnostic,
+    never the size autoslim reports."""
     run = load_run(run_dir)
     table = run.table().sort_values("trial")
     # A trial a killed process left behind is re-run under a new number and does not use
@@ -101,7 +111,7 @@ def front_rows(run_dir: Path, trials: int | None, full_recipe: bool = False) -> 
     metric = run.metric_name
     done = table[(table["state"] == "COMPLETE") & table["feasible"]]
     rows = [{"trial": int(r["trial"]), "metric": float(r[metric]),
-             "size_bytes": float(r["size_bytes"]) - (full_recipe_extra_bytes(run, int(r["trial"])) if full_recipe else 0)}
+             "size_bytes": float(r["size_bytes"]) + repricing(run, int(r["trial"]), pricing)}
             for _, r in done.iterrows()]
     if rows:
         values = np.array([[r["metric"], r["size_bytes"]] for r in rows])
@@ -130,16 +140,17 @@ def hv_fraction(rows: list[dict], base: dict, metric: str, max_drop: float) -> f
 
 
 def compare_seed(out_dir: Path, seed: int, trials: int | None, metric: str, max_drop: float,
-                 full_recipe: bool = False) -> dict:
-    fronts = {arm: front_rows(out_dir / f"seed{seed}" / arm, trials, full_recipe) for arm in ("kd", "no_kd")}
+                 pricing: str = "artifact") -> dict:
+    fronts = {arm: front_rows(out_dir / f"seed{seed}" / arm, trials, pricing) for arm in ("kd", "no_kd")}
     base = fronts["kd"][1]
     result = {"seed": seed}
     for arm, (rows, _) in fronts.items():
         result[arm] = {"hypervolume": hv_fraction(rows, base, metric, max_drop), "front": rows}
     result["kd_dominates_no_kd"] = front_dominates(fronts["kd"][0], fronts["no_kd"][0])
     result["no_kd_dominates_kd"] = front_dominates(fronts["no_kd"][0], fronts["kd"][0])
-    if not full_recipe:  # the same judgement with the old artifact format's bytes (diagnostic only)
-        result["priced_with_full_recipe"] = compare_seed(out_dir, seed, trials, metric, max_drop, full_recipe=True)
+    if pricing == "artifact":  # the same judgement under the diagnostic pricings
+        result["priced_with_full_recipe"] = compare_seed(out_dir, seed, trials, metric, max_drop, "full_recipe")
+        result["priced_by_weights"] = compare_seed(out_dir, seed, trials, metric, max_drop, "weights")
     return result
 
 
@@ -195,10 +206,12 @@ def table(result: dict) -> str:
             points = ", ".join(f"{r['size_bytes']:.0f} B @ {r['metric']:.4f} (test {r['test_metric']:.4f})"
                                for r in s[arm]["front"])
             lines.append(f"  {arm:6} front: {points}")
-        d = s["priced_with_full_recipe"]
-        lines.append(f"  diagnostic, re-priced with the full recipe (old format): HV kd {d['kd']['hypervolume']:.4f}, "
-                     f"no_kd {d['no_kd']['hypervolume']:.4f}; kd dominates: {d['kd_dominates_no_kd']}; "
-                     f"reverse: {d['no_kd_dominates_kd']}")
+        for key, label in (("priced_with_full_recipe", "re-priced with the full recipe (old format)"),
+                           ("priced_by_weights", "weights only (artifact less recipe.yaml)")):
+            d = s[key]
+            lines.append(f"  diagnostic, {label}: HV kd {d['kd']['hypervolume']:.4f}, "
+                         f"no_kd {d['no_kd']['hypervolume']:.4f}; kd dominates: {d['kd_dominates_no_kd']}; "
+                         f"reverse: {d['no_kd_dominates_kd']}")
     lines.append(f"\nwall time {result['wall_seconds']:.0f} s")
     return "\n".join(lines)
 
