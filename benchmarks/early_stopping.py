@@ -527,8 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         args.tasks, args.seeds, args.trials = ["digits"], args.seeds[:1], 8
     if args.from_records:
         try:
-            if args.own_curve_from == 1:
-                parser.error("--own-curve-from: 0 (never) or at least 2 (one step seen needs two epochs)")
+            if args.own_curve_from != 0 and args.own_curve_from < 2:
+                parser.error(f"--own-curve-from: 0 (never) or at least 2 (a step needs two epochs), "
+                             f"got {args.own_curve_from}")
             result = replay_from_records(args.from_records, whole_gain=args.whole_gain,
                                          own_curve_from=args.own_curve_from or None)
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -114,10 +114,10 @@ def gains_to_come(curves: Sequence[Curve], epoch: int, *, maximize: bool, remain
 
 
 def optimistic_gain(curves: Sequence[Curve], epoch: int, *, quantile: float, maximize: bool,
-                    remaining: int | None = None) -> float | None:
-    """Quantile of :func:`gains_to_come` (None: no curve says anything)."""
+                    remaining: int | None = None, min_count: int = 1) -> float | None:
+    """Quantile of :func:`gains_to_come` (None: fewer than ``min_count`` curves say anything)."""
     gains = gains_to_come(curves, epoch, maximize=maximize, remaining=remaining)
-    return float(np.quantile(gains, quantile)) if gains else None
+    return float(np.quantile(gains, quantile)) if len(gains) >= max(min_count, 1) else None
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ class ParetoStopper:
             return None  # the last epoch: stopping saves nothing and loses the result
         projection = self._calibrated(epoch, metric, remaining)
         if projection is None:
-            projection = self._own_curve(epoch, metric, remaining, curve)
+            projection = self._own_curve(metric, remaining, curve)
         if projection is None:
             return None
         projected, how = projection
@@ -243,13 +243,13 @@ class ParetoStopper:
         usable = [c for c in self.curves if len(c.epochs) > epoch]
         if len(usable) < self.min_curves or not self._covered(usable, epoch, metric):
             return None
-        gains = gains_to_come(usable, epoch, maximize=self.maximize, remaining=remaining)
-        if len(gains) < self.min_curves:
+        gain = optimistic_gain(usable, epoch, quantile=self.quantile, maximize=self.maximize, remaining=remaining,
+                               min_count=self.min_curves)
+        if gain is None:
             return None
-        gain = float(np.quantile(gains, self.quantile))
         return (metric + gain if self.maximize else metric - gain), "optimistic final"
 
-    def _own_curve(self, epoch: int, metric: float, remaining: int | None,
+    def _own_curve(self, metric: float, remaining: int | None,
                    curve: Sequence[float] | None) -> tuple[float, str] | None:
         """The trial's best step so far, repeated for every epoch to come (None: too early).
 
@@ -257,7 +257,6 @@ class ParetoStopper:
         when no later fine-tune follows (:func:`horizon`)."""
         if self.own_curve_from is None or not remaining or curve is None or len(curve) < self.own_curve_from:
             return None
-        seen = list(curve)
-        steps = [(b - a) if self.maximize else (a - b) for a, b in zip(seen[:-1], seen[1:], strict=True)]
+        steps = [(b - a) if self.maximize else (a - b) for a, b in zip(curve[:-1], curve[1:], strict=True)]
         gain = remaining * max([0.0, *steps])
         return (metric + gain if self.maximize else metric - gain), "own-curve bound"
