@@ -3,9 +3,10 @@
 Layout::
 
     ARTIFACT_DIR/
-      recipe.yaml           what loading needs of the recipe: task, seed, target and the
+      recipe.yaml           what loading needs of the recipe: task, target and the
                             stages that shape the model, without default-valued fields
-                            (no provenance, no training-only stages such as distill)
+                            (no provenance, seed, training-only stages such as distill,
+                            or training fields such as fine-tune epochs)
       weights.safetensors   every tensor; quantized weights as bit-packed integers and
                             sparse weights as a 1-bit occupancy map plus their non-zeros
 
@@ -35,7 +36,7 @@ from torch import nn
 
 from autoslim.errors import AutoslimError
 from autoslim.pack import pack_bits, packed_nbytes, unpack_bits
-from autoslim.pipeline import prepare_runtime, rebuild_structure
+from autoslim.pipeline import handler_for, prepare_runtime, rebuild_structure
 from autoslim.recipe import Recipe
 from autoslim.space import compressible_layers
 from autoslim.sparse.choose import choose_format, feasible_formats
@@ -254,8 +255,11 @@ def decode_state(tensors: dict[str, torch.Tensor], layout: dict[str, dict]) -> d
     return state
 
 
-def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path) -> Path:
-    """Write the artifact atomically: a temporary directory renamed into place."""
+def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path, *, task: Task | None = None) -> Path:
+    """Write the artifact atomically: a temporary directory renamed into place.
+
+    ``task`` (the recipe's, loaded if needed) rebuilds the model to check that the shipped
+    recipe's shorter forms give the same shapes (:func:`artifact_recipe`)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not is_artifact(out_dir) and any(out_dir.iterdir()):
         raise AutoslimError(f"{out_dir} exists and is not an autoslim artifact; refusing to overwrite")
@@ -263,7 +267,7 @@ def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path) -> Path
     tensors, layout = encode_state(model, **_storage_plan(model, recipe))
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        (tmp / RECIPE_FILE).write_text(artifact_recipe_text(recipe))
+        (tmp / RECIPE_FILE).write_text(artifact_recipe_text(recipe, task))
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={LAYOUT_KEY: json.dumps(layout, sort_keys=True, separators=(",", ":"))})
         _set_default_permissions(tmp)
         if out_dir.exists():
@@ -275,20 +279,59 @@ def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path) -> Path
     return out_dir
 
 
-def artifact_recipe(recipe: Recipe) -> Recipe:
-    """What an artifact's recipe.yaml holds: the core recipe less the stages that only
-    train (``StageConfig.shipped``), such as distillation and recovery fine-tunes.
+def artifact_recipe(recipe: Recipe, task: Task | None = None) -> Recipe:
+    """What an artifact's recipe.yaml holds: the core recipe less what only trains.
+
+    - stages that only train (``StageConfig.shipped``), such as distillation and recovery;
+    - the training fields of the others (``StageConfig.training_fields``): fine-tune
+      epochs, learning rates, schedules, QAT and calibration settings;
+    - the seed, which only drew the training's randomness;
+    - digits and settings a handler's ``shortest_form`` can drop without changing a shape
+      (checked by rebuilding the model of ``task``).
 
     They say how the weights were trained, as provenance says which trial chose them;
-    loading needs neither. A distilled model is the same model, and the same download,
-    as one fine-tuned without a teacher. The replayable recipe is the one
-    ``autoslim export`` writes (the run keeps it for every trial).
+    loading needs none of it. A distilled model is the same model, and the same download,
+    as one fine-tuned without a teacher or for more epochs: one architecture, one size.
+    The replayable recipe is the one ``autoslim export`` writes (the run keeps it for
+    every trial).
     """
     core = recipe.core()
-    return core.model_copy(update={"stages": [stage for stage in core.stages if stage.shipped]})
+    shipped = [stage.without_training() for stage in core.stages if stage.shipped]
+    seed = Recipe.model_fields["seed"].default
+    return _shortest_forms(core.model_copy(update={"stages": shipped, "seed": seed}), task)
 
 
-def artifact_recipe_text(recipe: Recipe) -> str:
+def _shortest_forms(recipe: Recipe, task: Task | None) -> Recipe:
+    """Each stage in its handler's ``shortest_form``, accepted only if the whole recipe
+    still rebuilds every tensor at the same shape."""
+    stages = list(recipe.stages)
+    shapes: dict[str, dict] = {}
+
+    def rebuilt_shapes(candidate: Recipe) -> dict:
+        nonlocal task
+        task = task or load_task(candidate.task)
+        model = rebuild_structure(task.build_model(), candidate)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    for index, stage in enumerate(stages):
+        shortest = getattr(handler_for(stage), "shortest_form", None)
+        if shortest is None:
+            continue
+
+        def same_structure(candidate_stage, index=index) -> bool:
+            if "reference" not in shapes:
+                shapes["reference"] = rebuilt_shapes(recipe)
+            candidate = recipe.model_copy(update={"stages": [*stages[:index], candidate_stage, *stages[index + 1:]]})
+            try:
+                return rebuilt_shapes(candidate) == shapes["reference"]
+            except Exception:  # noqa: BLE001 — a candidate that cannot rebuild is simply not taken
+                return False
+
+        stages[index] = shortest(stage, same_structure)
+    return recipe.model_copy(update={"stages": stages})
+
+
+def artifact_recipe_text(recipe: Recipe, task: Task | None = None) -> str:
     """:func:`artifact_recipe` without default-valued fields.
 
     Spelled out in full, the defaults were most of the file (a prune + quantize recipe
@@ -296,7 +339,7 @@ def artifact_recipe_text(recipe: Recipe) -> str:
     large share of what a user downloads. The compact text is only used if it loads back
     to the same recipe; otherwise every field is written.
     """
-    shipped = artifact_recipe(recipe)
+    shipped = artifact_recipe(recipe, task)
     compact = shipped.to_yaml(compact=True)
     return compact if Recipe.from_dict(yaml.safe_load(compact)) == shipped else shipped.to_yaml()
 

@@ -49,6 +49,11 @@ class StageConfig(StrictModel):
     # the storage or the kernels, so loading an artifact needs nothing from it and the
     # artifact's recipe leaves it out (autoslim.artifact.artifact_recipe).
     shipped: ClassVar[bool] = True
+    # Fields that only say how a shipped stage's weights were trained (epochs, learning
+    # rates, schedules, calibration). Loading never reads them, so the artifact's recipe
+    # resets them (:meth:`without_training`): one architecture is then one download size,
+    # whatever the search tried for its fine-tune.
+    training_fields: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -57,6 +62,13 @@ class StageConfig(StrictModel):
         kind = cls.model_fields["kind"].default
         if isinstance(kind, str):
             StageConfig.kinds[kind] = cls
+
+
+    def without_training(self) -> StageConfig:
+        """This stage with its ``training_fields`` at their defaults (valid together,
+        since every default is)."""
+        kept = {k: v for k, v in self.model_dump().items() if k not in self.training_fields}
+        return type(self).model_validate(kept)
 
 
 def parse_stage(data: Any) -> StageConfig:

@@ -93,6 +93,36 @@ def test_artifact_size_equals_sum_of_files_and_load_restores_outputs(tmp_path, t
     assert "fine_tune_epochs" not in (out / "recipe.yaml").read_text()
 
 
+def structured_then_4bit(task_ref: dict, ratio: float, seed: int = 0, **training) -> Recipe:
+    prune = {"kind": "prune_structured", "ratio": ratio, "round_to": 1, "input_shape": [1, 8, 8]}
+    quantize = {"kind": "quantize", "default": 4}
+    for key, value in training.items():
+        (quantize if key.startswith(("qat", "calibration")) else prune)[key] = value
+    return Recipe.from_dict({"task": task_ref, "seed": seed, "stages": [prune, quantize]})
+
+
+def test_one_architecture_ships_one_recipe_text_whatever_its_training(tmp_path, tiny_task_ref):
+    # 0.5123 and 0.512 both keep 62 of the 128 hidden units (and 0.51 does; 0.5 keeps 64), so
+    # the two models have one architecture; they differ in every training setting and the seed.
+    trained = structured_then_4bit(tiny_task_ref, 0.5123, seed=3, importance="taylor", fine_tune_epochs=1,
+                                   lr=0.00123, calibration="mse", qat_epochs=1, qat_lr=0.000321)
+    plain = structured_then_4bit(tiny_task_ref, 0.512)
+    model_a, model_b = apply_recipe(trained), apply_recipe(plain)
+    assert model_a.classifier[1].out_features == model_b.classifier[1].out_features == 62
+    a = save_artifact(model_a, trained, tmp_path / "a")
+    b = save_artifact(model_b, plain, tmp_path / "b")
+    text = (a / "recipe.yaml").read_text()
+    assert text == (b / "recipe.yaml").read_text()
+    for training_only in ("seed", "importance", "fine_tune_epochs", "lr", "calibration", "qat"):
+        assert training_only not in text, training_only
+    # the shortest ratio that keeps every shape: 0.51 does, 0.5 would not
+    assert Recipe.load(a / "recipe.yaml").stages[0].ratio == 0.51
+    assert apply_recipe(structured_then_4bit(tiny_task_ref, 0.5)).classifier[1].out_features == 64
+    loaded, x = load_artifact(a).model, torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model_a.eval()(x), rtol=0, atol=1e-6)
+
+
 def test_compressed_artifact_is_smaller_than_fp32(tmp_path, tiny_task_ref):
     base = Recipe.from_dict({"task": tiny_task_ref})
     quant = Recipe.from_dict({"task": tiny_task_ref, "stages": [{"kind": "quantize", "default": 2}]})

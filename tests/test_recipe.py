@@ -137,3 +137,19 @@ def test_atomic_write_refuses_directories_and_leaves_no_temporary(tmp_path):
         write_text_atomic(target, "x")
     write_text_atomic(tmp_path / "r.yaml", "a: 1\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.yaml"]
+
+
+def test_without_training_resets_only_training_fields_and_stays_valid():
+    from autoslim.recipe import parse_stage
+
+    adaptive = parse_stage({"kind": "prune", "scope": "global", "sparsity": 0.6, "schedule": "adaptive",
+                            "fine_tune_epochs": 2, "lr": 0.01, "criterion": "taylor",
+                            "phases": [{"sparsity": 0.3, "epochs": 2, "lr": 0.01}, {"sparsity": 0.6, "epochs": 2,
+                                                                                   "lr": 0.01}]})
+    # the schedule's validators tie schedule, epochs and phases; all reset together
+    assert adaptive.without_training() == parse_stage({"kind": "prune", "scope": "global", "sparsity": 0.6})
+    qat = parse_stage({"kind": "quantize", "default": 4, "layers": {"fc": 8}, "qat_epochs": 3, "qat_lr": 3e-4,
+                       "qat_method": "lsq", "calibration": "mse", "granularity": "per_tensor"})
+    assert qat.without_training() == parse_stage({"kind": "quantize", "default": 4, "layers": {"fc": 8},
+                                                  "granularity": "per_tensor"})
+    assert parse_stage({"kind": "distill"}).without_training() == parse_stage({"kind": "distill"})

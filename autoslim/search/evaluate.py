@@ -82,7 +82,7 @@ def dry_run_costs(recipe: Recipe, ctx: SearchContext, out: Path) -> tuple[dict[s
     records: dict[str, Any] = {}
     model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), dry_run=True,
                          records=records)
-    save_artifact(model, recipe, out)
+    save_artifact(model, recipe, out, task=ctx.task)
     try:
         if set(ctx.cost_objectives) <= {"size_bytes"}:
             values = {"size_bytes": artifact_bytes(out)}  # bytes need no measuring process
@@ -179,7 +179,7 @@ def evaluate_trial(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopp
                          records=records)
     recipe = realised_recipe(recipe, records)  # e.g. the phases an adaptive schedule chose
     trial.set_user_attr("recipe", recipe.to_dict())
-    save_artifact(model, recipe, out)
+    save_artifact(model, recipe, out, task=ctx.task)
     try:
         values = ctx.measure_artifact(out, ctx.experiment.target)
     finally:

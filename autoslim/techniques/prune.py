@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
 import optuna
 import torch
@@ -82,6 +82,13 @@ class PruneConfig(StageConfig):
     phase_count: int = Field(default=4, ge=1)
     threshold: float = Field(default=0.01, gt=0.0)
     phases: list[Phase] = Field(default_factory=list)
+
+    # Zeros are in the stored weights; which were chosen, and how the rest were trained, is
+    # not needed to load them.
+    training_fields: ClassVar[frozenset[str]] = frozenset({
+        "fine_tune_epochs", "lr", "criterion", "calibration_samples", "hutchinson_samples", "schedule",
+        "initial_sparsity", "start_step", "end_step", "frequency", "power", "rounds", "rewind_epochs",
+        "phase_count", "threshold", "phases"})
 
     @model_validator(mode="after")
     def _check_layers(self) -> PruneConfig:

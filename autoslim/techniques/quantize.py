@@ -16,7 +16,7 @@ to fp32 and runs on the fp32 kernels, because no faster kernel exists for it her
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal
+from typing import ClassVar, Literal
 
 import optuna
 import torch
@@ -122,6 +122,11 @@ class QuantizeConfig(StageConfig):
     qat_method: Literal["ste", "lsq"] = "ste"
     grid_kind: Literal["uniform", "pow2", "log", "kmeans"] = "uniform"
     codebook_per_channel: bool = True
+
+    # The stored grid (scale, zero point or codebook) is in the weights file; how it was
+    # calibrated or learned is not needed to load it.
+    training_fields: ClassVar[frozenset[str]] = frozenset(
+        {"calibration", "percentile", "qat_epochs", "qat_lr", "qat_method"})
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantizeConfig:

@@ -40,7 +40,8 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from typing import Literal
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import optuna
 import torch
@@ -92,6 +93,10 @@ class StructuredPruneConfig(StageConfig):
     calibration_samples: int = Field(default=64, ge=1)
     fine_tune_epochs: int = Field(default=0, ge=0)
     lr: float = Field(default=1e-3, gt=0.0)
+
+    # ``importance`` is not listed: ``bn_scale`` rebuilds along other groups than l1 does
+    # (see ``rebuild``); :meth:`StructuredPruneHandler.shortest_form` drops it where it can.
+    training_fields: ClassVar[frozenset[str]] = frozenset({"calibration_samples", "fine_tune_epochs", "lr"})
 
     @model_validator(mode="after")
     def _check_groups(self) -> StructuredPruneConfig:
@@ -372,6 +377,43 @@ class StructuredPruneHandler:
         prune_channels(model, config, GroupImportance(structural, GradStats()))
         prune_transformer(model, config, None)
         return model
+
+    def shortest_form(self, config: StructuredPruneConfig,
+                      same_structure: Callable[[StructuredPruneConfig], bool]) -> StructuredPruneConfig:
+        """The config an artifact ships: the default criterion and the fewest digits per
+        fraction that still rebuild the same shapes (``same_structure`` checks a candidate).
+
+        Why: a search draws ratios such as 0.7073 and 0.7085 that remove the same channels;
+        their artifacts should be the same size, so the shipped text must not carry the digits
+        that did not matter, nor the criterion that only chose which channels went.
+        """
+        default = StructuredPruneConfig.model_fields["importance"].default
+        if config.importance != default and same_structure(config.model_copy(update={"importance": default})):
+            config = config.model_copy(update={"importance": default})
+        for field in ("ratio", "heads", "ffn"):
+            for shorter in _fewer_digits(getattr(config, field)):
+                if same_structure(candidate := config.model_copy(update={field: shorter})):
+                    config = candidate
+                    break
+        for field in ("group_ratios", "group_multipliers"):
+            for key, value in getattr(config, field).items():
+                for shorter in _fewer_digits(value):
+                    values = getattr(config, field) | {key: shorter}
+                    if same_structure(candidate := config.model_copy(update={field: values})):
+                        config = candidate
+                        break
+        return config
+
+
+def _fewer_digits(value: float) -> list[float]:
+    """``value`` rounded to 1, 2 and 3 decimals, where that changes it (shortest first)."""
+    shorter = []
+    for digits in (1, 2, 3):
+        rounded = round(value, digits)
+        if rounded == value:
+            break
+        shorter.append(rounded)
+    return shorter
 
 
 class StructuredPruneSpace(ComponentSpec):

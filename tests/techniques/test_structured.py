@@ -195,3 +195,18 @@ def test_bn_scale_in_a_space_for_a_model_without_batchnorm_is_a_configuration_er
     with_bn = ModelInfo.from_model(make_task(model="rescnn").build_model())
     assert with_bn.has_module("BatchNorm")
     assert StructuredPruneSpace(importance=["bn_scale"], optional=False).suggest(optuna.create_study().ask(), with_bn) is not None
+
+
+def test_shortest_form_takes_the_fewest_digits_that_keep_the_structure():
+    config = StructuredPruneConfig(ratio=0.7073, heads=0.25, importance="taylor", group_multipliers={"re:.*": 1.234})
+
+    def only_ratio_from_two_digits(candidate: StructuredPruneConfig) -> bool:
+        return candidate.ratio in (0.71, 0.707) and candidate.model_copy(update={"ratio": config.ratio}) == config
+
+    accepts_two_digits = StructuredPruneHandler().shortest_form(config, only_ratio_from_two_digits)
+    # 0.7 is refused and 0.71 taken; every other shorter form is refused
+    assert accepts_two_digits == config.model_copy(update={"ratio": 0.71})
+    everything = StructuredPruneHandler().shortest_form(config, lambda c: True)
+    assert (everything.ratio, everything.heads, everything.importance, everything.group_multipliers) == \
+        (0.7, 0.2, "l1", {"re:.*": 1.2})
+    assert StructuredPruneHandler().shortest_form(config, lambda c: False) == config
