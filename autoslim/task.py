@@ -115,7 +115,12 @@ class Task:
         return self.load_data()
 
     def evaluate(self, model: nn.Module, split: str = "val") -> float:
-        return float(self.metric(model, self.data.get(split).loader(self.eval_batch_size)))
+        # On training's fixed thread count: the metric must not depend on the machine's
+        # cores, and trials running side by side must not each start a thread per core.
+        from autoslim.train import fixed_threads
+
+        with fixed_threads():
+            return float(self.metric(model, self.data.get(split).loader(self.eval_batch_size)))
 
     def example_batch(self, batch_size: int) -> torch.Tensor:
         """A real batch from the validation split, tiled if the split is smaller."""
