@@ -23,7 +23,7 @@ default-valued fields out (``autoslim.artifact.artifact_recipe``). Re-pricing is
 re-searching: the sampler saw the bytes of the format it ran under.
 
     python benchmarks/distillation_search.py [--experiment FILE] [--seeds 0,1,2] [--trials N]
-                                             [--jobs J] [--out-dir DIR] [--json]
+                                             [--jobs J] [--out-dir DIR] [--json] [--analyze]
 """
 
 from __future__ import annotations
@@ -139,6 +139,28 @@ def hv_fraction(rows: list[dict], base: dict, metric: str, max_drop: float) -> f
     return hypervolume(minimization_points(rows), ref) / (1.1 * max_drop * ref[1])
 
 
+def best_by_size(run_dir: Path, trials: int | None, metric: str) -> dict[float, float]:
+    """Best validation metric per artifact size among the budget's completed trials,
+    feasible or not: one size is one architecture (the artifact ships no training fields)."""
+    table = load_run(run_dir).table().sort_values("trial")
+    table = table[table["fail_reason"] != INTERRUPTED]
+    table = table.head(trials) if trials is not None else table
+    done = table[table["state"] == "COMPLETE"]
+    return {float(size): float(value) for size, value in done.groupby("size_bytes")[metric].max().items()}
+
+
+def by_architecture(out_dir: Path, seed: int, trials: int | None, metric: str) -> dict:
+    """Does KD train a given architecture better? Compared at the sizes both arms visited.
+    Separates what KD does to one model from how well each search covers the sizes."""
+    best = {arm: best_by_size(out_dir / f"seed{seed}" / arm, trials, metric) for arm in ("kd", "no_kd")}
+    shared = sorted(set(best["kd"]) & set(best["no_kd"]))
+    gains = [best["kd"][size] - best["no_kd"][size] for size in shared]
+    return {"shared_sizes": len(shared), "kd_better": sum(g > 0 for g in gains),
+            "no_kd_better": sum(g < 0 for g in gains), "mean_gain": float(np.mean(gains)) if gains else None,
+            "sizes_visited": {arm: len(values) for arm, values in best.items()},
+            "largest_size_visited": {arm: max(values, default=None) for arm, values in best.items()}}
+
+
 def compare_seed(out_dir: Path, seed: int, trials: int | None, metric: str, max_drop: float,
                  pricing: str = "artifact") -> dict:
     fronts = {arm: front_rows(out_dir / f"seed{seed}" / arm, trials, pricing) for arm in ("kd", "no_kd")}
@@ -149,6 +171,7 @@ def compare_seed(out_dir: Path, seed: int, trials: int | None, metric: str, max_
     result["kd_dominates_no_kd"] = front_dominates(fronts["kd"][0], fronts["no_kd"][0])
     result["no_kd_dominates_kd"] = front_dominates(fronts["no_kd"][0], fronts["kd"][0])
     if pricing == "artifact":  # the same judgement under the diagnostic pricings
+        result["by_architecture"] = by_architecture(out_dir, seed, trials, metric)
         result["priced_with_full_recipe"] = compare_seed(out_dir, seed, trials, metric, max_drop, "full_recipe")
         result["priced_by_weights"] = compare_seed(out_dir, seed, trials, metric, max_drop, "weights")
     return result
@@ -162,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="searches run side by side")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/distillation_search"))
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--analyze", action="store_true", help="only compare the run folders already in --out-dir")
     args = parser.parse_args(argv)
     if not args.experiment.is_file():
         parser.error(f"experiment file not found: {args.experiment}")
@@ -181,14 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     jobs = [(arm_experiment(args.experiment, arm, args.out_dir / "experiments"), args.out_dir / f"seed{s}" / arm, s)
             for s in seeds for arm in ("kd", "no_kd")]
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_arm, path, run_dir, args.trials, seed) for path, run_dir, seed in jobs]
-        seconds = [f.result() for f in futures]
+    if args.analyze:
+        missing = [str(run_dir) for _, run_dir, _ in jobs if not (run_dir / "run.json").is_file()]
+        if missing:
+            parser.error(f"--analyze: no run folder at {', '.join(missing)}")
+        seconds = [None] * len(jobs)
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_arm, path, run_dir, args.trials, seed) for path, run_dir, seed in jobs]
+            seconds = [f.result() for f in futures]
     budget = args.trials or yaml.safe_load(args.experiment.read_text())["search"]["trials"]
     constraint = next(c for c in yaml.safe_load(args.experiment.read_text())["constraints"] if "max_drop" in c)
     metric, max_drop = constraint["objective"], float(constraint["max_drop"])
     result = {"experiment": str(args.experiment), "trials": budget, "metric": metric,
-              "search_seconds": {f"{run_dir.parent.name}/{run_dir.name}": round(s, 1)
+              "search_seconds": {f"{run_dir.parent.name}/{run_dir.name}": s and round(s, 1)
                                  for (_, run_dir, _), s in zip(jobs, seconds, strict=True)},
               "seeds": [compare_seed(args.out_dir, s, budget, metric, max_drop) for s in seeds],
               "wall_seconds": round(time.monotonic() - start, 1)}
@@ -212,6 +242,11 @@ def table(result: dict) -> str:
             lines.append(f"  diagnostic, {label}: HV kd {d['kd']['hypervolume']:.4f}, "
                          f"no_kd {d['no_kd']['hypervolume']:.4f}; kd dominates: {d['kd_dominates_no_kd']}; "
                          f"reverse: {d['no_kd_dominates_kd']}")
+        a = s["by_architecture"]
+        gain = "n/a" if a["mean_gain"] is None else f"{a['mean_gain']:+.4f}"
+        lines.append(f"  by architecture (sizes both arms visited: {a['shared_sizes']}): KD better at {a['kd_better']}, "
+                     f"worse at {a['no_kd_better']}, mean gain {gain}; sizes visited kd {a['sizes_visited']['kd']}, "
+                     f"no_kd {a['sizes_visited']['no_kd']}")
     lines.append(f"\nwall time {result['wall_seconds']:.0f} s")
     return "\n".join(lines)
 

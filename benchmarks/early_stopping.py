@@ -153,6 +153,11 @@ class TrialRecord:
     # the fine-tunes its recipe planned, each one's epochs; None: unknown to the search (a stage
     # decides them while training); () not recorded (before session 7: one, the curve's length)
     planned_fine_tunes: tuple[int, ...] | None = ()
+    # the costs the live rule judged it by: measured on its dry-run artifact, before training
+    # (the final artifact's bytes can differ where trained weights quantize to other zeros)
+    dry_run_costs: dict[str, float] | None = None
+    # the completed trial with the same parameters that the search answered it from, unjudged
+    repeat_of: int | None = None
 
 
 def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
@@ -170,6 +175,7 @@ def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
             seconds=t.duration.total_seconds() if t.duration else 0.0, params=dict(sorted(t.params.items())),
             trained_curve=tuple(t.user_attrs.get("trained_curve", [])),
             planned_fine_tunes=_planned(t.user_attrs),
+            dry_run_costs=t.user_attrs.get("dry_run_costs"), repeat_of=t.user_attrs.get("repeat_of"),
         ))
     return out[:limit]
 
@@ -250,7 +256,10 @@ def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: 
                         for r in front_of(out, directions)),
             maximize=maximize, quantile=quantile, min_curves=min_curves, bound=bound,
             best_possible=best_possible, own_curve_from=None if whole_gain else own_curve_from)
-        out.append(_replay_one(record, stopper, whole_gain))
+        # A repeat is answered from its twin only if the twin completed here too; else the
+        # search runs it, and the rule judges it.
+        twin_done = any(r.number == record.repeat_of for r in done)
+        out.append(record if twin_done else _replay_one(record, stopper, whole_gain))
     return out
 
 
@@ -260,14 +269,17 @@ def _replay_one(record: TrialRecord, stopper: ParetoStopper, whole_gain: bool = 
     bound."""
     if record.state != "COMPLETE":
         return record
-    if record.curve and stopper.decide_before_training(record.costs) is not None:
+    # As live: judged by its dry-run costs, and before training even if it plans no
+    # fine-tune (stopping it saves no epoch, only its calibration and measurement).
+    costs = record.dry_run_costs or record.costs
+    if stopper.decide_before_training(costs) is not None:
         return TrialRecord(record.number, "PRUNED", (), np.nan, record.costs, False, 0.0, record.params, ())
     planned = record.planned_fine_tunes if record.planned_fine_tunes != () else (len(record.curve),)
     for epoch, value in enumerate(record.curve):
         now = horizon(planned, epoch + 1)
         own = record.curve[now.last_started:epoch + 1] if now.last_started is not None else None
         remaining = None if whole_gain else now.remaining
-        if stopper.decide(epoch, value, record.costs, remaining=remaining, curve=own) is not None:
+        if stopper.decide(epoch, value, costs, remaining=remaining, curve=own) is not None:
             return TrialRecord(record.number, "PRUNED", record.curve[:epoch + 1], np.nan, record.costs,
                                False, 0.0, record.params, record.trained_curve[:epoch + 1])
     return record
@@ -430,10 +442,11 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
     on_trained = replay([replace(r, curve=r.trained_curve) for r in records["off"]], directions, best_possible=best,
                         quantile=settings["quantile"], min_curves=settings["min_curves"], bound=bound,
                         own_curve_from=settings.get("own_curve_from"))
-    # Where both arms drew the same trials, the replay of the rule the live arm ran must
-    # reproduce its decisions; with the current rule this checks the replay machinery
-    # only if the live run used the same rule.
-    agrees = sum(a.state == b.state for a, b in zip(without_bound[:same], records["on"][:same], strict=True))
+    # Where both arms drew the same trials, the replay of the rule the live arm ran (with
+    # the constraint bound, as local.make_stopper builds it) must reproduce its decisions;
+    # this checks the replay machinery only if the live run used the current rule.
+    as_live = replayed(settings["quantile"], True)
+    agrees = sum(a.state == b.state for a, b in zip(as_live[:same], records["on"][:same], strict=True))
     return {
         "seed": seed, "trials": budget, "reference": refs["off"].tolist(), **live,
         **ratios(live["off"], live["on"]),
