@@ -23,7 +23,7 @@ default-valued fields out (``autoslim.artifact.artifact_recipe``). Re-pricing is
 re-searching: the sampler saw the bytes of the format it ran under.
 
     python benchmarks/distillation_search.py [--experiment FILE] [--seeds 0,1,2] [--trials N]
-                                             [--jobs J] [--out-dir DIR] [--json] [--analyze]
+                                             [--jobs J] [--workers W] [--out-dir DIR] [--json] [--analyze]
 """
 
 from __future__ import annotations
@@ -182,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT)
     parser.add_argument("--seeds", default="0", help="comma-separated search seeds")
     parser.add_argument("--trials", type=int, default=None, help="trials per search (default: the experiment's)")
-    parser.add_argument("--jobs", type=int, default=2, help="searches run side by side")
+    parser.add_argument("--jobs", type=int, default=2, help="processes run side by side")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes sharing each search's study (the budget is the study's; the sampler then "
+                             "sees fewer finished trials per draw, alike in both arms)")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/distillation_search"))
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--analyze", action="store_true", help="only compare the run folders already in --out-dir")
@@ -193,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    if args.jobs < 1 or (args.trials is not None and args.trials < 1):
-        parser.error("--jobs and --trials must be at least 1")
+    if args.jobs < 1 or args.workers < 1 or (args.trials is not None and args.trials < 1):
+        parser.error("--jobs, --workers and --trials must be at least 1")
     try:
         load_experiment(args.experiment)
         space = inline_space(args.experiment)["space"]
@@ -212,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = [None] * len(jobs)
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_arm, path, run_dir, args.trials, seed) for path, run_dir, seed in jobs]
-            seconds = [f.result() for f in futures]
+            futures = [[pool.submit(run_arm, path, run_dir, args.trials, seed) for _ in range(args.workers)]
+                       for path, run_dir, seed in jobs]
+            seconds = [max(f.result() for f in workers) for workers in futures]
     budget = args.trials or yaml.safe_load(args.experiment.read_text())["search"]["trials"]
     constraint = next(c for c in yaml.safe_load(args.experiment.read_text())["constraints"] if "max_drop" in c)
     metric, max_drop = constraint["objective"], float(constraint["max_drop"])
