@@ -55,13 +55,21 @@ from optuna.trial import TrialState
 
 from autoslim.results.pareto import hypervolume, pareto_front, to_minimization
 from autoslim.run import load_run
-from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, horizon, metric_bound
-from autoslim.search.experiment import Constraint
+from autoslim.search.early_stop import (
+    HV_CHARGE_ATTR,
+    Curve,
+    FrontPoint,
+    ParetoStopper,
+    horizon,
+    metric_bound,
+)
+from autoslim.search.experiment import Constraint, EarlyStopping
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 TASKS = {"digits": EXPERIMENTS / "es_digits.yaml", "mnist1d": EXPERIMENTS / "es_mnist1d.yaml"}
 ARMS = ("off", "on")
 GOAL_EPOCHS_SAVED, GOAL_HV_KEPT = 0.30, 0.98
+DEFAULTS = EarlyStopping()  # the rule's default settings, which every replay starts from
 SENSITIVITY_QUANTILES = (0.5, 0.75, 0.9, 1.0)
 
 
@@ -158,6 +166,8 @@ class TrialRecord:
     dry_run_costs: dict[str, float] | None = None
     # the completed trial with the same parameters that the search answered it from, unjudged
     repeat_of: int | None = None
+    # the hypervolume its stop gave up under the budget (the budget's ledger; 0 for other stops)
+    hv_charge: float = 0.0
 
 
 def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
@@ -176,6 +186,7 @@ def read_trials(run, limit: int | None = None) -> list[TrialRecord]:
             trained_curve=tuple(t.user_attrs.get("trained_curve", [])),
             planned_fine_tunes=_planned(t.user_attrs),
             dry_run_costs=t.user_attrs.get("dry_run_costs"), repeat_of=t.user_attrs.get("repeat_of"),
+            hv_charge=t.user_attrs.get(HV_CHARGE_ATTR, 0.0),
         ))
     return out[:limit]
 
@@ -184,8 +195,8 @@ def _planned(attrs: dict) -> tuple[int, ...] | None:
     if "planned_fine_tunes" in attrs:
         planned = attrs["planned_fine_tunes"]
         return None if planned is None else tuple(planned)
-    if "planned_epochs" in attrs:  # this session's first live run recorded only the total
-        return (attrs["planned_epochs"],)
+    if "planned_epochs" in attrs:  # session 7's first live run recorded only the total (None: unknown)
+        return None if attrs["planned_epochs"] is None else (attrs["planned_epochs"],)
     return ()
 
 
@@ -239,11 +250,15 @@ def arm_numbers(records: list[TrialRecord], directions: dict[str, str], referenc
 
 def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: float,
            min_curves: int, bound: float | None = None, best_possible: float | None = None,
-           whole_gain: bool = False, own_curve_from: int | None = 3) -> list[TrialRecord]:
+           whole_gain: bool = False, own_curve_from: int | None = DEFAULTS.own_curve_from,
+           hv_budget: float = 0.0, reference_costs: dict[str, float] | None = None,
+           error_fraction: bool = DEFAULTS.error_fraction) -> list[TrialRecord]:
     """The off arm's trials as the stopping arm would have ended them, in the same order.
 
     Each trial meets a stopper built like ``local.make_stopper``: from the trials that
-    completed in the replay so far (stopped ones give no curve and no front point).
+    completed in the replay so far (stopped ones give no curve and no front point), with
+    the hypervolume budget's ledger of the stops so far. ``reference_costs``: the fp32
+    baseline's costs (the budget's reference point, with ``bound``).
     """
     metric = next(iter(directions))
     maximize = directions[metric] == "maximize"
@@ -255,7 +270,10 @@ def replay(records: list[TrialRecord], directions: dict[str, str], *, quantile: 
             front=tuple(FrontPoint(r.metric, {c: r.costs[c] for c in list(directions)[1:]})
                         for r in front_of(out, directions)),
             maximize=maximize, quantile=quantile, min_curves=min_curves, bound=bound,
-            best_possible=best_possible, own_curve_from=None if whole_gain else own_curve_from)
+            best_possible=best_possible, own_curve_from=None if whole_gain else own_curve_from,
+            hv_budget=0.0 if whole_gain else hv_budget, reference_costs=reference_costs,
+            error_fraction=error_fraction and not whole_gain,
+            hv_spent=sum(r.hv_charge for r in out if r.state == "PRUNED"))
         # A repeat is answered from its twin only if the twin completed here too; else the
         # search runs it, and the rule judges it.
         twin_done = any(r.number == record.repeat_of for r in done)
@@ -272,16 +290,19 @@ def _replay_one(record: TrialRecord, stopper: ParetoStopper, whole_gain: bool = 
     # As live: judged by its dry-run costs, and before training even if it plans no
     # fine-tune (stopping it saves no epoch, only its calibration and measurement).
     costs = record.dry_run_costs or record.costs
-    if stopper.decide_before_training(costs) is not None:
-        return TrialRecord(record.number, "PRUNED", (), np.nan, record.costs, False, 0.0, record.params, ())
     planned = record.planned_fine_tunes if record.planned_fine_tunes != () else (len(record.curve),)
+    stop = stopper.decide_before_training(costs, fine_tunes=planned is None or sum(planned) > 0)
+    if stop is not None:
+        return replace(record, state="PRUNED", curve=(), metric=np.nan, feasible=False, seconds=0.0,
+                       trained_curve=(), hv_charge=stop.hv_charge)
     for epoch, value in enumerate(record.curve):
         now = horizon(planned, epoch + 1)
         own = record.curve[now.last_started:epoch + 1] if now.last_started is not None else None
         remaining = None if whole_gain else now.remaining
-        if stopper.decide(epoch, value, costs, remaining=remaining, curve=own) is not None:
-            return TrialRecord(record.number, "PRUNED", record.curve[:epoch + 1], np.nan, record.costs,
-                               False, 0.0, record.params, record.trained_curve[:epoch + 1])
+        stop = stopper.decide(epoch, value, costs, remaining=remaining, curve=own)
+        if stop is not None:
+            return replace(record, state="PRUNED", curve=record.curve[:epoch + 1], metric=np.nan, feasible=False,
+                           seconds=0.0, trained_curve=record.trained_curve[:epoch + 1], hv_charge=stop.hv_charge)
     return record
 
 
@@ -317,7 +338,9 @@ def dump_records(out_dir: Path, tasks: list[str], seeds: list[int], arms: tuple[
 
 
 def replay_from_records(path: Path, quantiles: tuple[float, ...] = SENSITIVITY_QUANTILES,
-                        min_curves: int = 3, whole_gain: bool = False, own_curve_from: int | None = 3) -> dict:
+                        min_curves: int = DEFAULTS.min_curves, whole_gain: bool = False,
+                        own_curve_from: int | None = DEFAULTS.own_curve_from,
+                        hv_budget: float = DEFAULTS.hv_budget, error_fraction: bool = DEFAULTS.error_fraction) -> dict:
     """The current rule replayed on the off arms of a ``--records`` file, by quantile, on the
     shipped curve and on the curve of the model in training: no run folder needed."""
     data = json.loads(path.read_text())
@@ -332,7 +355,9 @@ def replay_from_records(path: Path, quantiles: tuple[float, ...] = SENSITIVITY_Q
                     records = [record_from_json(t, curve_kind) for t in off["trials"]]
                     stopped = replay(records, directions, quantile=q, min_curves=min_curves, bound=off["bound"],
                                      best_possible=off.get("best_possible"), whole_gain=whole_gain,
-                                     own_curve_from=own_curve_from)
+                                     own_curve_from=own_curve_from, hv_budget=hv_budget,
+                                     error_fraction=error_fraction,
+                                     reference_costs={"size_bytes": off["reference"][1]})
                     rows.append(ratios(arm_numbers(records, directions, reference),
                                        arm_numbers(stopped, directions, reference)))
                 out.setdefault(task, {}).setdefault(curve_kind, {})[str(q)] = {
@@ -427,10 +452,14 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
     bound = metric_bound([Constraint(**c) for c in spec["constraints"]], metric, runs["off"].baseline[metric],
                          maximize=directions[metric] == "maximize")
 
+    # As the live arm ran: a run folder from before the budget (or with it off) replays without it.
+    budget = {"hv_budget": settings.get("hv_budget", 0.0), "error_fraction": settings.get("error_fraction", False),
+              "reference_costs": {"size_bytes": refs["off"][1]}}
+
     def replayed(q: float, with_bound: bool) -> list[TrialRecord]:
         return replay(records["off"], directions, quantile=q, min_curves=settings["min_curves"], best_possible=best,
                       own_curve_from=settings.get("own_curve_from"),
-                      bound=bound if with_bound else None)
+                      bound=bound if with_bound else None, **budget)
 
     def scored(trials: list[TrialRecord]) -> dict:
         return ratios(live["off"], arm_numbers(trials, directions, refs["off"]))
@@ -441,7 +470,7 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
     # (what the rule read before): how much seeing the later stages is worth.
     on_trained = replay([replace(r, curve=r.trained_curve) for r in records["off"]], directions, best_possible=best,
                         quantile=settings["quantile"], min_curves=settings["min_curves"], bound=bound,
-                        own_curve_from=settings.get("own_curve_from"))
+                        own_curve_from=settings.get("own_curve_from"), **budget)
     # Where both arms drew the same trials, the replay of the rule the live arm ran (with
     # the constraint bound, as local.make_stopper builds it) must reproduce its decisions;
     # this checks the replay machinery only if the live run used the current rule.
@@ -533,8 +562,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whole-gain", action="store_true",
                         help="with --from-records: replay the rule before session 7 (each calibration curve's whole "
                              "remaining gain, whatever the trial's horizon; no own-curve bound)")
-    parser.add_argument("--own-curve-from", type=int, default=3,
+    parser.add_argument("--own-curve-from", type=int, default=DEFAULTS.own_curve_from,
                         help="with --from-records: epochs before a trial's own curve bounds it (0: never)")
+    parser.add_argument("--hv-budget", type=float, default=DEFAULTS.hv_budget,
+                        help="with --from-records: share of the front's hypervolume stops may give up (0: off, "
+                             "the rule before session 8)")
+    parser.add_argument("--no-error-fraction", action="store_true",
+                        help="with --from-records: no error-fraction bound (the rule before session 8)")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.trials = ["digits"], args.seeds[:1], 8
@@ -543,8 +577,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.own_curve_from != 0 and args.own_curve_from < 2:
                 parser.error(f"--own-curve-from: 0 (never) or at least 2 (a step needs two epochs), "
                              f"got {args.own_curve_from}")
+            if not 0 <= args.hv_budget < 1:
+                parser.error(f"--hv-budget: a share in [0, 1), got {args.hv_budget}")
             result = replay_from_records(args.from_records, whole_gain=args.whole_gain,
-                                         own_curve_from=args.own_curve_from or None)
+                                         own_curve_from=args.own_curve_from or None, hv_budget=args.hv_budget,
+                                         error_fraction=not args.no_error_fraction)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             parser.error(f"--from-records {args.from_records}: not a --records file ({type(exc).__name__}: {exc})")
         ceiling = ceiling_from_records(args.from_records)

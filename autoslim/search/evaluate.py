@@ -28,7 +28,7 @@ from autoslim.errors import TrialFailed
 from autoslim.measure import measure_in_subprocess
 from autoslim.pipeline import CURRENT_STAGE, PLANNED_FINE_TUNES, apply_recipe, realised_recipe
 from autoslim.recipe import Recipe, Target
-from autoslim.search.early_stop import ParetoStopper, StopTrial, horizon
+from autoslim.search.early_stop import HV_CHARGE_ATTR, ParetoStopper, Stop, StopTrial, horizon
 from autoslim.search.experiment import Experiment
 from autoslim.space import ModelInfo, SearchSpace
 from autoslim.sparse.policy import settle_storage_policy
@@ -109,6 +109,13 @@ def shipped_metric(model: nn.Module, recipe: Recipe, stage: int, ctx: SearchCont
     return ctx.task.evaluate(shipped, "val")
 
 
+def raise_stop(trial: optuna.Trial, stop: Stop) -> None:
+    """End the trial as the rule says, recording the hypervolume it gave up (the budget's ledger)."""
+    if stop.hv_charge:
+        trial.set_user_attr(HV_CHARGE_ATTR, stop.hv_charge)
+    raise StopTrial(stop.reason)
+
+
 def _epoch_hook(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper, costs: dict[str, float],
                 recipe: Recipe, records: dict[str, Any], planned: list[int] | None):
     """Per fine-tune epoch: record the shipped metric (``curve``, what the rule reads) and
@@ -126,9 +133,9 @@ def _epoch_hook(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopper,
         trial.set_user_attr("trained_curve", list(trained))
         now = horizon(planned, len(curve))
         own = curve[now.last_started:] if now.last_started is not None else None
-        reason = stopper.decide(len(curve) - 1, curve[-1], costs, remaining=now.remaining, curve=own)
-        if reason is not None:
-            raise StopTrial(reason)
+        stop = stopper.decide(len(curve) - 1, curve[-1], costs, remaining=now.remaining, curve=own)
+        if stop is not None:
+            raise_stop(trial, stop)
 
     return on_epoch_end
 
@@ -171,9 +178,9 @@ def evaluate_trial(trial: optuna.Trial, ctx: SearchContext, stopper: ParetoStopp
         costs, planned = dry_run_costs(recipe, ctx, out)
         trial.set_user_attr("dry_run_costs", costs)
         trial.set_user_attr("planned_fine_tunes", planned)
-        reason = stopper.decide_before_training(costs)
-        if reason is not None:
-            raise StopTrial(reason)
+        stop = stopper.decide_before_training(costs, fine_tunes=planned is None or sum(planned) > 0)
+        if stop is not None:
+            raise_stop(trial, stop)
         hooks.on_epoch_end.append(_epoch_hook(trial, ctx, stopper, costs, recipe, records, planned))
     model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), hooks=hooks,
                          records=records)

@@ -65,8 +65,14 @@ class EarlyStopping(StrictModel):
     quantile: float = Field(default=0.9, gt=0.0, le=1.0)
     min_curves: int = Field(default=3, ge=1)
     # Epochs a trial runs before its own best step bounds it where no calibration curve
-    # speaks for it (null: never). One step seen (2) lost hypervolume on a calibration search.
-    own_curve_from: int | None = Field(default=3, ge=2)
+    # speaks for it (null: never).
+    own_curve_from: int | None = Field(default=2, ge=2)
+    # Share of the front's hypervolume that stops may give up in all, taking trials whose
+    # optimistic projection would add less (0: stop only what cannot reach the front).
+    hv_budget: float = Field(default=0.02, ge=0.0, lt=1.0)
+    # Where no calibration projection applies, stop a trial that even the best relative
+    # recovery of a calibration curve would leave below the constraint on the metric.
+    error_fraction: bool = True
 
 
 class RaySettings(StrictModel):

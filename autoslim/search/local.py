@@ -41,7 +41,13 @@ from autoslim.run import (
     read_run_info,
     write_run_info,
 )
-from autoslim.search.early_stop import Curve, FrontPoint, ParetoStopper, metric_bound
+from autoslim.search.early_stop import (
+    HV_CHARGE_ATTR,
+    Curve,
+    FrontPoint,
+    ParetoStopper,
+    metric_bound,
+)
 from autoslim.search.evaluate import Outcome, SearchContext, run_trial_body, suggest_recipe
 from autoslim.search.experiment import (
     Experiment,
@@ -290,9 +296,14 @@ def make_stopper(study: optuna.Study, ctx: SearchContext) -> ParetoStopper | Non
     # A trial whose optimistic projection misses the constraint on the metric can never
     # join the feasible front, whatever it costs.
     bound = metric_bound(ctx.experiment.constraints, metric, ctx.baseline_values[metric], maximize=maximize)
+    # The budget's ledger: what earlier stops gave up, each recorded on its trial.
+    spent = sum(t.user_attrs.get(HV_CHARGE_ATTR, 0.0)
+                for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
     return ParetoStopper(curves=curves, front=front, maximize=maximize, quantile=settings.quantile,
                          min_curves=settings.min_curves, bound=bound, best_possible=ctx.task.best_possible_metric,
-                         own_curve_from=settings.own_curve_from)
+                         own_curve_from=settings.own_curve_from, error_fraction=settings.error_fraction,
+                         hv_budget=settings.hv_budget, hv_spent=spent,
+                         reference_costs={c: ctx.baseline_values[c] for c in ctx.cost_objectives})
 
 
 def measure_baseline(study: optuna.Study, ctx: SearchContext) -> dict[str, float]:

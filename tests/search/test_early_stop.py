@@ -8,7 +8,9 @@ from autoslim.search.early_stop import (
     FrontPoint,
     Horizon,
     ParetoStopper,
+    Stop,
     dominated,
+    error_fraction_bound,
     gains_to_come,
     horizon,
     metric_bound,
@@ -99,11 +101,13 @@ def test_own_curve_bounds_a_trial_the_calibration_says_nothing_about():
     front = (FrontPoint(0.90, {"size_bytes": 1000.0}),)
     stopper = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.85)
     reason = stopper.decide(2, 0.45, {"size_bytes": 500.0}, remaining=3, curve=[0.30, 0.40, 0.45])
-    assert reason is not None and "own-curve bound 0.75" in reason and "constraint bound" in reason
+    assert reason is not None and "own-curve bound 0.75" in str(reason) and "constraint bound" in str(reason)
     # 4 more epochs reach 0.85: at the bound, still feasible
     assert stopper.decide(2, 0.45, {"size_bytes": 500.0}, remaining=4, curve=[0.30, 0.40, 0.45]) is None
-    # One step seen is too little (default own_curve_from=3), and it can be switched off.
-    assert stopper.decide(1, 0.40, {"size_bytes": 500.0}, remaining=1, curve=[0.30, 0.40]) is None
+    # From two epochs (one step seen, the default) to three, and it can be switched off.
+    assert stopper.decide(1, 0.40, {"size_bytes": 500.0}, remaining=1, curve=[0.30, 0.40]) is not None
+    patient = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.85, own_curve_from=3)
+    assert patient.decide(1, 0.40, {"size_bytes": 500.0}, remaining=1, curve=[0.30, 0.40]) is None
     off = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.85, own_curve_from=None)
     with pytest.raises(ValueError, match="own_curve_from"):
         ParetoStopper(curves=CURVES, front=front, own_curve_from=1)
@@ -122,7 +126,7 @@ def test_bound_stops_a_trial_cheaper_than_the_front_that_cannot_be_feasible():
     front = (FrontPoint(0.90, {"size_bytes": 1000.0}),)
     stopper = ParetoStopper(curves=CURVES, front=front, quantile=1.0, min_curves=3, bound=0.86)
     reason = stopper.decide(0, 0.60, {"size_bytes": 500.0})  # 0.60 + 0.24 < 0.86, though cheapest
-    assert reason is not None and "constraint bound" in reason
+    assert reason is not None and "constraint bound" in str(reason)
     assert stopper.decide(0, 0.65, {"size_bytes": 500.0}) is None  # 0.65 + 0.24 may still be feasible
     no_front = ParetoStopper(curves=CURVES, front=(), quantile=1.0, min_curves=3, bound=0.86)
     assert no_front.decide(0, 0.60, {"size_bytes": 500.0}) is not None
@@ -155,7 +159,7 @@ def test_search_records_stopped_trials_and_exact_dry_run_costs(tmp_path, experim
     def decide(self, epoch, metric, costs, remaining=None, curve=None):
         remaining_seen.append(remaining)
         curves_seen.append(list(curve))
-        return "stopped by the test" if epoch == 1 and len(self.curves) >= 1 else None
+        return Stop("stopped by the test", 0.5) if epoch == 1 and len(self.curves) >= 1 else None
 
     monkeypatch.setattr(ParetoStopper, "decide", decide)
     run = search(path, out=tmp_path / "run", progress=False)
@@ -166,6 +170,7 @@ def test_search_records_stopped_trials_and_exact_dry_run_costs(tmp_path, experim
     assert first.user_attrs["dry_run_costs"]["size_bytes"] == first.user_attrs["measured"]["size_bytes"]
     assert [len(t.user_attrs["curve"]) for t in trials[1:]] == [2, 2]
     assert trials[1].user_attrs["stop_reason"] == "stopped by the test"
+    assert [t.user_attrs.get("stop_hv_charge") for t in trials] == [None, 0.5, 0.5]  # the budget's ledger
     # the dry run planned one fine-tune of 3 epochs; after epochs 1, 2, 3 there are 2, 1, 0 to come
     assert [t.user_attrs["planned_fine_tunes"] for t in trials] == [[3], [3], [3]]
     assert remaining_seen == [2, 1, 0, 2, 1, 2, 1]
@@ -190,11 +195,19 @@ def test_the_search_passes_the_constraint_bound_to_the_stopper():
         search=SimpleNamespace(early_stopping=EarlyStopping(enabled=True)),
     )
     ctx = SimpleNamespace(experiment=experiment, task=SimpleNamespace(metric_name="accuracy", best_possible_metric=1.0),
-                          baseline_values={"accuracy": 0.9}, cost_objectives=["size_bytes"])
+                          baseline_values={"accuracy": 0.9, "size_bytes": 4000.0}, cost_objectives=["size_bytes"])
     study = optuna.create_study(directions=["maximize", "minimize"])
     stopper = make_stopper(study, ctx)
     assert stopper.bound == pytest.approx(0.85) and stopper.maximize and stopper.curves == ()
     assert stopper.best_possible == 1.0
+    assert stopper.reference_costs == {"size_bytes": 4000.0} and stopper.hv_budget == 0.02
+    # the budget's ledger: the charges recorded on stopped trials, summed
+    for charge in (0.5, None, 0.25):
+        trial = study.ask()
+        if charge is not None:
+            trial.set_user_attr("stop_hv_charge", charge)
+        study.tell(trial, state=TrialState.PRUNED)
+    assert make_stopper(study, ctx).hv_spent == pytest.approx(0.75)
 
 
 @pytest.mark.slow
@@ -272,7 +285,7 @@ def test_a_trial_that_even_a_perfect_metric_cannot_bring_onto_the_front_never_tr
     front = (FrontPoint(1.0, {"size_bytes": 100.0}),)
     stopper = ParetoStopper(curves=(), front=front, best_possible=1.0)
     reason = stopper.decide_before_training({"size_bytes": 200.0})
-    assert reason is not None and "before training" in reason
+    assert reason is not None and "before training" in str(reason)
     assert stopper.decide_before_training({"size_bytes": 100.0}) is None  # a tie is not dominated
     assert stopper.decide_before_training({"size_bytes": 50.0}) is None
     assert ParetoStopper(curves=(), front=front).decide_before_training({"size_bytes": 200.0}) is None
@@ -341,3 +354,62 @@ def test_horizon_reads_the_planned_fine_tunes():
     assert horizon([2, 0], 2) == Horizon(0, 0)  # a trailing empty fine-tune changes nothing
     assert horizon(None, 1) == Horizon(None, None)  # unknown plan
     assert horizon([2], 3) == Horizon(None, None)  # more epochs than planned: no horizon to trust
+
+
+# Front (accuracy, bytes) with the reference at (bound 0.7, 200 B): boxes 0.2 x 100 and
+# 0.1 x 150 overlapping in 0.1 x 100, so the front's hypervolume is 25.
+BUDGET_FRONT = (FrontPoint(0.9, {"size_bytes": 100.0}), FrontPoint(0.8, {"size_bytes": 50.0}))
+
+
+def budget_stopper(**settings) -> ParetoStopper:
+    defaults = {"curves": (), "front": BUDGET_FRONT, "bound": 0.7, "reference_costs": {"size_bytes": 200.0},
+                "min_curves": 3, "own_curve_from": 2, "hv_budget": 0.1, "best_possible": 1.0}
+    return ParetoStopper(**(defaults | settings))
+
+
+def test_hypervolume_contribution_is_the_exclusive_box_a_point_adds():
+    stopper = budget_stopper()
+    assert stopper.front_hypervolume() == pytest.approx(25.0)
+    # (0.85, 75 B) adds only accuracy 0.80-0.85 at 75-100 B: 0.05 x 25
+    assert stopper.hv_contribution(0.85, {"size_bytes": 75.0}) == pytest.approx(1.25)
+    assert stopper.hv_contribution(0.75, {"size_bytes": 120.0}) == 0.0  # dominated
+    assert stopper.hv_contribution(0.95, {"size_bytes": 250.0}) == 0.0  # past the reference
+
+
+def test_the_budget_stops_a_knife_edge_trial_and_charges_what_it_gives_up():
+    # own-curve bound after two epochs: 0.84 + 1 epoch x its best step 0.01 = 0.85 at 75 B,
+    # which would add 1.25 of the front's 25: within a 10 % budget (2.5) with nothing spent
+    stop = budget_stopper().decide(1, 0.84, {"size_bytes": 75.0}, remaining=1, curve=[0.83, 0.84])
+    assert stop is not None and stop.hv_charge == pytest.approx(1.25) and "within the stopping budget" in stop.reason
+    assert budget_stopper(hv_spent=2.0).decide(1, 0.84, {"size_bytes": 75.0}, remaining=1, curve=[0.83, 0.84]) is None
+    assert budget_stopper(hv_budget=0.0).decide(1, 0.84, {"size_bytes": 75.0}, remaining=1, curve=[0.83, 0.84]) is None
+    # a dominated projection is stopped with no charge, budget or not
+    stop = budget_stopper(hv_budget=0.0).decide(1, 0.74, {"size_bytes": 120.0}, remaining=1, curve=[0.73, 0.74])
+    assert stop is not None and stop.hv_charge == 0.0
+
+
+def test_before_training_the_budget_applies_only_to_a_trial_that_fine_tunes():
+    stopper = budget_stopper(front=(*BUDGET_FRONT, FrontPoint(0.99, {"size_bytes": 180.0})))
+    # even accuracy 1.0 at 190 B adds only 0.01 x 10 = 0.1 of a front worth 26.8
+    stop = stopper.decide_before_training({"size_bytes": 190.0})
+    assert stop is not None and stop.hv_charge == pytest.approx(0.1)
+    assert stopper.decide_before_training({"size_bytes": 190.0}, fine_tunes=False) is None  # saves no epoch
+
+
+def test_error_fraction_bound_on_hand_computed_curves():
+    # c1 closes 60 % of its error (0.5 -> 0.8 of 1.0) over two epochs; c2 closes 12.5 % in
+    # its one epoch left (0.6 -> 0.65), compounded to two: 1 - 0.875^2 = 23.4 %
+    curves = (Curve((0.5, 0.7, 0.8), 0.8), Curve((0.6, 0.65), 0.65))
+    assert error_fraction_bound(curves, 0, 0.3, 2, top=1.0, min_curves=2) == pytest.approx(0.3 + 0.6 * 0.7)
+    assert error_fraction_bound(curves, 0, 0.3, 2, top=1.0, min_curves=3) is None
+
+
+def test_error_fraction_bound_stops_a_trial_below_every_curve_that_cannot_reach_the_bound():
+    curves = (Curve((0.5, 0.7, 0.8), 0.8), Curve((0.6, 0.65), 0.65))
+    stopper = ParetoStopper(curves=curves, front=(), bound=0.75, min_curves=2, best_possible=1.0)
+    # below every curve, so the calibrated projection abstains; 0.72 misses the bound
+    stop = stopper.decide(0, 0.3, {"size_bytes": 75.0}, remaining=2)
+    assert stop is not None and "error-fraction bound 0.72 misses the constraint bound" in stop.reason
+    assert stopper.decide(0, 0.4, {"size_bytes": 75.0}, remaining=2) is None  # 0.4 + 0.6 x 0.6 = 0.76
+    off = ParetoStopper(curves=curves, front=(), bound=0.75, min_curves=2, best_possible=1.0, error_fraction=False)
+    assert off.decide(0, 0.3, {"size_bytes": 75.0}, remaining=2) is None
