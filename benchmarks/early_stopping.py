@@ -453,13 +453,13 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
                          maximize=directions[metric] == "maximize")
 
     # As the live arm ran: a run folder from before the budget (or with it off) replays without it.
-    budget = {"hv_budget": settings.get("hv_budget", 0.0), "error_fraction": settings.get("error_fraction", False),
+    extras = {"hv_budget": settings.get("hv_budget", 0.0), "error_fraction": settings.get("error_fraction", False),
               "reference_costs": {"size_bytes": refs["off"][1]}}
 
     def replayed(q: float, with_bound: bool) -> list[TrialRecord]:
         return replay(records["off"], directions, quantile=q, min_curves=settings["min_curves"], best_possible=best,
                       own_curve_from=settings.get("own_curve_from"),
-                      bound=bound if with_bound else None, **budget)
+                      bound=bound if with_bound else None, **extras)
 
     def scored(trials: list[TrialRecord]) -> dict:
         return ratios(live["off"], arm_numbers(trials, directions, refs["off"]))
@@ -470,7 +470,7 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
     # (what the rule read before): how much seeing the later stages is worth.
     on_trained = replay([replace(r, curve=r.trained_curve) for r in records["off"]], directions, best_possible=best,
                         quantile=settings["quantile"], min_curves=settings["min_curves"], bound=bound,
-                        own_curve_from=settings.get("own_curve_from"), **budget)
+                        own_curve_from=settings.get("own_curve_from"), **extras)
     # Where both arms drew the same trials, the replay of the rule the live arm ran (with
     # the constraint bound, as local.make_stopper builds it) must reproduce its decisions;
     # this checks the replay machinery only if the live run used the current rule.
@@ -484,7 +484,8 @@ def compare_seed(out_dir: Path, task: str, seed: int) -> dict:
         "replay_without_bound": scored(without_bound),
         "replay_trained_curve": scored(on_trained),
         "rule": {"quantile": settings["quantile"], "min_curves": settings["min_curves"], "bound": bound,
-                 "own_curve_from": settings.get("own_curve_from")},
+                 "own_curve_from": settings.get("own_curve_from"), "hv_budget": extras["hv_budget"],
+                 "error_fraction": extras["error_fraction"]},
     }
 
 
