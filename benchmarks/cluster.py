@@ -12,7 +12,8 @@ Ray's start-up and the interpreter start-up of each worker are outside it. Each 
 trains with 2 threads, so N workers need 2N cores to scale. Ray's overhead is ray minus
 procs at 1 worker, per round, with ``--rounds`` interleaving the modes so a load change on a
 shared machine hits both. The early-stopping rows replay the current rule on the recorded
-test searches in ``benchmarks/results/early_stopping_records.json``
+full-budget searches of seeds no setting was chosen on,
+``benchmarks/results/early_stopping_live_records_s8.json``
 (``benchmarks/early_stopping.py --from-records``).
 
     python benchmarks/cluster.py [--mode procs,ray] [--workers 1,2,4,8] [--trials-per-worker 4]
@@ -35,7 +36,7 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-EARLY_STOPPING_RECORDS = ROOT / "benchmarks" / "results" / "early_stopping_records.json"
+EARLY_STOPPING_RECORDS = ROOT / "benchmarks" / "results" / "early_stopping_live_records_s8.json"
 
 
 def experiment(folder: Path, name: str, trials: int, workers: int) -> Path:
@@ -107,8 +108,8 @@ def measure(mode: str, workers: int, trials_per_worker: int, scratch: Path, roun
 
 
 def early_stopping_rows() -> dict:
-    """The current early-stopping rule replayed on the recorded test searches (default
-    quantile, shipped curve); see benchmarks/early_stopping.py --from-records."""
+    """The current early-stopping rule replayed on the recorded held-out searches (default
+    settings, shipped curve); see benchmarks/early_stopping.py --from-records."""
     if not EARLY_STOPPING_RECORDS.is_file():
         return {}
     sys.path.insert(0, str(ROOT / "benchmarks"))
