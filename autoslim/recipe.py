@@ -63,7 +63,6 @@ class StageConfig(StrictModel):
         if isinstance(kind, str):
             StageConfig.kinds[kind] = cls
 
-
     def without_training(self) -> StageConfig:
         """This stage with its ``training_fields`` at their defaults (valid together,
         since every default is)."""

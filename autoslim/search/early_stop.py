@@ -287,8 +287,8 @@ class ParetoStopper:
         return any((c.epochs[epoch] <= metric) if self.maximize else (c.epochs[epoch] >= metric) for c in usable)
 
     def decide(self, epoch: int, metric: float, costs: Mapping[str, float],
-               remaining: int | None = None, curve: Sequence[float] | None = None) -> str | None:
-        """A reason to stop at ``epoch`` with validation ``metric``, or None to go on.
+               remaining: int | None = None, curve: Sequence[float] | None = None) -> Stop | None:
+        """Why to stop at ``epoch`` with validation ``metric``, or None to go on.
 
         ``remaining``: the trial's planned epochs after this one (None: unknown, and each
         calibration curve's whole remaining gain counts). ``curve``: the trial's metric
@@ -330,7 +330,7 @@ class ParetoStopper:
         if not budget or self.hv_budget <= 0 or self.reference_costs is None or self.bound is None:
             return None
         front_hv = self.front_hypervolume()
-        charge = self.hv_contribution(projected, costs)
+        charge = max(0.0, self.front_hypervolume(self._point(projected, costs)) - front_hv)
         if self.hv_spent + charge <= self.hv_budget * front_hv:  # a point adding nothing always fits
             share = f"{charge / front_hv:.2%} of the front's hypervolume" if front_hv > 0 else "no hypervolume"
             return Stop(f"{head} would add {share}, within the stopping budget", charge)
