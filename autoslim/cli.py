@@ -57,7 +57,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                  overrides=Overrides(trials=args.trials, timeout=args.timeout, seed=args.seed),
                  backend=args.backend, address=args.address, storage=args.storage)
     print(f"run folder: {run.path}")
-    return _print_front(run, as_json=False)
+    status = _print_front(run, as_json=False)
+    summary = run.path / "summary.json"
+    for note in json.loads(summary.read_text()).get("notes", []) if summary.is_file() else []:
+        print(f"note: {note}")
+    return status
 
 
 def _print_front(run, *, as_json: bool) -> int:

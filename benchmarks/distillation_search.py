@@ -22,6 +22,12 @@ cost hundreds of bytes on a tiny model; artifacts now leave training-only stages
 default-valued fields out (``autoslim.artifact.artifact_recipe``). Re-pricing is not
 re-searching: the sampler saw the bytes of the format it ran under.
 
+Across the seeds (``across_seeds``): how many seeds each arm's front dominates on, on
+validation and on the same points' test metric; whose hypervolume is higher; and the
+best, median and worst empirical attainment surfaces of each arm, and whether one arm's
+dominates the other's. The teacher (the fp32 baseline) is printed too: KD needs one that
+beats its students (benchmarks/DISTILL_RESULTS.md, session 9).
+
     python benchmarks/distillation_search.py [--experiment FILE] [--seeds 0,1,2] [--trials N]
                                              [--jobs J] [--workers W] [--out-dir DIR] [--json] [--analyze]
 """
@@ -42,7 +48,13 @@ import yaml
 from autoslim.artifact import artifact_recipe_text
 from autoslim.errors import AutoslimError
 from autoslim.recipe import Recipe
-from autoslim.results.pareto import dominates, hypervolume, pareto_front, to_minimization
+from autoslim.results.pareto import (
+    attainment_surface,
+    dominates,
+    hypervolume,
+    pareto_front,
+    to_minimization,
+)
 from autoslim.run import load_run
 from autoslim.search.experiment import load_experiment
 from autoslim.search.local import INTERRUPTED, Overrides, search
@@ -121,22 +133,32 @@ def front_rows(run_dir: Path, trials: int | None, pricing: str = "artifact") -> 
     return sorted(rows, key=lambda r: r["size_bytes"]), run.baseline
 
 
-def minimization_points(rows: list[dict]) -> np.ndarray:
-    points = np.array([[r["metric"], r["size_bytes"]] for r in rows], dtype=float).reshape(-1, 2)
+def minimization_points(rows: list[dict], key: str = "metric") -> np.ndarray:
+    points = np.array([[r[key], r["size_bytes"]] for r in rows], dtype=float).reshape(-1, 2)
     return to_minimization(points, DIRECTIONS)
 
 
-def front_dominates(a: list[dict], b: list[dict]) -> bool:
-    """Every point of front ``b`` dominated by or equal to a point of front ``a``, one strictly."""
-    pa, pb = minimization_points(a), minimization_points(b)
+def set_dominates(pa: np.ndarray, pb: np.ndarray) -> bool:
+    """Every point of ``pb`` dominated by or equal to a point of ``pa``, one strictly (minimisation)."""
     strictly = [any(dominates(p, q) for p in pa) for q in pb]
     covered = [s or any(np.array_equal(p, q) for p in pa) for s, q in zip(strictly, pb, strict=True)]
     return len(pb) > 0 and all(covered) and any(strictly)
 
 
-def hv_fraction(rows: list[dict], base: dict, metric: str, max_drop: float) -> float:
+def front_dominates(a: list[dict], b: list[dict], key: str = "metric") -> bool:
+    """Front ``a`` dominates front ``b`` on (``key``, bytes): :func:`set_dominates`."""
+    return set_dominates(minimization_points(a, key), minimization_points(b, key))
+
+
+def hv_reference(base: dict, metric: str, max_drop: float) -> tuple[np.ndarray, float]:
+    """The shared reference point (minimisation) and the volume that normalises to 1."""
     ref = np.array([-(base[metric] - 1.1 * max_drop), 1.1 * base["size_bytes"]])
-    return hypervolume(minimization_points(rows), ref) / (1.1 * max_drop * ref[1])
+    return ref, float(1.1 * max_drop * ref[1])
+
+
+def hv_fraction(rows: list[dict], base: dict, metric: str, max_drop: float) -> float:
+    ref, unit = hv_reference(base, metric, max_drop)
+    return float(hypervolume(minimization_points(rows), ref) / unit)
 
 
 def best_by_size(run_dir: Path, trials: int | None, metric: str) -> dict[float, float]:
@@ -170,11 +192,46 @@ def compare_seed(out_dir: Path, seed: int, trials: int | None, metric: str, max_
         result[arm] = {"hypervolume": hv_fraction(rows, base, metric, max_drop), "front": rows}
     result["kd_dominates_no_kd"] = front_dominates(fronts["kd"][0], fronts["no_kd"][0])
     result["no_kd_dominates_kd"] = front_dominates(fronts["no_kd"][0], fronts["kd"][0])
+    # The same fronts (chosen on validation) judged by their artifacts' test metric.
+    result["kd_dominates_no_kd_on_test"] = front_dominates(fronts["kd"][0], fronts["no_kd"][0], "test_metric")
+    result["no_kd_dominates_kd_on_test"] = front_dominates(fronts["no_kd"][0], fronts["kd"][0], "test_metric")
     if pricing == "artifact":  # the same judgement under the diagnostic pricings
         result["by_architecture"] = by_architecture(out_dir, seed, trials, metric)
         result["priced_with_full_recipe"] = compare_seed(out_dir, seed, trials, metric, max_drop, "full_recipe")
         result["priced_by_weights"] = compare_seed(out_dir, seed, trials, metric, max_drop, "weights")
     return result
+
+
+def across_seeds(seeds: list[dict], base: dict, metric: str, max_drop: float) -> dict:
+    """What the seeds say together. Per-seed front dominance is all-or-nothing: one lucky
+    learning rate at one size in the no-KD arm undoes it. The attainment surfaces
+    (:func:`autoslim.results.pareto.attainment_surface`) say what the searches reach in
+    the best, the median and the worst seed; the median one is the usual summary of a
+    stochastic multi-objective search."""
+    n = len(seeds)
+    ref, unit = hv_reference(base, metric, max_drop)
+    fronts = {arm: [minimization_points(s[arm]["front"]) for s in seeds] for arm in ("kd", "no_kd")}
+    levels = {}
+    for label, k in (("best", 1), ("median", (n + 1) // 2), ("worst", n)):
+        surfaces = {arm: attainment_surface(fronts[arm], k) for arm in fronts}
+        levels[label] = {
+            "attained_by": f"{k} of {n} seeds",
+            "kd_dominates_no_kd": set_dominates(surfaces["kd"], surfaces["no_kd"]),
+            "no_kd_dominates_kd": set_dominates(surfaces["no_kd"], surfaces["kd"]),
+            **{arm: {"hypervolume": float(hypervolume(surface, ref) / unit),
+                     "surface": [{"size_bytes": float(b), "metric": float(-m)} for m, b in surface[::-1]]}
+               for arm, surface in surfaces.items()}}
+    hv = {arm: [s[arm]["hypervolume"] for s in seeds] for arm in ("kd", "no_kd")}
+    return {"seeds": n,
+            "kd_front_dominates": sum(s["kd_dominates_no_kd"] for s in seeds),
+            "no_kd_front_dominates": sum(s["no_kd_dominates_kd"] for s in seeds),
+            "kd_front_dominates_on_test": sum(s["kd_dominates_no_kd_on_test"] for s in seeds),
+            "no_kd_front_dominates_on_test": sum(s["no_kd_dominates_kd_on_test"] for s in seeds),
+            "kd_higher_hypervolume": sum(bool(k > o) for k, o in zip(hv["kd"], hv["no_kd"], strict=True)),
+            "mean_hypervolume": {arm: float(np.mean(v)) for arm, v in hv.items()},
+            "by_architecture": {key: sum(s["by_architecture"][key] for s in seeds)
+                                for key in ("shared_sizes", "kd_better", "no_kd_better")},
+            "attainment": levels}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,8 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     result = {"experiment": str(args.experiment), "trials": budget, "metric": metric,
               "search_seconds": {f"{run_dir.parent.name}/{run_dir.name}": s and round(s, 1)
                                  for (_, run_dir, _), s in zip(jobs, seconds, strict=True)},
-              "seeds": [compare_seed(args.out_dir, s, budget, metric, max_drop) for s in seeds],
-              "wall_seconds": round(time.monotonic() - start, 1)}
+              "seeds": [compare_seed(args.out_dir, s, budget, metric, max_drop) for s in seeds]}
+    # The fp32 baseline is the teacher and the reference; KD cannot transfer what the
+    # teacher does not know better than its students (benchmarks/DISTILL_RESULTS.md).
+    base = load_run(args.out_dir / f"seed{seeds[0]}" / "kd").baseline
+    result["teacher"] = {metric: base[metric], f"test_{metric}": base.get(f"test_{metric}")}
+    result["across_seeds"] = across_seeds(result["seeds"], base, metric, max_drop)
+    result["wall_seconds"] = round(time.monotonic() - start, 1)
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0
 
@@ -251,6 +313,21 @@ def table(result: dict) -> str:
         lines.append(f"  by architecture (sizes both arms visited: {a['shared_sizes']}): KD better at {a['kd_better']}, "
                      f"worse at {a['no_kd_better']}, mean gain {gain}; sizes visited kd {a['sizes_visited']['kd']}, "
                      f"no_kd {a['sizes_visited']['no_kd']}")
+    t, a = result["teacher"], result["across_seeds"]
+    lines += ["", f"teacher (fp32 baseline): {' '.join(f'{k} {v:.4f}' for k, v in t.items() if v is not None)}",
+              f"across {a['seeds']} seeds: kd front dominates on {a['kd_front_dominates']} "
+              f"(on test {a['kd_front_dominates_on_test']}), no_kd on {a['no_kd_front_dominates']} "
+              f"(on test {a['no_kd_front_dominates_on_test']}); kd HV higher on {a['kd_higher_hypervolume']}; "
+              f"mean HV kd {a['mean_hypervolume']['kd']:.4f}, no_kd {a['mean_hypervolume']['no_kd']:.4f}; "
+              f"by architecture KD better at {a['by_architecture']['kd_better']} of "
+              f"{a['by_architecture']['shared_sizes']}, worse at {a['by_architecture']['no_kd_better']}"]
+    for label, level in a["attainment"].items():
+        lines.append(f"  {label} attainment surface ({level['attained_by']}): HV kd {level['kd']['hypervolume']:.4f}, "
+                     f"no_kd {level['no_kd']['hypervolume']:.4f}; kd dominates: {level['kd_dominates_no_kd']}; "
+                     f"reverse: {level['no_kd_dominates_kd']}")
+        for arm in ("kd", "no_kd"):
+            points = ", ".join(f"{p['size_bytes']:.0f} B @ {p['metric']:.4f}" for p in level[arm]["surface"])
+            lines.append(f"    {arm:6} {points}")
     lines.append(f"\nwall time {result['wall_seconds']:.0f} s")
     return "\n".join(lines)
 

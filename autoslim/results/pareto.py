@@ -245,3 +245,30 @@ def hypervolume_history(
                 current = hypervolume(front, ref)
         history[k] = current
     return history
+
+
+def attainment_surface(fronts: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """The k-th empirical attainment surface of several runs' 2-D fronts (minimisation).
+
+    A point z is attained by a run when one of its front points weakly dominates z.
+    The k-th surface bounds the points attained by at least ``k`` of the ``n`` runs:
+    k = 1 is the best any run did, k = n what every run did, ``ceil(n/2)`` the median
+    (Fonseca and Fleming's attainment function, the usual way to compare stochastic
+    multi-objective searches beyond one lucky or unlucky seed). Returned as its
+    non-dominated corner points, sorted by the first objective; empty where fewer than
+    k runs have any point. A run with no point attains nothing.
+    """
+    if not 1 <= k <= len(fronts):
+        raise AutoslimError(f"attainment level k={k} is outside 1..{len(fronts)} runs")
+    runs = [_as_points(front, "front") if np.size(front) else np.empty((0, 2)) for front in fronts]
+    if any(front.shape[1] != 2 for front in runs):
+        raise AutoslimError("attainment surfaces are computed for 2 objectives only")
+    xs = np.unique(np.concatenate([front[:, 0] for front in runs]))
+    # best[i, j]: run i's lowest second objective among its points with x <= xs[j].
+    best = np.full((len(runs), len(xs)), np.inf)
+    for i, front in enumerate(runs):
+        for x, y in front:
+            best[i, xs >= x] = np.minimum(best[i, xs >= x], y)
+    level = np.sort(best, axis=0)[k - 1]  # the k-th best run at each x
+    corners = np.column_stack([xs, level])[np.isfinite(level)]
+    return corners[non_dominated_mask(corners)] if len(corners) else corners

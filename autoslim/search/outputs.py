@@ -101,6 +101,33 @@ def hypervolume_summary(run: Run, table: pd.DataFrame) -> tuple[float, list[floa
     return hypervolume(mins, ref), ref.tolist(), history
 
 
+def teacher_note(table: pd.DataFrame, recipes: dict[int, dict], metric: str, direction: str,
+                 teacher: float | None) -> str | None:
+    """A warning when a run distils from the fp32 baseline and its students score as well.
+
+    KD transfers what the teacher knows better than the student; a teacher that compressed
+    students already match has little to give (benchmarks/DISTILL_RESULTS.md, session 9: a
+    0.911-val baseline, students without KD at 0.918). Judged on the validation metric of
+    every completed trial, with KD or without (a space whose distill component is optional
+    holds both). It cannot see students that a weak teacher held back below itself.
+    """
+    if teacher is None or metric not in table:
+        return None
+    done = table[table["state"] == "COMPLETE"]
+    distils_from_baseline = any(stage.get("kind") == "distill" and not stage.get("teacher")
+                                for n in done["trial"] for stage in recipes.get(int(n), {}).get("stages", []))
+    if not distils_from_baseline:
+        return None
+    scores = done[metric].astype(float)
+    matched = scores[scores >= teacher] if direction == "maximize" else scores[scores <= teacher]
+    if matched.empty:
+        return None
+    best = matched.max() if direction == "maximize" else matched.min()
+    return (f"{len(matched)} of {len(done)} trials reach the {metric} of the distill teacher "
+            f"(the fp32 baseline, {teacher:.4f} on val; best trial {best:.4f}): distillation has little "
+            f"left to transfer; name a stronger teacher (distill.teacher)")
+
+
 def write_outputs(run: Run, experiment: Experiment) -> dict:
     """Write trials.csv, pareto.csv, pareto.png and summary.json; return the summary."""
     table = run.table()
@@ -122,6 +149,9 @@ def write_outputs(run: Run, experiment: Experiment) -> dict:
         "baseline": run.baseline,
         "trials": {state: int((table["state"] == state).sum())
                    for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+        "notes": [note for note in [teacher_note(
+            table, {t.number: t.user_attrs.get("recipe", {}) for t in run.study.trials}, metric,
+            run.objectives.get(metric, "maximize"), run.baseline.get(metric))] if note],
         "hypervolume": hv,
         "hypervolume_reference": ref,
         "front": [

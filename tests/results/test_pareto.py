@@ -9,6 +9,7 @@ import pytest
 
 from autoslim.errors import AutoslimError
 from autoslim.results.pareto import (
+    attainment_surface,
     dominates,
     hypervolume,
     hypervolume_history,
@@ -177,3 +178,32 @@ def test_hypervolume_history_hand_computed() -> None:
         values, ["minimize", "minimize"], [True, True, True, False], np.array([4.0, 4.0])
     )
     np.testing.assert_allclose(history, [3.0, 5.0, 6.0, 6.0])
+
+
+def test_attainment_surfaces_hand_computed() -> None:
+    a, b, c = np.array([[1, 5], [3, 2]]), np.array([[2, 4], [4, 1]]), np.array([[1, 6]])
+    assert attainment_surface([a, b, c], 1).tolist() == [[1, 5], [2, 4], [3, 2], [4, 1]]
+    # the 2nd best run at x = 1, 2, 3, 4 reaches 6, 5, 4, 2
+    assert attainment_surface([a, b, c], 2).tolist() == [[1, 6], [2, 5], [3, 4], [4, 2]]
+    # every run (c only from x = 1, b only from x = 2) first reaches y = 6 at x = 2
+    assert attainment_surface([a, b, c], 3).tolist() == [[2, 6]]
+
+
+def test_attainment_surface_bounds_what_k_runs_attain() -> None:
+    rng = np.random.default_rng(3)
+    fronts = [rng.integers(0, 8, size=(rng.integers(0, 5), 2)).astype(float) for _ in range(5)]
+    for k in range(1, 6):
+        surface = attainment_surface(fronts, k)
+        for z in itertools.product(range(9), repeat=2):
+            attained_by = sum(any(np.all(p <= z) for p in front) for front in fronts)
+            on_or_above_surface = any(np.all(p <= z) for p in surface)
+            assert on_or_above_surface == (attained_by >= k), (k, z)
+
+
+def test_attainment_surface_rejects_bad_level_and_dimension() -> None:
+    front = np.array([[1.0, 2.0]])
+    with pytest.raises(AutoslimError, match="k=3 is outside 1..2"):
+        attainment_surface([front, front], 3)
+    with pytest.raises(AutoslimError, match="2 objectives only"):
+        attainment_surface([np.ones((2, 3))], 1)
+    assert attainment_surface([front, np.empty((0, 2))], 2).shape == (0, 2)

@@ -34,6 +34,7 @@ def test_search_writes_run_folder_and_exported_recipe_replays_exactly(tmp_path, 
     summary = json.loads((run.path / "summary.json").read_text())
     assert summary["trials"]["COMPLETE"] + summary["trials"]["FAIL"] == 3
     assert summary["energy_source"] == "estimated"
+    assert summary["notes"] == []  # no distill stage, so no teacher warning
     assert summary["labels"] == {"accuracy": "accuracy", "size_bytes": "size_bytes"}
     assert summary["baseline"]["size_bytes"] > 0 and "test_accuracy" in summary["baseline"]
 
