@@ -48,6 +48,7 @@ class ApplyContext:
     stage_index: int = 0
     skip_training: bool = False
     target: Target = field(default_factory=Target)
+    recipe: Recipe | None = None  # the recipe being applied (progressive distillation derives from it)
 
     def realise(self, config: StageConfig) -> None:
         """Record the settled form of the current stage (e.g. the phases an adaptive
@@ -138,7 +139,7 @@ def apply_recipe(
     task = task or load_task(recipe.task)
     model = model if model is not None else load_baseline(recipe.task, task).model
     ctx = ApplyContext(task=task, seed=recipe.seed, hooks=hooks or TrainHooks(), skip_training=dry_run,
-                       target=recipe.target, records=records if records is not None else {})
+                       target=recipe.target, records=records if records is not None else {}, recipe=recipe)
     for index, stage in enumerate(recipe.stages):
         if index < first_stage:
             continue

@@ -63,6 +63,14 @@ class StageConfig(StrictModel):
         if isinstance(kind, str):
             StageConfig.kinds[kind] = cls
 
+    def milder(self, fraction: float) -> StageConfig | None:
+        """This stage compressing ``fraction`` as much, for progressive distillation's
+        intermediate student (teacher → intermediate → final); None leaves the stage out
+        of the intermediate. A stage that only trains stays as it is. A shipped stage that
+        does not say how to be milder (quantization, storage) is left out, so the
+        intermediate is a float model: it only ever teaches."""
+        return None if self.shipped else self
+
     def without_training(self) -> StageConfig:
         """This stage with its ``training_fields`` at their defaults (valid together,
         since every default is)."""

@@ -51,6 +51,10 @@ VARIANTS: dict[str, dict | None] = {
     "response+feature+relation": {**RESPONSE, "feature_weight": 1.0, "relation_distance_weight": 1.0,
                                   "relation_angle_weight": 2.0},
     "response+phases": {**RESPONSE, "feature_weight": 1.0, "schedule": {"kind": "phases"}},
+    # Progressive: the same KD, through an intermediate student with half the compression
+    # (teacher → intermediate → final); twice the training.
+    "response+phases, progressive": {**RESPONSE, "feature_weight": 1.0, "schedule": {"kind": "phases"},
+                                     "progressive": 0.5},
     # Function matching: the teacher labels mixed inputs (mixup). The control row mixes the
     # same inputs but learns from the mixed hard labels only, so the gain of the KD rows
     # over it is the teacher's, not the augmentation's.

@@ -256,13 +256,15 @@ def attainment_surface(fronts: Sequence[np.ndarray], k: int) -> np.ndarray:
     (Fonseca and Fleming's attainment function, the usual way to compare stochastic
     multi-objective searches beyond one lucky or unlucky seed). Returned as its
     non-dominated corner points, sorted by the first objective; empty where fewer than
-    k runs have any point. A run with no point attains nothing.
+    k runs have any point. A run with no point attains nothing; a point with a NaN
+    objective is ignored, as :func:`pareto_front` ignores it.
     """
     if not 1 <= k <= len(fronts):
         raise AutoslimError(f"attainment level k={k} is outside 1..{len(fronts)} runs")
     runs = [_as_points(front, "front") if np.size(front) else np.empty((0, 2)) for front in fronts]
     if any(front.shape[1] != 2 for front in runs):
         raise AutoslimError("attainment surfaces are computed for 2 objectives only")
+    runs = [front[~np.isnan(front).any(axis=1)] for front in runs]
     xs = np.unique(np.concatenate([front[:, 0] for front in runs]))
     # best[i, j]: run i's lowest second objective among its points with x <= xs[j].
     best = np.full((len(runs), len(xs)), np.inf)

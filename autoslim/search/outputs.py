@@ -106,8 +106,8 @@ def teacher_note(table: pd.DataFrame, recipes: dict[int, dict], metric: str, dir
     """A warning when a run distils from the fp32 baseline and its students score as well.
 
     KD transfers what the teacher knows better than the student; a teacher that compressed
-    students already match has little to give (benchmarks/DISTILL_RESULTS.md, session 9: a
-    0.911-val baseline, students without KD at 0.918). Judged on the validation metric of
+    students already match may have little to give (benchmarks/DISTILL_RESULTS.md, session
+    9: a 0.911-val baseline, students without KD at up to 0.9225). Judged on the validation metric of
     every completed trial, with KD or without (a space whose distill component is optional
     holds both). It cannot see students that a weak teacher held back below itself.
     """
@@ -124,8 +124,8 @@ def teacher_note(table: pd.DataFrame, recipes: dict[int, dict], metric: str, dir
         return None
     best = matched.max() if direction == "maximize" else matched.min()
     return (f"{len(matched)} of {len(done)} trials reach the {metric} of the distill teacher "
-            f"(the fp32 baseline, {teacher:.4f} on val; best trial {best:.4f}): distillation has little "
-            f"left to transfer; name a stronger teacher (distill.teacher)")
+            f"(the fp32 baseline, {teacher:.4f} on val; best trial {best:.4f}): distillation may have "
+            f"little left to transfer; a stronger teacher (distill.teacher) may help")
 
 
 def write_outputs(run: Run, experiment: Experiment) -> dict:

@@ -34,8 +34,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from autoslim.errors import AutoslimError
-from autoslim.pipeline import ApplyContext, register_handler
-from autoslim.recipe import StageConfig, StrictModel, TaskRef
+from autoslim.pipeline import ApplyContext, apply_recipe, register_handler
+from autoslim.recipe import Recipe, StageConfig, StrictModel, TaskRef
 from autoslim.space import ComponentSpec, FloatRange, IntRange, ModelInfo, compressible_layers
 from autoslim.task import Task
 from autoslim.techniques import distill_losses as L
@@ -103,6 +103,12 @@ class DistillConfig(StageConfig):
     # teacher's function off the data's support, which hard labels cannot; the CE term
     # uses the mixed labels (mixup). 0 turns it off; float inputs only.
     mixup: float = Field(default=0.0, ge=0.0)
+    # Progressive distillation (teacher → intermediate → final student): > 0 first builds
+    # an intermediate student, the rest of this recipe with every compression scaled by
+    # this fraction (StageConfig.milder) and distilled from the teacher, and lets it teach
+    # the final student. A smaller capacity gap per step is the point (Mirzadeh et al. 2020,
+    # teacher assistants). It doubles the trial's training. 0 = off.
+    progressive: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class RecoverConfig(StageConfig):
@@ -296,12 +302,27 @@ def resolve_teacher(config: DistillConfig, model: nn.Module, ctx: ApplyContext) 
     return load_baseline(task_ref, load_task(task_ref)).model
 
 
+def intermediate_recipe(config: DistillConfig, ctx: ApplyContext) -> Recipe:
+    """Progressive distillation's middle link: this distill stage (not progressive, same
+    teacher) followed by every later stage of the recipe made milder by
+    ``config.progressive``. Applied to the model this stage receives, it gives a student
+    between the teacher and the final one, which then teaches the final one."""
+    if ctx.recipe is None:
+        raise AutoslimError("progressive distillation needs the recipe it belongs to (apply it with apply_recipe)")
+    later = [stage.milder(config.progressive) for stage in ctx.recipe.stages[ctx.stage_index + 1:]]
+    first = config.model_copy(update={"progressive": 0.0})
+    return ctx.recipe.model_copy(update={"stages": [first, *(s for s in later if s is not None)]})
+
+
 @register_handler(DistillConfig)
 class DistillHandler:
     def apply(self, model: nn.Module, config: DistillConfig, ctx: ApplyContext) -> nn.Module:
         if isinstance(ctx.hooks.loss, Distiller):
             raise AutoslimError("a recipe takes one distill stage (it sets the loss of every later fine-tune)")
-        distiller = Distiller(config, resolve_teacher(config, model, ctx), ctx.task, seed=ctx.seed)
+        teacher = resolve_teacher(config, model, ctx)
+        if config.progressive > 0 and not ctx.skip_training:  # a dry run only needs the structure
+            teacher = apply_recipe(intermediate_recipe(config, ctx), task=ctx.task, model=copy.deepcopy(model))
+        distiller = Distiller(config, teacher, ctx.task, seed=ctx.seed)
         ctx.hooks.loss = distiller
         ctx.hooks.after_step.append(distiller.after_step)
         ctx.hooks.on_epoch_end.append(distiller.on_epoch_end)
@@ -356,6 +377,7 @@ class DistillSpace(ComponentSpec):
     relation_weight: FloatRange = Zero
     contrastive_weight: FloatRange = Zero
     mixup: FloatRange = Zero  # Beta concentration of function-matching mixup; 0 = off
+    progressive: FloatRange = Zero  # the intermediate student's share of the compression; 0 = off
     schedules: list[Literal["constant", "phases", "linear"]] = Field(default=["constant"], min_length=1)
     phases: PhaseSchedule = Field(default_factory=PhaseSchedule)
     linear: LinearSchedule = Field(default_factory=LinearSchedule)
@@ -378,6 +400,7 @@ class DistillSpace(ComponentSpec):
             relation_distance_weight=relation, relation_angle_weight=2 * relation,
             contrastive_weight=self.contrastive_weight.suggest(trial, f"{n}.contrastive_weight"),
             mixup=self.mixup.suggest(trial, f"{n}.mixup"),
+            progressive=self.progressive.suggest(trial, f"{n}.progressive"),
             schedule=schedule, epochs=epochs, **self.fixed)
         if epochs:
             values["lr"] = self.lr.suggest(trial, f"{n}.lr")

@@ -90,6 +90,13 @@ class PruneConfig(StageConfig):
         "initial_sparsity", "start_step", "end_step", "frequency", "power", "rounds", "rewind_epochs",
         "phase_count", "threshold", "phases"})
 
+    def milder(self, fraction: float) -> PruneConfig:
+        """Every sparsity scaled by ``fraction``; an adaptive schedule decides its phases again."""
+        return self.model_validate({
+            **self.model_dump(), "sparsity": self.sparsity * fraction,
+            "initial_sparsity": self.initial_sparsity * fraction, "phases": [],
+            "layers": {name: value * fraction for name, value in self.layers.items()}})
+
     @model_validator(mode="after")
     def _check_layers(self) -> PruneConfig:
         if self.scope == "global" and self.layers:

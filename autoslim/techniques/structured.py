@@ -98,6 +98,13 @@ class StructuredPruneConfig(StageConfig):
     # (see ``rebuild``); :meth:`StructuredPruneHandler.shortest_form` drops it where it can.
     training_fields: ClassVar[frozenset[str]] = frozenset({"calibration_samples", "fine_tune_epochs", "lr"})
 
+    def milder(self, fraction: float) -> StructuredPruneConfig:
+        """Every removed share (channels, group ratios, heads, FFN neurons) scaled by ``fraction``."""
+        return self.model_validate({
+            **self.model_dump(), "ratio": self.ratio * fraction, "heads": self.heads * fraction,
+            "ffn": self.ffn * fraction,
+            "group_ratios": {name: value * fraction for name, value in self.group_ratios.items()}})
+
     @model_validator(mode="after")
     def _check_groups(self) -> StructuredPruneConfig:
         for name, value in self.group_ratios.items():

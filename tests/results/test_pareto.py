@@ -207,3 +207,6 @@ def test_attainment_surface_rejects_bad_level_and_dimension() -> None:
     with pytest.raises(AutoslimError, match="2 objectives only"):
         attainment_surface([np.ones((2, 3))], 1)
     assert attainment_surface([front, np.empty((0, 2))], 2).shape == (0, 2)
+    # a NaN point attains nothing; it must not hide the run's other points
+    with_nan = np.array([[0.0, np.nan], [1.0, 2.0]])
+    assert attainment_surface([with_nan, front], 2).tolist() == [[1.0, 2.0]]

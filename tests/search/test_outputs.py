@@ -31,6 +31,9 @@ def test_teacher_note_is_silent_when_the_teacher_is_ahead_or_not_the_baseline() 
     assert teacher_note(trials, {0: NAMED_TEACHER, 1: NO_KD}, "accuracy", "maximize", 0.5) is None
     assert teacher_note(trials, {0: NO_KD, 1: NO_KD}, "accuracy", "maximize", 0.5) is None
     assert teacher_note(trials, {0: DISTILL}, "accuracy", "maximize", None) is None
+    assert teacher_note(trials, {0: DISTILL}, "f1", "maximize", 0.5) is None  # not a column
+    failed = table([(0, "FAIL", 0.99), (1, "COMPLETE", 0.96)])
+    assert teacher_note(failed, {0: DISTILL, 1: NO_KD}, "accuracy", "maximize", 0.5) is None  # only a failed trial distilled
 
 
 def test_teacher_note_for_a_metric_to_minimize() -> None:

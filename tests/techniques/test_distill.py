@@ -253,3 +253,71 @@ def test_mixup_refuses_token_ids():
     kd = Distiller(DistillConfig(mixup=1.0), teacher, task, seed=0)
     with pytest.raises(AutoslimError, match="mixup needs floating-point inputs"):
         kd(task.build_model(), task.data.train.inputs[:4], task.data.train.targets[:4])
+
+
+def test_milder_stages_for_the_intermediate_student():
+    from autoslim.techniques.prune import PruneConfig
+    from autoslim.techniques.quantize import QuantizeConfig
+    from autoslim.techniques.structured import StructuredPruneConfig
+
+    structured = StructuredPruneConfig(ratio=0.6, heads=0.4, ffn=0.2, group_ratios={"conv1": 0.5},
+                                       fine_tune_epochs=3).milder(0.5)
+    assert (structured.ratio, structured.heads, structured.ffn) == (0.3, 0.2, 0.1)
+    assert structured.group_ratios == {"conv1": 0.25} and structured.fine_tune_epochs == 3
+    unstructured = PruneConfig(scope="layer", sparsity=0.8, layers={"fc": 0.6}).milder(0.25)
+    assert (unstructured.sparsity, unstructured.layers) == (0.2, {"fc": 0.15})
+    assert QuantizeConfig(default=4).milder(0.5) is None  # the intermediate stays float: it only teaches
+    assert RecoverConfig(epochs=2).milder(0.5) == RecoverConfig(epochs=2)
+
+
+@pytest.mark.slow
+def test_progressive_distillation_teaches_through_an_intermediate_student(tiny_task_ref, monkeypatch):
+    import autoslim.techniques.distill as distill
+
+    teachers: list[int] = []  # parameter count of each Distiller's teacher, in order
+    real_init = distill.Distiller.__init__
+
+    def spy(self, config, teacher, task, *, seed):
+        teachers.append(sum(p.numel() for p in teacher.parameters()))
+        real_init(self, config, teacher, task, seed=seed)
+
+    monkeypatch.setattr(distill.Distiller, "__init__", spy)
+    stages = [{"kind": "distill", "alpha": 0.9, "progressive": 0.5},
+              {"kind": "prune_structured", "ratio": 0.5, "round_to": 1, "input_shape": [1, 8, 8],
+               "fine_tune_epochs": 1},
+              {"kind": "recover", "epochs": 1}, {"kind": "quantize", "default": 8}]
+    progressive = recipe(tiny_task_ref, *stages)
+    student = apply_recipe(progressive)
+    fp32 = sum(p.numel() for p in apply_recipe(recipe(tiny_task_ref)).parameters())
+    final = sum(p.numel() for p in student.parameters())
+    # the intermediate learns from the fp32 model, then teaches the final student; it
+    # removed half as many channels, so its size lies strictly between theirs
+    assert teachers[0] == fp32 and final < teachers[1] < fp32
+    replay = state(apply_recipe(progressive))
+    assert all(torch.equal(replay[k], v) for k, v in state(student).items())
+    direct = state(apply_recipe(recipe(tiny_task_ref, {**stages[0], "progressive": 0.0}, *stages[1:])))
+    assert not all(torch.equal(direct[k], v) for k, v in state(student).items())
+
+
+def test_intermediate_recipe_scales_the_later_stages(tiny_task_ref):
+    from autoslim.pipeline import ApplyContext
+    from autoslim.techniques.distill import intermediate_recipe
+
+    full = recipe(tiny_task_ref, {"kind": "distill", "alpha": 0.7, "progressive": 0.4},
+                  {"kind": "prune_structured", "ratio": 0.5}, {"kind": "quantize", "default": 4})
+    ctx = ApplyContext(task=load_task(full.task), seed=0, recipe=full)
+    middle = intermediate_recipe(full.stages[0], ctx)
+    assert [s.kind for s in middle.stages] == ["distill", "prune_structured"]
+    assert middle.stages[0].progressive == 0.0 and middle.stages[0].alpha == 0.7
+    assert middle.stages[1].ratio == pytest.approx(0.2)
+    with pytest.raises(AutoslimError, match="needs the recipe"):
+        intermediate_recipe(full.stages[0], ApplyContext(task=ctx.task, seed=0))
+
+
+def test_progressive_is_a_search_dimension_only_when_given_a_range():
+    info = ModelInfo.from_model(DigitsCNN(width=4))
+    trial = optuna.create_study().ask()
+    searched = DistillSpace(optional=False, progressive={"low": 0.3, "high": 0.7}).suggest(trial, info)
+    assert 0.3 <= searched.progressive <= 0.7 and "distill.progressive" in trial.params
+    off = optuna.create_study().ask()
+    assert DistillSpace(optional=False).suggest(off, info).progressive == 0.0 and "distill.progressive" not in off.params
