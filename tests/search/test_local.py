@@ -208,3 +208,15 @@ def test_uniform_warm_start_plans_respect_each_layers_choices():
     component = WeightQuantSpace(bits=[2, 4, 8], layer_bits={"a": [8]}, optional=True)
     plans = uniform_params(component, ["a", "b"], [8, 4])
     assert plans == [{"quant.bits.a": 8, "quant.bits.b": 8, "quant.enabled": True}]  # "a" cannot take 4
+
+
+def test_search_notes_students_that_outscore_the_teacher_they_distil_from(tmp_path, experiment_file, capsys):
+    # The tiny baseline trains 3 epochs; 4 more (KD + CE) lift its uncompressed copy well
+    # above it (0.93 against 0.86 val here), so its own baseline has little left to teach.
+    space = [{"type": "distill", "optional": False, "alpha": {"low": 0.5, "high": 0.5},
+              "temperature": {"low": 2.0, "high": 2.0}},
+             {"type": "recover", "epochs": {"low": 4, "high": 4}, "lr": {"low": 3e-3, "high": 3e-3}}]
+    assert main(["search", str(experiment_file(trials=1, space=space)), "--out", str(tmp_path / "run")]) == 0
+    notes = json.loads((tmp_path / "run" / "summary.json").read_text())["notes"]
+    assert len(notes) == 1 and notes[0].startswith("1 of 1 trials reach the accuracy of the distill teacher")
+    assert f"note: {notes[0]}" in capsys.readouterr().out
