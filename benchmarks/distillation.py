@@ -37,6 +37,7 @@ from autoslim.baseline import load_baseline
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe, TaskRef, one_line
 from autoslim.task import load_task
+from autoslim.train import TrainHooks
 
 TASK = TaskRef(entry="autoslim.tasks.mnist1d:make_task", params={"model": "cnn"})
 RESPONSE = {"alpha": 0.9, "temperature": 4.0}
@@ -90,16 +91,20 @@ def _load(threads: int) -> tuple:
     return _WORKER["task"], _WORKER["teacher"]
 
 
-def run_recipe(name: str, seed: int, args: argparse.Namespace) -> tuple[float, float]:
-    """Test accuracy of one variant's artifact (saved, loaded back) and its apply seconds."""
+def run_recipe(name: str, seed: int, args: argparse.Namespace) -> tuple[float, float, float | None]:
+    """Test accuracy of one variant's artifact (saved, loaded back), its apply seconds and,
+    for a progressive variant, the test accuracy of the intermediate student that taught it."""
     task, teacher = _load(args.threads)
     recipe = Recipe(task=TASK, seed=seed, stages=stages(args.table[name], args))
+    hooks = TrainHooks()
     start = time.perf_counter()
-    model = apply_recipe(recipe, task=task, model=copy.deepcopy(teacher))
+    model = apply_recipe(recipe, task=task, model=copy.deepcopy(teacher), hooks=hooks)
     seconds = time.perf_counter() - start
+    progressive = (args.table[name] or {}).get("progressive", 0.0) > 0
+    intermediate = task.evaluate(hooks.loss.teacher, "test") if progressive else None
     with tempfile.TemporaryDirectory() as tmp:
         loaded = load_artifact(save_artifact(model, recipe, Path(tmp) / "artifact"), task=task)
-        return task.evaluate(loaded.model, "test"), seconds
+        return task.evaluate(loaded.model, "test"), seconds, intermediate
 
 
 def run_all(args: argparse.Namespace) -> list[dict]:
@@ -113,10 +118,12 @@ def run_all(args: argparse.Namespace) -> list[dict]:
     rows = []
     for name in args.variants:
         mine = [r for (n, _), r in zip(jobs, results, strict=True) if n == name]
-        accs = [a for a, _ in mine]
+        accs = [a for a, _, _ in mine]
         rows.append({"variant": name, "accuracy_mean": statistics.mean(accs),
                      "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                     "accuracies": accs, "apply_seconds_mean": statistics.mean(s for _, s in mine)})
+                     "accuracies": accs, "apply_seconds_mean": statistics.mean(s for _, s, _ in mine)})
+        if mine[0][2] is not None:  # progressive: how good a teacher the intermediate student was
+            rows[-1]["intermediate_accuracies"] = [i for _, _, i in mine]
     return rows
 
 
@@ -205,6 +212,9 @@ def table(result: dict) -> str:
         rec = "—" if r["recovered"] is None or r["variant"] == "no_kd" else f"{r['recovered']:+.0%}"
         lines.append(f"{r['variant']:28} {r['accuracy_mean']:>14.4f} ± {r['accuracy_std']:.4f} {rec:>10} "
                      f"{r['apply_seconds_mean']:>9.1f}")
+        if "intermediate_accuracies" in r:
+            lines.append(f"{'':28} taught by intermediate students at test "
+                         f"{', '.join(f'{a:.4f}' for a in r['intermediate_accuracies'])}")
     lines.append(f"\nwall time {result['wall_seconds']:.0f} s on {result['threads']} threads")
     return "\n".join(lines)
 
