@@ -270,7 +270,8 @@ def attainment_surface(fronts: Sequence[np.ndarray], k: int) -> np.ndarray:
     best = np.full((len(runs), len(xs)), np.inf)
     for i, front in enumerate(runs):
         for x, y in front:
-            best[i, xs >= x] = np.minimum(best[i, xs >= x], y)
+            reaches = xs >= x
+            best[i, reaches] = np.minimum(best[i, reaches], y)
     level = np.sort(best, axis=0)[k - 1]  # the k-th best run at each x
     corners = np.column_stack([xs, level])[np.isfinite(level)]
     return corners[non_dominated_mask(corners)] if len(corners) else corners
