@@ -8,6 +8,10 @@ Public API (imported lazily, so ``import autoslim`` stays cheap)::
     model = autoslim.apply(recipe)                         # compressed nn.Module
     autoslim.save_artifact(model, recipe, "out/")          # safetensors + packed bits
     model = autoslim.load("out/")                          # runnable nn.Module again
+
+A recipe is data: its task entry is imported only if it is bundled, registered
+(``autoslim.register_task`` or the ``autoslim.tasks`` entry-point group) or trusted for
+the call (``trust_task=True``; ``--trust-task`` on the command line).
 """
 
 from __future__ import annotations
@@ -32,21 +36,27 @@ _EXPORTS = {
     "save_artifact": "autoslim.artifact",
     "load_run": "autoslim.run",
     "measure_artifact": "autoslim.measure",
+    "register_task": "autoslim.trust",
 }
 
 __all__ = ["apply", "search", *_EXPORTS]
 
 
-def apply(recipe: Any, **kwargs: Any) -> Any:
-    """Replay a recipe (a :class:`Recipe` or a YAML path) on the task's fp32 model."""
+def apply(recipe: Any, *, trust_task: bool = False, **kwargs: Any) -> Any:
+    """Replay a recipe (a :class:`Recipe` or a YAML path) on the task's fp32 model.
+
+    The recipe's task entry is imported only if it is registered or ``trust_task`` is
+    true (see :mod:`autoslim.trust`), unless ``task=`` supplies the task."""
     from pathlib import Path
 
     from autoslim.pipeline import apply_recipe
     from autoslim.recipe import Recipe
+    from autoslim.trust import trusted
 
     if isinstance(recipe, (str, Path)):
         recipe = Recipe.load(recipe)
-    return apply_recipe(recipe, **kwargs)
+    with trusted(trust_task):
+        return apply_recipe(recipe, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,9 @@ import copy
 import json
 import os
 import shutil
+import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from autoslim.artifact_checks import check_tensors, refuse_links
 from autoslim.errors import AutoslimError
 from autoslim.pack import pack_bits, packed_nbytes, unpack_bits
 from autoslim.pipeline import handler_for, prepare_runtime, rebuild_structure
@@ -43,7 +46,7 @@ from autoslim.sparse.choose import choose_format, feasible_formats
 from autoslim.sparse.formats import FORMATS, decode_tensor
 from autoslim.sparse.policy import FASTEST, SMALLEST, policy_of
 from autoslim.sparse.runtime import planned_kernels, sparse_runtime
-from autoslim.task import Task, load_task
+from autoslim.task import Task, load_task, model_only_task
 from autoslim.techniques.codebook import CodebookSpec, assign, lookup
 from autoslim.techniques.quant_grid import GridSpec, dequantize_levels, quantize_levels
 from autoslim.techniques.quantize import (
@@ -55,10 +58,12 @@ from autoslim.techniques.quantize import (
     grid_params,
 )
 from autoslim.techniques.storage import storage_format
+from autoslim.trust import trusted
 
 RECIPE_FILE = "recipe.yaml"
 WEIGHTS_FILE = "weights.safetensors"
 LAYOUT_KEY = "autoslim.layout"
+ARTIFACT_FILES = (RECIPE_FILE, WEIGHTS_FILE)
 
 
 @dataclass(frozen=True)
@@ -255,14 +260,38 @@ def decode_state(tensors: dict[str, torch.Tensor], layout: dict[str, dict]) -> d
     return state
 
 
-def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path, *, task: Task | None = None) -> Path:
-    """Write the artifact atomically: a temporary directory renamed into place.
+def check_output_folder(out_dir: str | Path, *, force: bool = False) -> None:
+    """Refuse to write an artifact where it would replace what autoslim did not write.
 
-    ``task`` (the recipe's, loaded if needed) rebuilds the model to check that the shipped
-    recipe's shorter forms give the same shapes (:func:`artifact_recipe`)."""
+    A folder that does not exist, is empty, or holds exactly an artifact's files is fine.
+    One holding anything else is refused, unless ``force``, which writes the artifact's
+    two files beside the others and never deletes any of them."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not is_artifact(out_dir) and any(out_dir.iterdir()):
-        raise AutoslimError(f"{out_dir} exists and is not an autoslim artifact; refusing to overwrite")
+    if out_dir.is_symlink():
+        raise AutoslimError(f"{out_dir} is a symbolic link; give the folder it points to")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise AutoslimError(f"{out_dir} exists and is not a folder; refusing to overwrite it")
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in ARTIFACT_FILES)
+    if others and not force:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise AutoslimError(f"{out_dir} holds files autoslim did not write ({shown}); choose an empty or new "
+                            "folder, or pass --force to write the artifact beside them")
+
+
+def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path, *, task: Task | None = None,
+                  force: bool = False) -> Path:
+    """Write the artifact atomically: its files go to a temporary sibling folder, which
+    then takes the place of ``out_dir``; readers never see half an artifact.
+
+    ``out_dir`` must be new, empty or a previous artifact (:func:`check_output_folder`);
+    with ``force``, a folder holding other files gets the two artifact files, each
+    renamed into place, and keeps everything else. ``task`` (the recipe's, loaded if
+    needed) rebuilds the model to check that the shipped recipe's shorter forms give the
+    same shapes (:func:`artifact_recipe`)."""
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir, force=force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tensors, layout = encode_state(model, **_storage_plan(model, recipe))
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -270,13 +299,21 @@ def save_artifact(model: nn.Module, recipe: Recipe, out_dir: str | Path, *, task
         (tmp / RECIPE_FILE).write_text(artifact_recipe_text(recipe, task))
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={LAYOUT_KEY: json.dumps(layout, sort_keys=True, separators=(",", ":"))})
         _set_default_permissions(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
+        _move_into_place(tmp, out_dir)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """``tmp``'s files become ``out_dir``'s. A new folder is one rename; an existing one
+    gets each file renamed over the old one (atomic per file), and nothing else in it is
+    touched, so no file autoslim did not write can be lost."""
+    if not out_dir.exists():
+        tmp.rename(out_dir)
+        return
+    for name in ARTIFACT_FILES:
+        os.replace(tmp / name, out_dir / name)
 
 
 def artifact_recipe(recipe: Recipe, task: Task | None = None) -> Recipe:
@@ -367,8 +404,14 @@ def is_artifact(path: Path) -> bool:
 
 
 def artifact_bytes(path: str | Path) -> int:
-    """Bytes on disk of every file in the artifact directory."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes on disk of every regular file in the artifact directory; a symbolic link is
+    neither followed nor counted (loading refuses one anyway)."""
+    total = 0
+    for root, _, files in os.walk(path, followlinks=False):
+        for name in files:
+            info = os.lstat(os.path.join(root, name))
+            total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
 @dataclass
@@ -379,20 +422,29 @@ class LoadedArtifact:
     size_bytes: int
 
 
-def load_artifact(path: str | Path, *, task: Task | None = None, runtime: bool = True) -> LoadedArtifact:
+def load_artifact(path: str | Path, *, task: Task | None = None, runtime: bool = True,
+                  model_factory: Callable[[], nn.Module] | None = None, trust_task: bool = False) -> LoadedArtifact:
     """Rebuild the model, load its decoded weights, then (``runtime``) move layers onto
-    the real low-bit kernels the recipe's target has, as they will run when shipped."""
+    the real low-bit kernels the recipe's target has, as they will run when shipped.
+
+    The model comes from ``task``, from ``model_factory`` (the fp32 model's constructor:
+    nothing is imported), or from the recipe's task entry if it is trusted
+    (:mod:`autoslim.trust`; ``trust_task=True`` trusts it for this call). Every file is
+    checked before it is decoded (:mod:`autoslim.artifact_checks`); any damage is one
+    :class:`AutoslimError` line."""
     path = Path(path)
     if not is_artifact(path):
         raise AutoslimError(f"not an autoslim artifact (needs {RECIPE_FILE} and {WEIGHTS_FILE}): {path}")
+    refuse_links(path)
     recipe = Recipe.load(path / RECIPE_FILE)
-    task = task or load_task(recipe.task)
-    model = rebuild_structure(task.build_model(), recipe)
-    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
-        layout = json.loads((f.metadata() or {}).get(LAYOUT_KEY, "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    if task is None and model_factory is not None:
+        task = model_only_task(model_factory, recipe.task.entry)
+    with trusted(trust_task):
+        task = task or load_task(recipe.task)
+    model = _guarded(path, "its recipe does not rebuild the model", rebuild_structure, task.build_model(), recipe)
+    state = _guarded(path, "unreadable weights", _read_state, path, model.state_dict())
     try:
-        model.load_state_dict(decode_state(tensors, layout), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc).splitlines()[0])
         raise AutoslimError(f"artifact {path} does not fit its recipe's model: {detail[:200]}") from None
@@ -402,6 +454,31 @@ def load_artifact(path: str | Path, *, task: Task | None = None, runtime: bool =
     return LoadedArtifact(model, recipe, task, artifact_bytes(path))
 
 
-def load(path: str | Path) -> nn.Module:
-    """Load an artifact directory as a runnable ``nn.Module`` (no pickle involved)."""
-    return load_artifact(path).model
+def _read_state(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights file checked against the rebuilt model's tensors, then decoded."""
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
+        layout = json.loads((f.metadata() or {}).get(LAYOUT_KEY, "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    check_tensors(tensors, layout, expected)
+    return decode_state(tensors, layout)
+
+
+def _guarded(path: Path, what: str, step: Callable, *args):
+    """Run one loading step on untrusted files; whatever it raises becomes one line."""
+    try:
+        return step(*args)
+    except AutoslimError as exc:
+        raise AutoslimError(f"damaged artifact {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 — a hostile file may break a decoder anywhere
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise AutoslimError(f"damaged artifact {path}: {what} ({type(exc).__name__}: {first})") from None
+
+
+def load(path: str | Path, *, task: Task | None = None, model_factory: Callable[[], nn.Module] | None = None,
+         trust_task: bool = False) -> nn.Module:
+    """Load an artifact directory as a runnable ``nn.Module`` (no pickle involved).
+
+    From someone else, pass ``model_factory`` (or ``task``) so nothing is imported;
+    ``trust_task=True`` imports and runs the recipe's task entry, as
+    ``trust_remote_code`` would."""
+    return load_artifact(path, task=task, model_factory=model_factory, trust_task=trust_task).model

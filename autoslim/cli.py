@@ -140,17 +140,15 @@ def _warn_if_baseline_differs(recipe) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from autoslim.artifact import is_artifact, save_artifact
+    from autoslim.artifact import check_output_folder, save_artifact
     from autoslim.measure import measure_in_subprocess
     from autoslim.pipeline import apply_recipe
     from autoslim.recipe import Recipe
 
     recipe = Recipe.load(args.recipe)
-    output = Path(args.output)
-    if output.exists() and not is_artifact(output) and any(output.iterdir()):
-        raise AutoslimError(f"{output} exists and is not an autoslim artifact; refusing to overwrite")
+    check_output_folder(args.output, force=args.force)  # before minutes of fine-tuning, not after
     _warn_if_baseline_differs(recipe)
-    out = save_artifact(apply_recipe(recipe), recipe, output)
+    out = save_artifact(apply_recipe(recipe), recipe, args.output, force=args.force)
     values = measure_in_subprocess(out, recipe.target, splits=("val", "test"))
     if not args.json:
         print(f"artifact written to {out}")
@@ -162,11 +160,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from autoslim.artifact import is_artifact
     from autoslim.measure import measure_in_subprocess
     from autoslim.recipe import Recipe
+    from autoslim.trust import require_trusted
 
     path = Path(args.artifact)
     if not is_artifact(path):
         raise AutoslimError(f"not an autoslim artifact (needs recipe.yaml and weights.safetensors): {path}")
     recipe = Recipe.load(path / "recipe.yaml")
+    require_trusted(recipe.task.entry)  # here, not in the measuring process it would start
     _print_values(measure_in_subprocess(path, recipe.target, splits=("val", "test")), as_json=args.json)
     return 0
 
@@ -216,6 +216,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-task", action="store_true",
+                        help="import and run the task module that the file names even if it is not a registered "
+                             "task: only for files you trust, since it runs their code")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autoslim", description="Search, export and apply measured compression recipes.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -230,12 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (with --backend ray; default: start a local Ray)")
     p.add_argument("--storage", help="study storage URL shared by several workers, e.g. "
                    "postgresql://host/db (default: a journal file in the run folder)")
+    _trust_flag(p)
     p.set_defaults(func=cmd_search)
     p = sub.add_parser("sensitivity", help="per-layer quantization sensitivity table and heatmap")
     p.add_argument("experiment")
     p.add_argument("--bits", default="2,3,4,8")
     p.add_argument("--hessian", action="store_true", help="add HAWQ-V2 scores (Hutchinson trace)")
     p.add_argument("--out", help="folder for sensitivity.csv/.png (default runs/<experiment name>)")
+    _trust_flag(p)
     p.set_defaults(func=cmd_sensitivity)
     p = sub.add_parser("pareto", help="print a run's Pareto front")
     p.add_argument("run_dir")
@@ -252,23 +260,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("-o", "--output", default="report.html")
     p.add_argument("--no-stages", action="store_true", help="skip the measured per-stage breakdown")
+    _trust_flag(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("apply", help="build an artifact from a recipe and measure it")
     p.add_argument("recipe")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, help="artifact folder: new, empty or a previous artifact")
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder holding other files (they are kept, never deleted)")
     p.add_argument("--json", action="store_true")
+    _trust_flag(p)
     p.set_defaults(func=cmd_apply)
     p = sub.add_parser("evaluate", help="re-measure an artifact")
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")
+    _trust_flag(p)
     p.set_defaults(func=cmd_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from autoslim.trust import trusted
+
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        with trusted(getattr(args, "trust_task", False)):
+            return args.func(args)
     except AutoslimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -233,18 +233,48 @@ def validate_model(model: type[M], data: Any, *, what: str) -> M:
         raise AutoslimError(f"invalid {what}: {one_line(exc)}") from None
 
 
+# Recipes and experiments are a few kB; per-layer maps of a thousand-layer model stay far
+# below this. The cap keeps a hostile file from costing gigabytes before validation.
+MAX_YAML_BYTES = 1 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``safe_load`` without aliases: ``*name`` lets a few bytes stand for an exponential
+    tree (the "billion laughs"), which hangs whatever walks it later."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"YAML aliases are not accepted (line {mark.line + 1}); write the value out")
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: str | Path, *, what: str) -> Any:
-    """Read a YAML file with ``safe_load``; missing or malformed files are user errors."""
+    """Read a YAML file safely: at most ``MAX_YAML_BYTES``, UTF-8, no aliases, no Python
+    tags; missing or malformed files are user errors with one line."""
     path = Path(path)
     if not path.is_file():
         raise AutoslimError(f"{what} file not found: {path}")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise AutoslimError(f"{what} file {path} is {path.stat().st_size} bytes; the limit is {MAX_YAML_BYTES}")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AutoslimError(f"{what} file {path} is not UTF-8 text (byte {exc.start})") from None
+    return parse_yaml(text, where=str(path))
+
+
+def parse_yaml(text: str, *, where: str) -> Any:
+    """:func:`read_yaml`'s parsing, for text already in hand."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 — a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
+        line = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise AutoslimError(f"malformed YAML in {path}{where}: {problem}") from None
+        raise AutoslimError(f"malformed YAML in {where}{line}: {problem}") from None
+    except RecursionError:
+        raise AutoslimError(f"malformed YAML in {where}: nested too deeply") from None
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

@@ -8,7 +8,6 @@ loading an artifact only needs the model factory, not the data.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
 from collections.abc import Callable
@@ -129,16 +128,21 @@ class Task:
         return inputs.repeat(reps, *([1] * (inputs.dim() - 1)))[:batch_size].contiguous()
 
 
+def model_only_task(build_model: Callable[[], nn.Module], name: str) -> Task:
+    """A task that can only build its model: enough to load an artifact with no import."""
+
+    def no_data() -> Splits:
+        raise AutoslimError(f"the task {name!r} was given as a model factory alone and has no data")
+
+    return Task(name=name, build_model=build_model, load_data=no_data)
+
+
 def load_task(ref: TaskRef) -> Task:
-    """Import and call the task entry point named in an experiment or recipe."""
-    module_name, func_name = ref.entry.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AutoslimError(f"cannot import task module {module_name!r}: {exc}") from None
-    factory = getattr(module, func_name, None)
-    if not callable(factory):
-        raise AutoslimError(f"task entry {ref.entry!r}: {module_name} has no function {func_name!r}")
+    """Call the task entry point named in an experiment or recipe, if it is trusted
+    (:mod:`autoslim.trust`); an untrusted entry is refused before anything is imported."""
+    from autoslim.trust import resolve_factory
+
+    factory = resolve_factory(ref.entry)
     try:
         task = factory(**ref.params)
     except TypeError as exc:
@@ -154,9 +158,11 @@ def task_fingerprint(ref: TaskRef) -> str:
     Hashing the source means editing the model or the data pipeline retrains the
     cached baseline instead of silently reusing a stale one.
     """
-    module = importlib.import_module(ref.entry.split(":")[0])
+    from autoslim.trust import resolve_factory
+
+    module = inspect.getmodule(resolve_factory(ref.entry))
     try:
-        source = inspect.getsource(module)
+        source = inspect.getsource(module) if module is not None else ""
     except (OSError, TypeError):
         source = ""
     from autoslim.train import TRAIN_THREADS

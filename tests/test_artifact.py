@@ -136,7 +136,7 @@ def test_refuses_to_overwrite_a_foreign_directory_and_leaves_nothing_behind(tmp_
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     recipe = Recipe.from_dict({"task": tiny_task_ref})
-    with pytest.raises(AutoslimError, match="not an autoslim artifact"):
+    with pytest.raises(AutoslimError, match="holds files autoslim did not write"):
         save_artifact(apply_recipe(recipe), recipe, foreign)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs"]

@@ -36,7 +36,7 @@ def assert_one_line_error(code: int, err: str, needle: str) -> None:
         ({"constraints": [{"objective": "latency_ms", "max": 1}]}, "not an objective"),
         ({"search": {"trials": 0}}, "search.trials"),
         ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
-        ({"task": {"entry": "autoslim.tasks.nowhere:make_task"}}, "cannot import task module"),
+        ({"task": {"entry": "autoslim.tasks.nowhere:make_task"}}, "is not trusted"),
         ({"task": {"entry": "autoslim.tasks.digits:make_task", "params": {"width": "four"}}},
          "could not build its model"),
         ({"space": [{"type": "prune.magnitude", "sparsity": {"low": 0.5, "high": 2.0}}]},
@@ -50,6 +50,13 @@ def test_bad_experiments_are_rejected_before_anything_is_written(capsys, tmp_pat
     code, _, err = run_cli(capsys, "search", str(experiment_file(**kwargs)), "--out", str(out))
     assert_one_line_error(code, err, needle)
     assert not out.exists()
+
+
+def test_a_trusted_entry_that_cannot_be_imported_is_one_line(capsys, tmp_path, experiment_file):
+    path = experiment_file(task={"entry": "autoslim.tasks.nowhere:make_task"})
+    code, _, err = run_cli(capsys, "search", str(path), "--out", str(tmp_path / "run"), "--trust-task")
+    assert_one_line_error(code, err, "cannot import task module 'autoslim.tasks.nowhere'")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_and_malformed_files(capsys, tmp_path):

@@ -107,9 +107,12 @@ def measure_in_subprocess(
     """Run :func:`measure_artifact` in a fresh process and return its values.
 
     The child's environment is the caller's at this moment, with ``OMP_NUM_THREADS`` set
-    to the target's threads, whichever way the child is started.
+    to the target's threads and the task trust of this process (:mod:`autoslim.trust`),
+    whichever way the child is started.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": str(target.threads)}
+    from autoslim.trust import child_environment
+
+    env = {**os.environ, **child_environment(), "OMP_NUM_THREADS": str(target.threads)}
     if multiprocessing.current_process().daemon:
         code, out = _run_in_new_interpreter(path, target, splits, env, timeout)
     else:
@@ -143,7 +146,7 @@ class _MeasureServer:
     def _ensure_started(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
             # -c, not -m: runpy would warn that autoslim.measure already imported this module
-            self.proc = subprocess.Popen([sys.executable, "-c", "from autoslim.measure.runner import serve; serve()"],
+            self.proc = subprocess.Popen([sys.executable, "-c", _CHILD_CODE.format(call="serve()")],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
             atexit.register(self.proc.kill)
         return self.proc
@@ -178,6 +181,11 @@ def _kill(pid: int) -> None:
 
 _SERVER = _MeasureServer()
 
+# ``python -c`` puts the current folder first on sys.path (as ''): drop it, so a module
+# lying beside an artifact (``cd artifact && autoslim evaluate .``) can never be imported.
+_CHILD_CODE = ("import sys\nif sys.path and sys.path[0] == '': del sys.path[0]\n"
+               "from autoslim.measure.runner import main, serve\nsys.exit({call})")
+
 
 def _run_in_forked_child(path, target: Target, splits, env: dict, timeout: float) -> tuple[int, str]:
     """(exit code, JSON values or the one-line reason), from a child of the measuring server."""
@@ -208,7 +216,7 @@ def serve() -> int:
 
 
 def _run_in_new_interpreter(path, target: Target, splits, env: dict, timeout: float) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "autoslim.measure.runner", str(path),
+    cmd = [sys.executable, "-c", _CHILD_CODE.format(call="main(sys.argv[1:])"), str(path),
            "--target", target.model_dump_json(), "--splits", ",".join(splits)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

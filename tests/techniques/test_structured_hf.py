@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import copy
-import sys
-import types
 
 import pytest
 import torch
@@ -29,6 +27,7 @@ from autoslim.techniques.structured import (  # noqa: E402
     StructuredPruneHandler,
     StructuredPruneSpace,
 )
+from autoslim.trust import unregister_task  # noqa: E402
 
 TASK_MODULE = "autoslim_test_tinybert"
 SEQ = 7
@@ -138,12 +137,12 @@ def test_counts_keep_one_and_round_the_kept_width():
 
 
 @pytest.fixture
-def tiny_task(monkeypatch) -> Task:
-    """The recipe names a task entry; register it so autoslim.load can import it."""
-    module = types.ModuleType(TASK_MODULE)
-    module.make_task = make_task
-    monkeypatch.setitem(sys.modules, TASK_MODULE, module)
-    return make_task()
+def tiny_task() -> Task:
+    """The recipe names a task entry; registering its factory lets autoslim.load use it
+    with nothing imported."""
+    autoslim.register_task(f"{TASK_MODULE}:make_task", make_task)
+    yield make_task()
+    unregister_task(f"{TASK_MODULE}:make_task")
 
 
 @pytest.mark.parametrize("criterion", ["l1", "taylor", "random"])
