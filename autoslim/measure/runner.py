@@ -209,9 +209,12 @@ def serve() -> int:
             code, text = _measure_to_text(request["path"], request["target"], tuple(request["splits"]))
             Path(request["reply"]).write_text(text)
             os._exit(code)
-        print(json.dumps({"pid": pid}), flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
+        try:
+            print(json.dumps({"pid": pid}), flush=True)
+            _, status = os.waitpid(pid, 0)
+            print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
+        except BrokenPipeError:  # the search that asked was killed: nobody reads the answer
+            return 0
     return 0
 
 

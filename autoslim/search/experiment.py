@@ -15,6 +15,8 @@ from autoslim.recipe import StrictModel, Target, TaskRef, read_yaml, validate_mo
 from autoslim.space import SearchSpace
 
 Direction = Literal["minimize", "maximize"]
+# Leaves room below 2**32 for the offsets added to it (trials run, worker slots).
+MAX_SEED = 2**31 - 1
 
 
 class Constraint(StrictModel):
@@ -25,10 +27,12 @@ class Constraint(StrictModel):
     """
 
     objective: str
-    max: float | None = None
-    min: float | None = None
-    max_drop: float | None = None
-    max_ratio: float | None = None
+    max: float | None = Field(default=None, allow_inf_nan=False)
+    min: float | None = Field(default=None, allow_inf_nan=False)
+    # A negative drop would demand a gain over the baseline; a ratio <= 0 bounds nothing
+    # a measured cost can reach. Both are typos, not constraints.
+    max_drop: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    max_ratio: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_bound(self) -> Constraint:
@@ -96,7 +100,9 @@ class SearchSettings(StrictModel):
     trials: int = Field(default=40, ge=1)
     timeout: float | None = Field(default=None, gt=0)
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    seed: int = 0
+    # The sampler's seed is this plus the trials already run plus a per-worker offset
+    # (see local.open_study); numpy takes seeds in [0, 2**32).
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     startup_trials: int = Field(default=10, ge=0)
     keep_artifacts: Literal["front", "all", "none"] = "front"
     # Byte budgets (fractions of the fp32 weight bytes) for the mixed-precision allocator;

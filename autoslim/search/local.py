@@ -8,9 +8,10 @@ re-queues their parameters), and runs only the remaining budget.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime
+import fcntl
+import itertools
 import math
 import os
 import shutil
@@ -27,19 +28,26 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from autoslim.artifact import save_artifact
-from autoslim.baseline import load_baseline
+from autoslim.baseline import Baseline, load_baseline
 from autoslim.errors import AutoslimError
 from autoslim.measure import OBJECTIVE_NAMES
 from autoslim.recipe import Recipe, one_line, validate_model
 from autoslim.run import (
     ATTR_PREFIX,
     JOURNAL_FILE,
+    RUN_FILE,
     Run,
+    is_database_url,
     load_run,
     open_storage,
     public_storage_url,
     read_run_info,
     write_run_info,
+)
+from autoslim.search.cleanup import (
+    baseline_copy_name,
+    remove_stale_run_files,
+    remove_stale_temp_dirs,
 )
 from autoslim.search.early_stop import (
     HV_CHARGE_ATTR,
@@ -56,7 +64,7 @@ from autoslim.search.experiment import (
     fingerprints,
     load_experiment,
 )
-from autoslim.search.outputs import front_numbers, prune_artifacts, write_outputs
+from autoslim.search.outputs import front_numbers, prune_artifacts, refresh_tables, write_outputs
 from autoslim.space import ModelInfo, SearchSpace
 from autoslim.task import load_task
 
@@ -124,11 +132,13 @@ def open_study(
 
     ``storage_url`` (e.g. ``postgresql://host/db``) shares one study between several
     ``autoslim search`` processes; by default the study is a journal file in the run folder.
+    The URL connects as given; run.json records it without credentials, so a resume
+    without ``--storage`` takes them from ``PGPASSWORD``, ``~/.pgpass`` and the like.
     """
     prints = fingerprints(experiment, space)
-    info_path = run_dir / "run.json"
+    info_path = run_dir / RUN_FILE
     stored_info = read_run_info(run_dir) if info_path.exists() else {}
-    if not info_path.exists() and run_dir.is_dir() and not _only_run_json_being_written(run_dir):
+    if not info_path.exists() and run_dir.is_dir() and not _only_startup_files(run_dir):
         raise AutoslimError(f"{run_dir} is not empty and holds no autoslim run; choose another --out")
     if stored_info:
         if stored_info.get("study_name") != experiment.name:
@@ -142,13 +152,18 @@ def open_study(
                 "refusing to resume (use --out for a new run folder)"
             )
     storage_url = _storage_for(run_dir, storage_url, stored_info.get("storage"))
-    info = {"experiment": experiment.name, "study_name": experiment.name,
-            "storage": storage_url and public_storage_url(storage_url),
+    if storage_url is None:
+        run_dir.mkdir(parents=True, exist_ok=True)  # the journal lives in it
+    # Opened before run.json is written: a storage that does not open (a typo in the URL,
+    # a server down) leaves no run folder that names it.
+    storage = open_storage(storage_url or str(run_dir / JOURNAL_FILE))
+    info = {"experiment": experiment.name, "study_name": experiment.name, "storage": storage_url,
             "objectives": experiment.objectives, "metric_name": metric_name, "fingerprints": prints,
             "experiment_spec": experiment.model_dump(mode="json")}
-    if not info_path.exists():  # first, so a worker starting beside this one sees a run folder
+    if not stored_info:
         write_run_info(run_dir, info)
-    storage = open_storage(storage_url or str(run_dir / JOURNAL_FILE))
+    else:
+        _protect_run_info(run_dir, stored_info)
     existing = optuna.study.get_all_study_summaries(storage)
     n_existing = sum(s.n_trials for s in existing if s.study_name == experiment.name)
     # Workers sharing the study must not draw the same start-up points: each gets its
@@ -161,42 +176,99 @@ def open_study(
     return study, storage
 
 
+def _protect_run_info(run_dir: Path, info: dict) -> None:
+    """Bring a run.json written by an older autoslim up to date: no secret in its storage
+    URL, and private when it names a database."""
+    storage = info.get("storage")
+    if not is_database_url(storage):
+        return
+    if public_storage_url(storage) != storage:
+        write_run_info(run_dir, info)  # writes the public URL, owner-only
+    elif (run_dir / RUN_FILE).stat().st_mode & 0o077:
+        os.chmod(run_dir / RUN_FILE, 0o600)
+
+
+# Slots this process holds: run folder → (slot, the open slot file whose lock is the claim).
+_HELD_SLOTS: dict[Path, tuple[int, int]] = {}
+
+
 def worker_slot(run_dir: Path, *, shared_server: bool) -> int:
     """0 for the only live worker on this run folder, 1, 2, ... for others started beside it.
 
-    Each worker registers a file named after its host and pid; dead registrations are
-    swept. Workers on other machines (a database study) cannot see each other's files,
-    so there the slot also mixes in the host and pid.
+    See :func:`claim_slot`. Workers on other machines (a database study) cannot see each
+    other's run folders, so there the slot also mixes in the host and pid.
     """
-    folder = run_dir / ".workers"
-    folder.mkdir(exist_ok=True)
-    host, me = socket.gethostname(), f"{socket.gethostname()}-{os.getpid()}"
-    (folder / me).touch()
-    atexit.register(lambda: (folder / me).unlink(missing_ok=True))
-    live = []
-    for entry in sorted(folder.iterdir()):
-        name, _, pid = entry.name.rpartition("-")
-        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            entry.unlink(missing_ok=True)  # a dead worker's registration
-        else:
-            live.append(entry.name)
-    slot = live.index(me)
+    slot = claim_slot(run_dir / ".workers")
     if shared_server:
-        slot += zlib.crc32(me.encode()) % 9973 + 1
+        slot += zlib.crc32(f"{socket.gethostname()}-{os.getpid()}".encode()) % 9973 + 1
     return slot
 
 
-def _only_run_json_being_written(run_dir: Path) -> bool:
-    """Empty, or holding only another worker's half-written run.json (workers started
-    together on one run folder race to create it; the atomic write lets both go on)."""
-    return all(p.name.startswith(".run.json.") or p.name == ".workers" for p in run_dir.iterdir())
+def claim_slot(folder: Path) -> int:
+    """The lowest slot that no live process on this run folder holds; held until exit.
+
+    Holding slot N is holding the exclusive ``flock`` on ``folder/slot-N``. Taking a lock
+    is atomic, so workers started in the same instant get distinct slots, hence distinct
+    sampler seeds (two workers on one seed run the same trials). The kernel drops the
+    lock when its holder dies, however it dies: a dead worker's slot is free again at once,
+    and a reused pid cannot keep it. The file names the holder's host and pid. A slot file
+    of another host is never taken over: its lock may not be visible from here on a
+    network filesystem.
+    """
+    key = folder.resolve()
+    if key in _HELD_SLOTS:
+        return _HELD_SLOTS[key][0]
+    folder.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    for slot in itertools.count():
+        fd = os.open(folder / f"slot-{slot}", os.O_RDWR | os.O_CREAT, 0o644)
+        if _lock_if_free(fd, folder / f"slot-{slot}", host):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{host} {os.getpid()}\n".encode(), 0)
+            _HELD_SLOTS[key] = (slot, fd)
+            return slot
+        os.close(fd)
+    raise AssertionError("unreachable: itertools.count() does not end")
+
+
+def _lock_if_free(fd: int, path: Path, host: str) -> bool:
+    """Lock the slot file open at ``fd`` unless a live process (or another host) holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    try:
+        same_file = os.stat(path).st_ino == os.fstat(fd).st_ino  # not deleted meanwhile
+    except FileNotFoundError:
+        same_file = False
+    owner = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
+    if same_file and (not owner or owner[0] == host):
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def release_worker_slot(run_dir: Path) -> None:
+    """Give this process's slot on ``run_dir`` back (exiting does it too)."""
+    held = _HELD_SLOTS.pop((run_dir / ".workers").resolve(), None)
+    if held is not None:
+        os.close(held[1])
+
+
+def _only_startup_files(run_dir: Path) -> bool:
+    """Empty, or holding only what a worker starting on it creates before run.json: the
+    journal (with its lock), the worker slots, a half-written run.json. Workers started
+    together on one run folder race to create these; a worker killed before it wrote
+    run.json leaves them."""
+    return all(p.name.startswith((".run.json.", JOURNAL_FILE)) or p.name == ".workers" for p in run_dir.iterdir())
 
 
 def _storage_for(run_dir: Path, given: str | None, stored: str | None) -> str | None:
-    """The study's storage URL: as given, else as the run folder recorded it."""
-    if given and stored and public_storage_url(given) != stored:
-        raise AutoslimError(f"{run_dir} keeps its study in {stored}, not {public_storage_url(given)}; "
-                            "use --out for a new run folder")
+    """The study's storage URL: as given (credentials included), else as the run folder
+    recorded it (without them)."""
+    if given and stored and public_storage_url(given) != public_storage_url(stored):
+        raise AutoslimError(f"{run_dir} keeps its study in {public_storage_url(stored)}, not "
+                            f"{public_storage_url(given)}; use --out for a new run folder")
     return given or stored
 
 
@@ -317,7 +389,7 @@ def measure_baseline(study: optuna.Study, ctx: SearchContext) -> dict[str, float
     if key in study.user_attrs:
         return dict(study.user_attrs[key])
     recipe = Recipe(task=ctx.experiment.task, seed=ctx.seed, target=ctx.experiment.target)
-    private = save_artifact(ctx.baseline_model, recipe, ctx.run_dir / f".baseline-{os.getpid()}")
+    private = save_artifact(ctx.baseline_model, recipe, ctx.run_dir / baseline_copy_name())
     try:
         values = ctx.measure_artifact(private, ctx.experiment.target, splits=("val", "test"))
         with contextlib.suppress(OSError):  # another worker published its copy first
@@ -399,10 +471,24 @@ def search(
         from autoslim.search.ray_backend import connect
 
         connect(address)
+    remove_stale_temp_dirs()  # what killed searches left in the temporary directory
     baseline = load_baseline(experiment.task, task, log=progress)
     run_dir = Path(out) if out else Path("runs") / experiment.name
     study, storage_obj = open_study(run_dir, experiment, space, task.metric_name, storage)
-    ctx = SearchContext(experiment, space, task, baseline.model, {}, run_dir, experiment.search.seed)
+    try:
+        remove_stale_run_files(run_dir)
+        ctx = SearchContext(experiment, space, task, baseline.model, {}, run_dir, experiment.search.seed)
+        _run_study(study, storage_obj, ctx, baseline, backend=backend, address=address, progress=progress)
+    finally:
+        release_worker_slot(run_dir)
+        # Even after Ctrl-C the outputs describe every trial the study holds.
+        write_outputs(load_run(run_dir, storage=storage), experiment)
+    return load_run(run_dir, storage=storage)
+
+
+def _run_study(study: optuna.Study, storage: optuna.storages.BaseStorage, ctx: SearchContext,
+               baseline: Baseline, *, backend: str, address: str | None, progress: bool) -> None:
+    """Measure the baseline, recover what a killed run left, and run the remaining budget."""
     runner = None
     if backend == "ray":
         from autoslim.search.ray_backend import RayRunner
@@ -411,18 +497,16 @@ def search(
     try:
         ctx.baseline_values = measure_baseline(study, ctx)
         study.set_user_attr(ATTR_PREFIX + "baseline_sha", baseline.weights_sha)
-        recover_interrupted(study, storage_obj)
+        recover_interrupted(study, storage)
+        refresh_tables(ctx.run_dir, study)  # interrupted trials show as such at once
         _warm_start(study, ctx, baseline.fingerprint)
         if runner is not None:
             runner.run(study, progress=progress)
         else:
             _loop(study, ctx, progress=progress)
     finally:
-        # Even after Ctrl-C the outputs describe every trial the study holds.
         if runner is not None:
             runner.close()
-        write_outputs(load_run(run_dir, storage=storage), experiment)
-    return load_run(run_dir, storage=storage)
 
 
 def _warm_start(study: optuna.Study, ctx: SearchContext, fingerprint: str) -> None:
@@ -460,6 +544,8 @@ def _loop(study: optuna.Study, ctx: SearchContext, *, progress: bool) -> None:
                 break
             run_one_trial(study, ctx)
             front = prune_artifacts(study, ctx)
+            # Current within one trial even after SIGKILL; the plot and summary wait for the end.
+            refresh_tables(ctx.run_dir, study)
             done = finished_count(study)
             failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                          if t.user_attrs.get("fail_reason") != INTERRUPTED)

@@ -1,14 +1,17 @@
 """What a search leaves in its run folder besides the study: CSVs, the plot, a summary.
 
 All of it is derived from the study, so it can be regenerated at any time; the test
-split is read here, for the front's points only, never during the search.
+split is read here, for the front's points only, never during the search. The CSVs are
+refreshed after every trial (:func:`refresh_tables`), the rest when a search ends.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ from autoslim.results.pareto import (
     to_minimization,
 )
 from autoslim.results.plot import plot_front
-from autoslim.run import ATTR_PREFIX, Run
+from autoslim.run import ATTR_PREFIX, Run, read_run_info
 from autoslim.search.experiment import Experiment
 
 TEST_METRICS = ATTR_PREFIX + "test_metrics"
@@ -128,15 +131,33 @@ def teacher_note(table: pd.DataFrame, recipes: dict[int, dict], metric: str, dir
             f"little left to transfer; a stronger teacher (distill.teacher) may help")
 
 
-def write_outputs(run: Run, experiment: Experiment) -> dict:
-    """Write trials.csv, pareto.csv, pareto.png and summary.json; return the summary."""
+def refresh_tables(run_dir: Path, study: optuna.Study) -> None:
+    """Rewrite trials.csv and pareto.csv as the study stands now; cheap enough for every trial.
+
+    Each file is replaced atomically, so a reader (or a SIGKILL) never meets half of one.
+    The front's test-split metric is the one already measured, else empty: the test split
+    is read when the search ends (:func:`write_outputs`), not while it searches.
+    """
+    run = Run(path=Path(run_dir), study=study, info=read_run_info(run_dir))
+    cache = run.study.user_attrs.get(TEST_METRICS, {})
+    write_tables(run, lambda number: cache.get(str(number), math.nan))
+
+
+def write_tables(run: Run, test_value: Callable[[int], float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials.csv and pareto.csv, the front's test metric from ``test_value(trial number)``."""
     table = run.table()
     write_text_atomic(run.path / "trials.csv", table.to_csv(index=False))
     front = run.front()
-    metric = run.metric_name
     if not front.empty:
-        front[f"test_{metric}"] = [test_metric(run, int(n)) for n in front["trial"]]
+        front[f"test_{run.metric_name}"] = [test_value(int(n)) for n in front["trial"]]
     write_text_atomic(run.path / "pareto.csv", front.to_csv(index=False))
+    return table, front
+
+
+def write_outputs(run: Run, experiment: Experiment) -> dict:
+    """Write trials.csv, pareto.csv, pareto.png and summary.json; return the summary."""
+    table, front = write_tables(run, lambda number: test_metric(run, number))
+    metric = run.metric_name
     hv, ref, history = hypervolume_summary(run, table)
     if len(table) and not table[table["state"] == "COMPLETE"].empty:
         plot_front(table[table["state"] == "COMPLETE"], run.objectives, run.baseline,

@@ -61,7 +61,7 @@ from autoslim.search.local import (
     record_outcome,
     remaining_budget,
 )
-from autoslim.search.outputs import prune_artifacts
+from autoslim.search.outputs import prune_artifacts, refresh_tables
 from autoslim.space import SearchSpace
 
 try:
@@ -297,6 +297,7 @@ if ray is not None:
 
         def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
             self.searcher.fail(trial.trial_id, error_reason(trial))
+            refresh_tables(self.ctx.run_dir, self.searcher._ot_study)
             self._advance()
 
         def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
@@ -305,6 +306,7 @@ if ray is not None:
 
         def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
             prune_artifacts(self.searcher._ot_study, self.ctx)
+            refresh_tables(self.ctx.run_dir, self.searcher._ot_study)
             self._advance()
 
         def _advance(self) -> None:

@@ -41,3 +41,10 @@ def test_missing_space_file_is_named(tmp_path):
     path.write_text("name: e\ntask: {entry: 'a.b:c'}\nspace: nowhere.yaml\nobjectives: {accuracy: maximize}\n")
     with pytest.raises(AutoslimError, match="search space file not found: nowhere.yaml"):
         load_experiment(path)
+
+
+def test_an_experiment_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_bytes(b"name: e\ntask: {entry: 'a.b:c'}\nspace: caf\xe9.yaml\n")
+    with pytest.raises(AutoslimError, match=r"not UTF-8 text \(byte 41\)"):
+        load_experiment(path)

@@ -239,8 +239,9 @@ def test_worker_killed_mid_trial_is_retried_or_failed_and_the_study_finishes(tmp
                            search={"trials": 2, "seed": 0, "startup_trials": 2,
                                    "ray": {"cpus_per_trial": 1, "max_concurrent": 1, "max_retries": retries}})
     out = tmp_path / "run"
-    proc = subprocess.run(search_cmd(path, out), capture_output=True, text=True, env=env_with_tests_on_path(),
-                          timeout=600)
+    # a test task, not bundled: trusted for this command (the Ray workers inherit the trust)
+    proc = subprocess.run(search_cmd(path, out, "--trust-task"), capture_output=True, text=True,
+                          env=env_with_tests_on_path(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert marker.exists(), "the worker was never killed"
     run = load_run(out)
