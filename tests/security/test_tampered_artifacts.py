@@ -13,8 +13,6 @@ from autoslim.errors import AutoslimError
 
 from .tamper import rewrite_header, tampered_copy
 
-pytestmark = pytest.mark.hostile
-
 W0, W4 = "0.weight", "4.weight"
 
 
@@ -146,6 +144,7 @@ CASES = {
 }
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_tampered_artifact_is_one_line(tmp_path, artifacts, case):
     source, mutate = CASES[case]
@@ -176,6 +175,7 @@ HEADER_CASES = {
 }
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("case", sorted(HEADER_CASES))
 def test_tampered_header_is_one_line(tmp_path, artifacts, case):
     import shutil
@@ -189,6 +189,7 @@ def test_tampered_header_is_one_line(tmp_path, artifacts, case):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("garbage", [b"", b"\x00" * 7, b"\xff" * 64, json.dumps({"a": 1}).encode()])
 def test_garbage_weights_file_is_one_line(tmp_path, artifacts, garbage):
     import shutil
