@@ -16,10 +16,13 @@ from pathlib import Path
 HEADROOM = 1 << 30  # bytes of address space beyond what importing torch took
 
 
-def _cap_address_space() -> None:
+def _status_kb(field: str) -> int:
     with open("/proc/self/status") as status:
-        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmPeak:"))
-    limit = peak_kb * 1024 + HEADROOM
+        return next(int(line.split()[1]) for line in status if line.startswith(field))
+
+
+def _cap_address_space() -> None:
+    limit = _status_kb("VmPeak:") * 1024 + HEADROOM
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
@@ -100,7 +103,9 @@ def main() -> int:
         except AutoslimError as exc:
             outcomes[name] = f"error: {exc}"
     shutil.rmtree(root, ignore_errors=True)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and
+    # exec, so it would report the test runner's own peak.
+    peak_mb = _status_kb("VmHWM:") / 1024
     print(json.dumps({"outcomes": outcomes, "peak_mb": round(peak_mb, 1)}))
     return 0
 
