@@ -69,6 +69,8 @@ def test_a_database_study_mixes_host_and_pid_into_the_slot(tmp_path):
 def _claim_together(run_dir, start, hold, slots, die: bool) -> None:
     start.wait()  # every worker asks in the same instant
     slots.put(worker_slot(run_dir, shared_server=False))
+    slots.close()
+    slots.join_thread()  # the queue's feeder thread has written the slot before a SIGKILL
     hold.wait()  # all hold their slots until every one has claimed
     if die:
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup at all
