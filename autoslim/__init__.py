@@ -37,9 +37,10 @@ _EXPORTS = {
     "load_run": "autoslim.run",
     "measure_artifact": "autoslim.measure",
     "register_task": "autoslim.trust",
+    "search": "autoslim.searching.driver",
 }
 
-__all__ = ["apply", "search", *_EXPORTS]
+__all__ = ["apply", *_EXPORTS]
 
 
 def apply(recipe: Any, *, trust_task: bool = False, **kwargs: Any) -> Any:
@@ -60,8 +61,6 @@ def apply(recipe: Any, *, trust_task: bool = False, **kwargs: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "search":  # the callable subpackage (see autoslim/search/__init__.py)
-        return import_module("autoslim.search")
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'autoslim' has no attribute {name!r}")

@@ -56,12 +56,22 @@ def load_baseline(ref: TaskRef, task: Task, *, log: bool = False) -> Baseline:
         return Baseline(model.eval(), metrics, fingerprint, _sha(folder / "model.safetensors"))
     if log:
         # stderr: stdout carries results (e.g. a benchmark's --json)
-        print(f"training the fp32 baseline for {task.name} ({task.train.epochs} epochs, cached as {fingerprint})",
-              file=sys.stderr)
-    train(model, task, epochs=task.train.epochs, lr=task.train.lr, seed=BASELINE_SEED,
-          weight_decay=task.train.weight_decay)
-    metrics = {f"val_{task.metric_name}": task.evaluate(model, "val"),
-               f"test_{task.metric_name}": task.evaluate(model, "test")}
+        print(
+            f"training the fp32 baseline for {task.name} ({task.train.epochs} epochs, cached as {fingerprint})",
+            file=sys.stderr,
+        )
+    train(
+        model,
+        task,
+        epochs=task.train.epochs,
+        lr=task.train.lr,
+        seed=BASELINE_SEED,
+        weight_decay=task.train.weight_decay,
+    )
+    metrics = {
+        f"val_{task.metric_name}": task.evaluate(model, "val"),
+        f"test_{task.metric_name}": task.evaluate(model, "test"),
+    }
     _write_cache(folder, model, metrics, ref)
     return Baseline(model.eval(), metrics, fingerprint, _sha(folder / "model.safetensors"))
 

@@ -40,22 +40,32 @@ def _format_value(value: object) -> str:
     return str(value)
 
 
-def print_table(rows: list[dict], columns: Sequence[str], labels: dict[str, str] | None = None) -> None:
+def print_table(
+    rows: list[dict], columns: Sequence[str], labels: dict[str, str] | None = None
+) -> None:
     labels = labels or {}
     header = [labels.get(c, c) for c in columns]
     cells = [[_format_value(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(row[i]) for row in cells)) if cells else len(h)
+        for i, h in enumerate(header)
+    ]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     for row in cells:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from autoslim.search.local import Overrides, search
+    from autoslim.searching.driver import Overrides, search
 
-    run = search(args.experiment, out=args.out,
-                 overrides=Overrides(trials=args.trials, timeout=args.timeout, seed=args.seed),
-                 backend=args.backend, address=args.address, storage=args.storage)
+    run = search(
+        args.experiment,
+        out=args.out,
+        overrides=Overrides(trials=args.trials, timeout=args.timeout, seed=args.seed),
+        backend=args.backend,
+        address=args.address,
+        storage=args.storage,
+    )
     print(f"run folder: {run.path}")
     status = _print_front(run, as_json=False)
     summary = run.path / "summary.json"
@@ -72,8 +82,10 @@ def _print_front(run, *, as_json: bool) -> int:
             "objectives": run.objectives,
             "labels": run.labels,
             "baseline": {n: run.baseline[n] for n in names if n in run.baseline},
-            "front": [{"trial": int(r["trial"]), "values": {n: float(r[n]) for n in names}}
-                      for _, r in front.iterrows()],
+            "front": [
+                {"trial": int(r["trial"]), "values": {n: float(r[n]) for n in names}}
+                for _, r in front.iterrows()
+            ],
         }
         print(json.dumps(payload))
         return 0
@@ -81,7 +93,9 @@ def _print_front(run, *, as_json: bool) -> int:
     rows += [{**r.to_dict(), "trial": int(r["trial"])} for _, r in front.iterrows()]
     extras = [c for c in ("latency_ms", "peak_memory_bytes", "energy_mj") if c not in names]
     print(f"Pareto front of {run.info['experiment']}: {len(front)} of {len(run.table())} trials")
-    print_table(rows, ["trial", *names, *extras], labels={**run.labels, "energy_mj": _energy_label(run)})
+    print_table(
+        rows, ["trial", *names, *extras], labels={**run.labels, "energy_mj": _energy_label(run)}
+    )
     return 0
 
 
@@ -99,15 +113,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autoslim.recipe import Provenance
     from autoslim.results.select import select_trial
     from autoslim.run import load_run
+    from autoslim.searching.record import BASELINE_SHA_ATTR, TrialRecord
 
     run = load_run(args.run_dir)
-    number = args.trial if args.trial is not None else select_trial(run.table(), run.objectives, run.baseline, args.select)
+    number = (
+        args.trial
+        if args.trial is not None
+        else select_trial(run.table(), run.objectives, run.baseline, args.select)
+    )
     recipe = run.recipe(number)
     trial = next(t for t in run.study.get_trials(deepcopy=False) if t.number == number)
+    measured = TrialRecord.from_trial(trial).measured or {}
     provenance = Provenance(
-        experiment=run.info["experiment"], trial=number, seed=recipe.seed, versions=package_versions(),
-        baseline_sha=run.study.user_attrs.get("autoslim.baseline_sha"),
-        values={k: v for k, v in trial.user_attrs.get("measured", {}).items() if isinstance(v, (int, float))},
+        experiment=run.info["experiment"],
+        trial=number,
+        seed=recipe.seed,
+        versions=package_versions(),
+        baseline_sha=run.study.user_attrs.get(BASELINE_SHA_ATTR),
+        values={k: v for k, v in measured.items() if isinstance(v, (int, float))},
     )
     recipe.model_copy(update={"provenance": provenance}).save(args.output)
     print(f"exported trial {number} of {run.info['experiment']} to {args.output}")
@@ -135,8 +158,11 @@ def _warn_if_baseline_differs(recipe) -> None:
         return
     actual = load_baseline(recipe.task, load_task(recipe.task)).weights_sha
     if actual != expected:
-        print(f"warning: the fp32 baseline here ({actual}) is not the one the search used ({expected}); "
-              "the artifact may differ from the searched values", file=sys.stderr)
+        print(
+            f"warning: the fp32 baseline here ({actual}) is not the one the search used ({expected}); "
+            "the artifact may differ from the searched values",
+            file=sys.stderr,
+        )
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -164,10 +190,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     path = Path(args.artifact)
     if not is_artifact(path):
-        raise AutoslimError(f"not an autoslim artifact (needs recipe.yaml and weights.safetensors): {path}")
+        raise AutoslimError(
+            f"not an autoslim artifact (needs recipe.yaml and weights.safetensors): {path}"
+        )
     recipe = Recipe.load(path / "recipe.yaml")
     require_trusted(recipe.task.entry)  # here, not in the measuring process it would start
-    _print_values(measure_in_subprocess(path, recipe.target, splits=("val", "test")), as_json=args.json)
+    _print_values(
+        measure_in_subprocess(path, recipe.target, splits=("val", "test")), as_json=args.json
+    )
     return 0
 
 
@@ -178,28 +208,35 @@ def _parse_widths(text: str) -> list[int]:
         raise AutoslimError(f"--bits takes comma-separated integers, got {text!r}") from None
     bad = [w for w in widths if w not in (2, 3, 4, 5, 6, 8)]
     if bad or not widths:
-        raise AutoslimError(f"unsupported bit width(s) {bad or text!r} (choose from 2, 3, 4, 5, 6, 8)")
+        raise AutoslimError(
+            f"unsupported bit width(s) {bad or text!r} (choose from 2, 3, 4, 5, 6, 8)"
+        )
     return widths
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from autoslim.baseline import load_baseline
     from autoslim.results.plot import plot_sensitivity, sensitivity_matrix
-    from autoslim.search.experiment import load_experiment
+    from autoslim.searching.experiment import load_experiment
     from autoslim.task import load_task
-    from autoslim.techniques.precision import sensitivity_table
+    from autoslim.techniques.quantize._mixed_precision import sensitivity_table
 
     widths = _parse_widths(args.bits)
     experiment, _ = load_experiment(args.experiment)
     task = load_task(experiment.task)
     baseline = load_baseline(experiment.task, task, log=True)
-    table = sensitivity_table(task, baseline.model, baseline.fingerprint, widths, hessian=args.hessian)
+    table = sensitivity_table(
+        task, baseline.model, baseline.fingerprint, widths, hessian=args.hessian
+    )
     out = Path(args.out) if args.out else Path("runs") / experiment.name
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "sensitivity.csv", index=False)
     plot_sensitivity(table, "kl", out / "sensitivity.png")
-    for value, label in (("metric_drop", f"{task.metric_name} drop (val)"), ("kl", "output KL vs fp32 (nats)"),
-                         ("hawq", "HAWQ-V2 Tr(H)/n·||ΔW||²")):
+    for value, label in (
+        ("metric_drop", f"{task.metric_name} drop (val)"),
+        ("kl", "output KL vs fp32 (nats)"),
+        ("hawq", "HAWQ-V2 Tr(H)/n·||ΔW||²"),
+    ):
         if value in table:
             print(f"\n{label}, one layer quantized at a time:")
             print(sensitivity_matrix(table, value).to_string(float_format=lambda v: f"{v:.4g}"))
@@ -211,19 +248,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autoslim.results.report import write_report
     from autoslim.run import load_run
 
-    html_path, md_path = write_report(load_run(args.run_dir), args.output, stages=not args.no_stages)
+    html_path, md_path = write_report(
+        load_run(args.run_dir), args.output, stages=not args.no_stages
+    )
     print(f"wrote {html_path} and {md_path}")
     return 0
 
 
 def _trust_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trust-task", action="store_true",
-                        help="import and run the task module that the file names even if it is not a registered "
-                             "task: only for files you trust, since it runs their code")
+    parser.add_argument(
+        "--trust-task",
+        action="store_true",
+        help="import and run the task module that the file names even if it is not a registered "
+        "task: only for files you trust, since it runs their code",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="autoslim", description="Search, export and apply measured compression recipes.")
+    parser = _Parser(
+        prog="autoslim", description="Search, export and apply measured compression recipes."
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("search", help="run or resume a multi-objective search")
     p.add_argument("experiment")
@@ -231,11 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds for this invocation")
     p.add_argument("--out", help="run folder (default runs/<experiment name>)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="run trials in this process (default) or on a Ray cluster through Ray Tune")
-    p.add_argument("--address", help="Ray cluster address (with --backend ray; default: start a local Ray)")
-    p.add_argument("--storage", help="study storage URL shared by several workers, e.g. "
-                   "postgresql://host/db (default: a journal file in the run folder)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="run trials in this process (default) or on a Ray cluster through Ray Tune",
+    )
+    p.add_argument(
+        "--address", help="Ray cluster address (with --backend ray; default: start a local Ray)"
+    )
+    p.add_argument(
+        "--storage",
+        help="study storage URL shared by several workers, e.g. "
+        "postgresql://host/db (default: a journal file in the run folder)",
+    )
     _trust_flag(p)
     p.set_defaults(func=cmd_search)
     p = sub.add_parser("sensitivity", help="per-layer quantization sensitivity table and heatmap")
@@ -264,9 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("apply", help="build an artifact from a recipe and measure it")
     p.add_argument("recipe")
-    p.add_argument("-o", "--output", required=True, help="artifact folder: new, empty or a previous artifact")
-    p.add_argument("--force", action="store_true",
-                   help="write into a folder holding other files (they are kept, never deleted)")
+    p.add_argument(
+        "-o", "--output", required=True, help="artifact folder: new, empty or a previous artifact"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a folder holding other files (they are kept, never deleted)",
+    )
     p.add_argument("--json", action="store_true")
     _trust_flag(p)
     p.set_defaults(func=cmd_apply)

@@ -8,14 +8,16 @@ measurement happens on the saved artifact, see :mod:`autoslim.measure`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from torch import nn
 
+from autoslim import registry
 from autoslim.errors import AutoslimError
-from autoslim.recipe import Recipe, StageConfig, Target
+from autoslim.recipe import Recipe, Target
+from autoslim.registry import RegistryError, StageConfig, StageHandler
+from autoslim.sparse.runtime import sparse_runtime
 from autoslim.task import Task, load_task
 from autoslim.train import TrainHooks, train
 
@@ -48,7 +50,9 @@ class ApplyContext:
     stage_index: int = 0
     skip_training: bool = False
     target: Target = field(default_factory=Target)
-    recipe: Recipe | None = None  # the recipe being applied (progressive distillation derives from it)
+    recipe: Recipe | None = (
+        None  # the recipe being applied (progressive distillation derives from it)
+    )
 
     def realise(self, config: StageConfig) -> None:
         """Record the settled form of the current stage (e.g. the phases an adaptive
@@ -86,33 +90,12 @@ class ApplyContext:
         return train(model, self.task, epochs=epochs, lr=lr, seed=seed, hooks=hooks)
 
 
-C = TypeVar("C", bound=StageConfig)
-
-
-class StageHandler(Protocol[C]):
-    def apply(self, model: nn.Module, config: C, ctx: ApplyContext) -> nn.Module: ...
-
-    def rebuild(self, model: nn.Module, config: C) -> nn.Module: ...
-
-
-_HANDLERS: dict[type[StageConfig], StageHandler[Any]] = {}
-
-
-def register_handler(config_type: type[C]) -> Callable[[type], type]:
-    """Class decorator: instances of the class handle stages of ``config_type``."""
-
-    def decorate(handler_cls: type) -> type:
-        _HANDLERS[config_type] = handler_cls()
-        return handler_cls
-
-    return decorate
-
-
 def handler_for(stage: StageConfig) -> StageHandler[Any]:
+    """The registered handler of ``stage``'s kind (one line if none is)."""
     try:
-        return _HANDLERS[type(stage)]
-    except KeyError:
-        raise AutoslimError(f"no handler registered for stage kind {stage.kind!r}") from None
+        return registry.handler_for(stage)
+    except RegistryError as exc:
+        raise AutoslimError(str(exc)) from None
 
 
 def apply_recipe(
@@ -133,13 +116,19 @@ def apply_recipe(
     ``first_stage`` skips the stages before it (``model`` has been through them), keeping
     every later stage's index, and so its seeds, as in the full recipe.
     """
-    import autoslim.techniques  # noqa: F401  (registers every stage kind and handler)
     from autoslim.baseline import load_baseline
 
     task = task or load_task(recipe.task)
     model = model if model is not None else load_baseline(recipe.task, task).model
-    ctx = ApplyContext(task=task, seed=recipe.seed, hooks=hooks or TrainHooks(), skip_training=dry_run,
-                       target=recipe.target, records=records if records is not None else {}, recipe=recipe)
+    ctx = ApplyContext(
+        task=task,
+        seed=recipe.seed,
+        hooks=hooks or TrainHooks(),
+        skip_training=dry_run,
+        target=recipe.target,
+        records=records if records is not None else {},
+        recipe=recipe,
+    )
     for index, stage in enumerate(recipe.stages):
         if index < first_stage:
             continue
@@ -159,21 +148,21 @@ def realised_recipe(recipe: Recipe, records: dict[str, Any]) -> Recipe:
 
 
 def prepare_runtime(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """After the weights are loaded: move layers onto the kernels the target really has.
-
-    A handler may define ``runtime(model, config, target)``; most need not.
-    """
+    """After the weights are loaded: move layers onto the kernels the target really has
+    (each handler's ``runtime`` hook; most leave the model as it is)."""
     for stage in recipe.stages:
-        runtime = getattr(handler_for(stage), "runtime", None)
-        if runtime is not None:
-            model = runtime(model, stage, recipe.target)
+        model = handler_for(stage).runtime(model, stage, recipe.target)
     return model
+
+
+def deploy_runtime(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """A loaded model as it runs when shipped: each stage's kernels, then pruned Linear
+    layers on the sparse kernel where the measured crossover says it wins."""
+    return sparse_runtime(prepare_runtime(model, recipe), recipe.target)
 
 
 def rebuild_structure(model: nn.Module, recipe: Recipe) -> nn.Module:
     """Reshape a fresh model so the artifact's weights load into it."""
-    import autoslim.techniques  # noqa: F401
-
     for stage in recipe.stages:
         model = handler_for(stage).rebuild(model, stage)
     return model

@@ -2,7 +2,7 @@
 
 A recipe is data only. Each stage kind is a pydantic model registered by its ``kind``
 string, so technique modules add kinds without this module knowing them; behaviour lives
-in the handlers registered in :mod:`autoslim.pipeline`. Recipes round-trip through YAML
+in the handlers registered in :mod:`autoslim.registry`. Recipes round-trip through YAML
 (``yaml.safe_load``; never pickle) and reject unknown keys, so a typo in a hand-edited
 recipe is an error instead of a silently ignored setting.
 """
@@ -12,12 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
@@ -26,71 +25,12 @@ from pydantic import (
 )
 
 from autoslim.errors import AutoslimError
+from autoslim.registry import StageConfig, StrictModel, parse_stage
 
 SCHEMA_VERSION = 1
 REGEX_PREFIX = "re:"
 
 V = TypeVar("V")
-
-
-class StrictModel(BaseModel):
-    """Base for every config: unknown keys are errors and instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StageConfig(StrictModel):
-    """One stage of a recipe. Subclasses set ``kind`` to a unique ``Literal`` string."""
-
-    kind: str
-
-    kinds: ClassVar[dict[str, type[StageConfig]]] = {}
-    # False for a stage that only trains: it changes weight values, never the structure,
-    # the storage or the kernels, so loading an artifact needs nothing from it and the
-    # artifact's recipe leaves it out (autoslim.artifact.artifact_recipe).
-    shipped: ClassVar[bool] = True
-    # Fields that only say how a shipped stage's weights were trained (epochs, learning
-    # rates, schedules, calibration). Loading never reads them, so the artifact's recipe
-    # resets them (:meth:`without_training`): one architecture is then one download size,
-    # whatever the search tried for its fine-tune.
-    training_fields: ClassVar[frozenset[str]] = frozenset()
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        # Registration happens once pydantic has built the field, so the default is readable.
-        super().__pydantic_init_subclass__(**kwargs)
-        kind = cls.model_fields["kind"].default
-        if isinstance(kind, str):
-            StageConfig.kinds[kind] = cls
-
-    def milder(self, fraction: float) -> StageConfig | None:
-        """This stage compressing ``fraction`` as much, for progressive distillation's
-        intermediate student (teacher → intermediate → final); None leaves the stage out
-        of the intermediate. A stage that only trains stays as it is. A shipped stage that
-        does not say how to be milder (quantization, storage) is left out, so the
-        intermediate is a float model: it only ever teaches."""
-        return None if self.shipped else self
-
-    def without_training(self) -> StageConfig:
-        """This stage with its ``training_fields`` at their defaults (valid together,
-        since every default is)."""
-        kept = {k: v for k, v in self.model_dump().items() if k not in self.training_fields}
-        return type(self).model_validate(kept)
-
-
-def parse_stage(data: Any) -> StageConfig:
-    """Build the registered stage config named by ``data['kind']``."""
-    import autoslim.techniques  # noqa: F401  (registers the stage kinds; lazy to avoid a cycle)
-
-    if isinstance(data, StageConfig):
-        return data
-    if not isinstance(data, Mapping) or "kind" not in data:
-        raise ValueError("each stage must be a mapping with a 'kind' key")
-    kind = data["kind"]
-    if kind not in StageConfig.kinds:
-        known = ", ".join(sorted(StageConfig.kinds))
-        raise ValueError(f"unknown stage kind {kind!r} (known: {known})")
-    return StageConfig.kinds[kind].model_validate(dict(data))
 
 
 class TaskRef(StrictModel):
@@ -149,7 +89,9 @@ class Recipe(StrictModel):
     @classmethod
     def _known_schema(cls, value: int) -> int:
         if value != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {value} is not supported (this autoslim reads {SCHEMA_VERSION})")
+            raise ValueError(
+                f"schema_version {value} is not supported (this autoslim reads {SCHEMA_VERSION})"
+            )
         return value
 
     @field_validator("stages", mode="before")
@@ -182,7 +124,9 @@ class Recipe(StrictModel):
         return {"schema_version": self.schema_version, **_with_kinds(self, data)}
 
     def to_yaml(self, *, compact: bool = False) -> str:
-        return yaml.safe_dump(self.to_dict(compact=compact), sort_keys=False, default_flow_style=False)
+        return yaml.safe_dump(
+            self.to_dict(compact=compact), sort_keys=False, default_flow_style=False
+        )
 
     @classmethod
     def from_dict(cls, data: Any) -> Recipe:
@@ -245,7 +189,9 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
-            raise yaml.YAMLError(f"YAML aliases are not accepted (line {mark.line + 1}); write the value out")
+            raise yaml.YAMLError(
+                f"YAML aliases are not accepted (line {mark.line + 1}); write the value out"
+            )
         return super().compose_node(parent, index)
 
 
@@ -256,7 +202,9 @@ def read_yaml(path: str | Path, *, what: str) -> Any:
     if not path.is_file():
         raise AutoslimError(f"{what} file not found: {path}")
     if path.stat().st_size > MAX_YAML_BYTES:
-        raise AutoslimError(f"{what} file {path} is {path.stat().st_size} bytes; the limit is {MAX_YAML_BYTES}")
+        raise AutoslimError(
+            f"{what} file {path} is {path.stat().st_size} bytes; the limit is {MAX_YAML_BYTES}"
+        )
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -315,7 +263,7 @@ def resolve_layer_map(
     for key, value in mapping.items():
         if key.startswith(REGEX_PREFIX):
             try:
-                patterns.append((re.compile(key[len(REGEX_PREFIX):]), value, key))
+                patterns.append((re.compile(key[len(REGEX_PREFIX) :]), value, key))
             except re.error as exc:
                 raise AutoslimError(f"bad {what} regex {key!r}: {exc}") from None
         elif key not in known:
@@ -325,7 +273,9 @@ def resolve_layer_map(
     for pattern, value, key in patterns:
         matched = [n for n in names if pattern.fullmatch(n)]
         if not matched:
-            raise AutoslimError(f"{what} regex {key!r} matches no layer (known: {', '.join(names)})")
+            raise AutoslimError(
+                f"{what} regex {key!r} matches no layer (known: {', '.join(names)})"
+            )
         for name in matched:
             resolved.setdefault(name, value)
     return resolved

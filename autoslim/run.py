@@ -36,10 +36,10 @@ import pandas as pd
 from autoslim.errors import AutoslimError
 from autoslim.recipe import Recipe
 from autoslim.results.pareto import pareto_front
+from autoslim.searching.record import BASELINE_ATTR, TrialRecord
 
 RUN_FILE = "run.json"
 JOURNAL_FILE = "study.journal"
-ATTR_PREFIX = "autoslim."
 
 
 RDB_SCHEMES = ("postgresql", "mysql", "sqlite")
@@ -57,13 +57,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return open_journal(Path(url))
     scheme = url.split("://", 1)[0].split("+", 1)[0]
     if scheme not in RDB_SCHEMES:
-        raise AutoslimError(f"unsupported storage URL scheme {scheme!r} (use postgresql://, mysql:// or sqlite:///)")
+        raise AutoslimError(
+            f"unsupported storage URL scheme {scheme!r} (use postgresql://, mysql:// or sqlite:///)"
+        )
     try:
         return _open_rdb(url)
     except Exception as exc:  # noqa: BLE001 — a driver or connection error is the user's to fix
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise AutoslimError(f"cannot open storage {public_storage_url(url)}: "
-                            f"{scrub_secrets(first.strip(), url)}") from None
+        raise AutoslimError(
+            f"cannot open storage {public_storage_url(url)}: {scrub_secrets(first.strip(), url)}"
+        ) from None
 
 
 SCHEMA_RACE_ATTEMPTS = 8
@@ -92,7 +95,9 @@ def _lost_schema_race(exc: Exception) -> bool:
 
     if isinstance(exc, IntegrityError):  # PostgreSQL: duplicate key in pg_type
         return True
-    return isinstance(exc, ProgrammingError) and "already exists" in str(exc)  # MySQL, PostgreSQL relations
+    return isinstance(exc, ProgrammingError) and "already exists" in str(
+        exc
+    )  # MySQL, PostgreSQL relations
 
 
 # Query parameters whose value may be a credential, matched as parts of the lower-cased key:
@@ -126,7 +131,11 @@ def public_storage_url(url: str) -> str:
     try:
         parsed = make_url(url)
         secret = [key for key in parsed.query if is_secret_key(key)]
-        return parsed._replace(password=None).difference_update_query(secret).render_as_string(hide_password=False)
+        return (
+            parsed._replace(password=None)
+            .difference_update_query(secret)
+            .render_as_string(hide_password=False)
+        )
     except Exception:  # noqa: BLE001 — an unparsable URL is reported by open_storage
         return url.split("://", 1)[0] + "://…"
 
@@ -195,7 +204,9 @@ def open_journal(path: Path) -> optuna.storages.JournalStorage:
         except _REPLAY_ERRORS as exc:
             error = exc
     reason = next((ln for ln in str(error).splitlines() if ln.strip()), "")
-    raise AutoslimError(f"cannot read study journal {path}: {type(error).__name__} {reason}".rstrip()) from None
+    raise AutoslimError(
+        f"cannot read study journal {path}: {type(error).__name__} {reason}".rstrip()
+    ) from None
 
 
 def repair_journal(path: Path) -> bool:
@@ -214,7 +225,10 @@ def repair_journal(path: Path) -> bool:
     try:
         lock.acquire()  # a dead writer's lock is broken after Optuna's grace period
     except OSError as exc:  # a run folder this user may only read
-        print(f"warning: {path} looks damaged but cannot be repaired here: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"warning: {path} looks damaged but cannot be repaired here: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return False
     try:
         data = path.read_bytes()
@@ -228,8 +242,11 @@ def repair_journal(path: Path) -> bool:
         lock.release()
     dropped = data[offset:].count(b"\n") - 1
     after = f", and drops the {dropped} after it" if dropped > 0 else ""
-    print(f"warning: {path}: the entry at byte {offset} is {problem}; the study keeps the {kept} "
-          f"entries before it{after} (the original file is kept as {kept_as.name})", file=sys.stderr)
+    print(
+        f"warning: {path}: the entry at byte {offset} is {problem}; the study keeps the {kept} "
+        f"entries before it{after} (the original file is kept as {kept_as.name})",
+        file=sys.stderr,
+    )
     return True
 
 
@@ -240,7 +257,7 @@ def first_damaged_entry(data: bytes) -> tuple[int, int, str] | None:
         end = data.find(b"\n", offset)
         if end < 0:
             return offset, count, "cut short (its write never finished)"
-        problem = _entry_problem(data[offset:end + 1])
+        problem = _entry_problem(data[offset : end + 1])
         if problem:
             return offset, count, problem
         offset, count = end + 1, count + 1
@@ -254,8 +271,11 @@ def _entry_problem(line: bytes) -> str | None:
         return "not UTF-8 text"
     except ValueError:
         return "not valid JSON"
-    if not (isinstance(entry, dict) and type(entry.get("op_code")) is int
-            and isinstance(entry.get("worker_id"), str)):
+    if not (
+        isinstance(entry, dict)
+        and type(entry.get("op_code")) is int
+        and isinstance(entry.get("worker_id"), str)
+    ):
         return "not a journal entry"
     return None
 
@@ -278,7 +298,7 @@ def _last_entry_damaged(path: Path) -> bool:
             if cut >= 0 or start == 0:
                 break
             end = start
-    last = tail[cut + 1:]
+    last = tail[cut + 1 :]
     return not last.endswith(b"\n") or _entry_problem(last) is not None
 
 
@@ -337,13 +357,15 @@ class Run:
 
     @property
     def baseline(self) -> dict[str, float]:
-        return dict(self.study.user_attrs.get(ATTR_PREFIX + "baseline", {}))
+        return dict(self.study.user_attrs.get(BASELINE_ATTR, {}))
 
     @property
     def labels(self) -> dict[str, str]:
         """Display labels: energy says whether it was measured or estimated."""
         source = self.baseline.get("energy_source", "estimated")
-        return {name: f"{name} ({source})" if name == "energy_mj" else name for name in self.objectives}
+        return {
+            name: f"{name} ({source})" if name == "energy_mj" else name for name in self.objectives
+        }
 
     def table(self) -> pd.DataFrame:
         """One row per trial: state, feasibility, objective values, extras, params."""
@@ -366,23 +388,27 @@ class Run:
         trial = trials[0]
         if trial.state != optuna.trial.TrialState.COMPLETE:
             raise AutoslimError(f"trial {trial_number} did not complete ({trial.state.name})")
-        return Recipe.from_dict(trial.user_attrs["recipe"])
+        recipe = TrialRecord.from_trial(trial).recipe
+        if recipe is None:
+            raise AutoslimError(f"trial {trial_number} of run {self.path} recorded no recipe")
+        return Recipe.from_dict(recipe)
 
 
 def trials_table(study: optuna.Study, objectives: dict[str, str]) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
         row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
-        measured = t.user_attrs.get("measured", {})
+        record = TrialRecord.from_trial(t)
+        measured = record.measured or {}
         for i, name in enumerate(objectives):
             value = t.values[i] if t.values is not None else measured.get(name, math.nan)
             row[name] = value
         row["feasible"] = t.state.name == "COMPLETE" and all(v <= 0 for v in t.constraints.values())
         row.update({k: v for k, v in measured.items() if k not in objectives})
-        row["fail_reason"] = t.user_attrs.get("fail_reason", "") or t.user_attrs.get("stop_reason", "")
-        row["epochs_run"] = len(t.user_attrs.get("curve", []))
+        row["fail_reason"] = record.fail_reason or record.stop_reason or ""
+        row["epochs_run"] = len(record.curve or ())
         # a repeat of an earlier trial's parameters reuses its measurement (no training)
-        row["repeat_of"] = t.user_attrs.get("repeat_of", math.nan)
+        row["repeat_of"] = math.nan if record.repeat_of is None else record.repeat_of
         row["seconds"] = t.duration.total_seconds() if t.duration else math.nan
         row.update({f"param:{k}": v for k, v in t.params.items()})
         rows.append(row)
@@ -396,8 +422,11 @@ def write_run_info(path: Path, info: dict[str, Any]) -> None:
     storage = info.get("storage")
     # JSON objects are unordered to many readers, but trial.values follow the objectives'
     # order: record it explicitly.
-    info = {**info, "objective_order": list(info["objectives"]),
-            "storage": public_storage_url(storage) if storage else storage}
+    info = {
+        **info,
+        "objective_order": list(info["objectives"]),
+        "storage": public_storage_url(storage) if storage else storage,
+    }
     path.mkdir(parents=True, exist_ok=True)
     mode = 0o600 if is_database_url(storage) else 0o644
     write_bytes_atomic(path / RUN_FILE, json.dumps(info, indent=2).encode(), mode)
@@ -415,7 +444,11 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
         raise AutoslimError(f"corrupt {info_file}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise AutoslimError(f"corrupt {info_file}: {exc}") from None
-    missing = [k for k in ("study_name", "objectives", "metric_name") if not isinstance(info, dict) or k not in info]
+    missing = [
+        k
+        for k in ("study_name", "objectives", "metric_name")
+        if not isinstance(info, dict) or k not in info
+    ]
     if missing:
         raise AutoslimError(f"corrupt {info_file}: missing {', '.join(missing)}")
     return info
@@ -430,5 +463,7 @@ def load_run(path: str | Path, *, storage: str | None = None) -> Run:
     try:
         study = optuna.load_study(study_name=info["study_name"], storage=open_storage(storage_url))
     except KeyError:
-        raise AutoslimError(f"run {path} has no study named {info.get('study_name')!r} in its storage") from None
+        raise AutoslimError(
+            f"run {path} has no study named {info.get('study_name')!r} in its storage"
+        ) from None
     return Run(path=path, study=study, info=info)

@@ -14,14 +14,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any
 
 import optuna
 from pydantic import Field, model_validator
 from torch import nn
 
 from autoslim.errors import AutoslimError
-from autoslim.recipe import StageConfig, StrictModel, read_yaml, validate_model
+from autoslim.recipe import read_yaml, validate_model
+from autoslim.registry import ComponentSpec, StageConfig, StrictModel, component_types
 
 # Layers that carry a weight matrix the techniques can prune or quantize.
 COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -54,8 +55,11 @@ class ModelInfo:
             LayerInfo(name, type(m).__name__, m.weight.numel(), tuple(m.weight.shape))
             for name, m in compressible_layers(model).items()
         )
-        return cls(layers=layers, total_params=sum(p.numel() for p in model.parameters()),
-                   module_types=frozenset(type(m).__name__ for m in model.modules()))
+        return cls(
+            layers=layers,
+            total_params=sum(p.numel() for p in model.parameters()),
+            module_types=frozenset(type(m).__name__ for m in model.modules()),
+        )
 
     def has_module(self, fragment: str) -> bool:
         """Whether some module's class name contains ``fragment`` (e.g. "BatchNorm")."""
@@ -73,15 +77,10 @@ class ModelInfo:
             raise AutoslimError(f"bad layer regex {pattern!r}: {exc}") from None
         names = [n for n in self.names if regex.fullmatch(n)]
         if not names:
-            raise AutoslimError(f"layer regex {pattern!r} matches no layer (known: {', '.join(self.names)})")
+            raise AutoslimError(
+                f"layer regex {pattern!r} matches no layer (known: {', '.join(self.names)})"
+            )
         return names
-
-
-@runtime_checkable
-class Component(Protocol):
-    name: str
-
-    def suggest(self, trial: optuna.Trial, info: ModelInfo) -> StageConfig | None: ...
 
 
 class FloatRange(StrictModel):
@@ -137,48 +136,14 @@ class IntRange(StrictModel):
         return trial.suggest_int(name, self.low, self.high)
 
 
-class ComponentSpec(StrictModel):
-    """Base of every component: ``type`` picks the class, ``name`` namespaces its params.
-
-    ``optional`` lets the search switch the whole stage off, so "no pruning" competes with
-    every pruning setting instead of being unreachable.
-    """
-
-    type: str
-    name: str = ""
-    optional: bool = True
-
-    registry: ClassVar[dict[str, type[ComponentSpec]]] = {}
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        type_name = cls.model_fields["type"].default
-        if isinstance(type_name, str):
-            ComponentSpec.registry[type_name] = cls
-
-    @model_validator(mode="after")
-    def _default_name(self) -> ComponentSpec:
-        if not self.name:
-            object.__setattr__(self, "name", self.type.split(".")[0])
-        return self
-
-    def enabled(self, trial: optuna.Trial) -> bool:
-        return not self.optional or trial.suggest_categorical(f"{self.name}.enabled", [True, False])
-
-    def suggest(self, trial: optuna.Trial, info: ModelInfo) -> StageConfig | None:
-        raise NotImplementedError
-
-
 def parse_component(data: Any) -> ComponentSpec:
-    import autoslim.techniques  # noqa: F401  (registers the components; lazy to avoid a cycle)
-
     if not isinstance(data, dict) or "type" not in data:
         raise AutoslimError("each search-space component must be a mapping with a 'type' key")
     type_name = data["type"]
-    cls = ComponentSpec.registry.get(type_name)
+    types = component_types()
+    cls = types.get(type_name)
     if cls is None:
-        known = ", ".join(sorted(ComponentSpec.registry))
+        known = ", ".join(sorted(types))
         raise AutoslimError(f"unknown component {type_name!r} (known: {known})")
     return validate_model(cls, data, what=f"component {type_name!r}")
 
@@ -194,7 +159,9 @@ class SearchSpace:
         names = [c.name for c in components]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise AutoslimError(f"duplicate component names in search space: {', '.join(duplicates)}")
+            raise AutoslimError(
+                f"duplicate component names in search space: {', '.join(duplicates)}"
+            )
         self.components = list(components)
 
     @classmethod
@@ -203,7 +170,9 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
-        data = validate_model(SpaceFile, read_yaml(path, what="search space"), what=f"search space {path}")
+        data = validate_model(
+            SpaceFile, read_yaml(path, what="search space"), what=f"search space {path}"
+        )
         return cls.from_spec(data.components)
 
     def suggest(self, trial: optuna.Trial, info: ModelInfo) -> list[StageConfig]:

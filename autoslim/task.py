@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from autoslim._threads import TRAIN_THREADS, fixed_threads
 from autoslim.errors import AutoslimError
 from autoslim.recipe import TaskRef
 
@@ -116,8 +117,6 @@ class Task:
     def evaluate(self, model: nn.Module, split: str = "val") -> float:
         # On training's fixed thread count: the metric must not depend on the machine's
         # cores, and trials running side by side must not each start a thread per core.
-        from autoslim.train import fixed_threads
-
         with fixed_threads():
             return float(self.metric(model, self.data.get(split).loader(self.eval_batch_size)))
 
@@ -165,8 +164,10 @@ def task_fingerprint(ref: TaskRef) -> str:
         source = inspect.getsource(module) if module is not None else ""
     except (OSError, TypeError):
         source = ""
-    from autoslim.train import TRAIN_THREADS
 
-    payload = json.dumps({"entry": ref.entry, "params": ref.params, "train_threads": TRAIN_THREADS},
-                         sort_keys=True, default=str)
+    payload = json.dumps(
+        {"entry": ref.entry, "params": ref.params, "train_threads": TRAIN_THREADS},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256((payload + "\n" + source).encode()).hexdigest()[:16]

@@ -8,13 +8,13 @@ stopping listens to the per-epoch validation metric.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from autoslim._threads import fixed_threads
 from autoslim.errors import TrialFailed
 from autoslim.task import Task
 
@@ -24,19 +24,6 @@ EpochHook = Callable[[nn.Module, int], None]
 
 # A loss this many times its first value means the run has diverged, not just wobbled.
 DIVERGENCE_FACTOR = 1e4
-# CPU reductions split work by thread, so the thread count changes the trained bits; it is
-# fixed here (and part of the baseline's cache key) so a recipe replays identically.
-TRAIN_THREADS = 2
-
-
-@contextmanager
-def fixed_threads(threads: int = TRAIN_THREADS) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @dataclass
@@ -74,12 +61,29 @@ def train(
     if epochs <= 0 or not params:
         return model
     with fixed_threads():
-        return _train_epochs(model, task, params, epochs=epochs, lr=lr, seed=seed, hooks=hooks,
-                             weight_decay=weight_decay)
+        return _train_epochs(
+            model,
+            task,
+            params,
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            hooks=hooks,
+            weight_decay=weight_decay,
+        )
 
 
-def _train_epochs(model: nn.Module, task: Task, params: list, *, epochs: int, lr: float, seed: int,
-                  hooks: TrainHooks, weight_decay: float) -> nn.Module:
+def _train_epochs(
+    model: nn.Module,
+    task: Task,
+    params: list,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    hooks: TrainHooks,
+    weight_decay: float,
+) -> nn.Module:
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     loss_fn = hooks.loss or (lambda m, x, y: task.loss(m(x), y))
     split = task.data.train

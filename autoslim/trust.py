@@ -34,12 +34,14 @@ from autoslim.errors import AutoslimError
 TRUST_ENV = "AUTOSLIM_TRUST_TASKS"
 TRUST_ALL = "*"
 ENTRY_POINT_GROUP = "autoslim.tasks"
-BUNDLED_TASKS = frozenset({
-    "autoslim.tasks.digits:make_task",
-    "autoslim.tasks.mnist1d:make_task",
-    "autoslim.tasks.minilm:make_task",
-    "autoslim.tasks.mlp:make_task",
-})
+BUNDLED_TASKS = frozenset(
+    {
+        "autoslim.tasks.digits:make_task",
+        "autoslim.tasks.mnist1d:make_task",
+        "autoslim.tasks.minilm:make_task",
+        "autoslim.tasks.mlp:make_task",
+    }
+)
 
 _registered: dict[str, Callable[..., Any] | None] = {}
 
@@ -76,8 +78,13 @@ def _env_entries() -> set[str]:
 def is_trusted(entry: str) -> bool:
     """Whether resolving ``entry`` may import and call its code."""
     env = _env_entries()
-    return (entry in BUNDLED_TASKS or entry in _registered or TRUST_ALL in env or entry in env
-            or entry in _entry_point_tasks())
+    return (
+        entry in BUNDLED_TASKS
+        or entry in _registered
+        or TRUST_ALL in env
+        or entry in env
+        or entry in _entry_point_tasks()
+    )
 
 
 def _joined(entries: set[str]) -> str:
@@ -123,9 +130,11 @@ def _check_form(entry: str) -> tuple[str, str]:
 
 def untrusted_message(entry: str) -> str:
     module, _ = _check_form(entry)
-    return (f"task entry {entry!r} is not trusted: autoslim would import and run module {module!r}; "
-            "if you trust it, pass --trust-task (Python: trust_task=True) or register it "
-            "(autoslim.register_task, or the 'autoslim.tasks' entry-point group)")
+    return (
+        f"task entry {entry!r} is not trusted: autoslim would import and run module {module!r}; "
+        "if you trust it, pass --trust-task (Python: trust_task=True) or register it "
+        "(autoslim.register_task, or the 'autoslim.tasks' entry-point group)"
+    )
 
 
 def require_trusted(entry: str) -> None:

@@ -11,7 +11,7 @@ For each task, in one run of this script on one machine:
 Warm starts. Both searches begin with the same enqueued trials, counted inside the same
 budget: the experiment's own `warm_start_uniform` widths, then every uniform baseline
 on the baselines' own (metric, bytes) front that the search space can express exactly
-(`autoslim.search.warm_start.baseline_params` replays the space and requires the
+(`autoslim.searching.warm_start.baseline_params` replays the space and requires the
 baseline's very stages back, so the trial rebuilds the baseline's artifact). The
 autoslim front therefore starts where the best uniform recipe is and can only improve on
 it. The random search gets the SAME warm starts, deliberately: the hypervolume
@@ -60,10 +60,11 @@ from autoslim.measure import measure_in_subprocess
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
 from autoslim.results.pareto import hypervolume, pareto_front, to_minimization
-from autoslim.search.experiment import load_experiment
-from autoslim.search.local import Overrides, apply_overrides, open_study, search
-from autoslim.search.outputs import test_metric
-from autoslim.search.warm_start import baseline_params, enqueue_plans
+from autoslim.searching.driver import Overrides, apply_overrides, search
+from autoslim.searching.experiment import load_experiment
+from autoslim.searching.outputs import test_metric
+from autoslim.searching.study import open_study
+from autoslim.searching.warm_start import baseline_params, enqueue_plans
 from autoslim.space import ModelInfo, searched_float
 from autoslim.sparse.policy import settle_storage_policy
 from autoslim.task import load_task
@@ -96,9 +97,14 @@ TASKS = {
     "digits": TaskSpec("experiments/digits.yaml", trials=40, input_shape=(1, 8, 8)),
     # The residual CNN (64 channels, big enough for channel pruning to matter) over
     # structured + magnitude pruning + one width: see the file's header for why.
-    "mnist1d": TaskSpec("experiments/compare_mnist1d.yaml", trials=40),
-    "minilm": TaskSpec("experiments/compare_minilm.yaml", trials=12, sparsities=(0.5, 0.9),
-                       channel_ratios=(0.5,), channel_field="ffn"),
+    "mnist1d": TaskSpec("benchmarks/experiments/compare_mnist1d.yaml", trials=40),
+    "minilm": TaskSpec(
+        "benchmarks/experiments/compare_minilm.yaml",
+        trials=12,
+        sparsities=(0.5, 0.9),
+        channel_ratios=(0.5,),
+        channel_field="ffn",
+    ),
 }
 # Rough seconds per trial relative to digits, to balance --jobs lanes (longest first).
 TASK_COST = {"digits": 1.0, "mnist1d": 0.5, "minilm": 6.0}
@@ -128,7 +134,10 @@ def fine_tune_settings(space) -> dict:
         epochs = getattr(component, "fine_tune_epochs", None)
         lr = getattr(component, "lr", None)
         if epochs is not None and lr is not None:
-            return {"fine_tune_epochs": int(epochs.high), "lr": searched_float(math.sqrt(lr.low * lr.high))}
+            return {
+                "fine_tune_epochs": int(epochs.high),
+                "lr": searched_float(math.sqrt(lr.low * lr.high)),
+            }
     return {"fine_tune_epochs": 0, "lr": 1e-3}
 
 
@@ -139,8 +148,16 @@ def open_context(name: str, spec: TaskSpec) -> Context:
     model = load_baseline(experiment.task, task).model
     metric = task.metric_name
     drops = [c.max_drop for c in experiment.constraints if c.objective == metric and c.max_drop]
-    return Context(name, spec, path, experiment, task, model, drops[0] if drops else 0.05,
-                   fine_tune_settings(space))
+    return Context(
+        name,
+        spec,
+        path,
+        experiment,
+        task,
+        model,
+        drops[0] if drops else 0.05,
+        fine_tune_settings(space),
+    )
 
 
 def baseline_stages(ctx: Context, quick: bool) -> dict[str, list[dict]]:
@@ -150,20 +167,28 @@ def baseline_stages(ctx: Context, quick: bool) -> dict[str, list[dict]]:
     stages = {"fp32": [], "uniform int8 PTQ": [{"kind": "quantize", "default": 8}]}
     for s in sparsities:
         stages[f"magnitude {s:.0%} (per layer)"] = [
-            {"kind": "prune", "scope": "layer", "sparsity": s, **tune}]
+            {"kind": "prune", "scope": "layer", "sparsity": s, **tune}
+        ]
     unit = "FFN neurons" if spec.channel_field == "ffn" else "channels"
     shape = {"input_shape": list(spec.input_shape)} if spec.input_shape else {}
     for r in spec.channel_ratios[-1:] if quick else spec.channel_ratios:
         stages[f"L1 {unit} {r:.0%}"] = [
-            {"kind": "prune_structured", spec.channel_field: r, "importance": "l1", **shape, **tune}]
+            {"kind": "prune_structured", spec.channel_field: r, "importance": "l1", **shape, **tune}
+        ]
     return stages
 
 
 def measure_recipe(ctx: Context, stages: list[dict], out: Path) -> dict:
     """Apply, save and measure (val + test) in a fresh process, as a search trial does."""
     target = settle_storage_policy(ctx.experiment.target)  # exactly as a trial settles it
-    recipe = Recipe.from_dict({"task": ctx.experiment.task.model_dump(), "seed": ctx.experiment.search.seed,
-                               "target": target.model_dump(), "stages": stages})
+    recipe = Recipe.from_dict(
+        {
+            "task": ctx.experiment.task.model_dump(),
+            "seed": ctx.experiment.search.seed,
+            "target": target.model_dump(),
+            "stages": stages,
+        }
+    )
     model = apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.model))
     save_artifact(model, recipe, out)
     return measure_in_subprocess(out, recipe.target, splits=("val", "test"))
@@ -179,11 +204,22 @@ def run_baselines(ctx: Context, folder: Path, all_stages: dict[str, list[dict]])
         except Exception as exc:  # noqa: BLE001 — a baseline the model can't take is a row, not a crash
             rows.append({"method": label, "skipped": f"{type(exc).__name__}: {str(exc)[:200]}"})
             continue
-        rows.append({"method": label, "metric": values[metric], "test_metric": values[f"test_{metric}"],
-                     "size_bytes": values["size_bytes"], "latency_ms": values["latency_ms"],
-                     "energy_mj": values["energy_mj"], "energy_source": values.get("energy_source"),
-                     "seconds": round(time.monotonic() - start, 1)})
-        print(f"  [{ctx.name}] {label}: {metric} {values[metric]:.4f}, {values['size_bytes']} B", flush=True)
+        rows.append(
+            {
+                "method": label,
+                "metric": values[metric],
+                "test_metric": values[f"test_{metric}"],
+                "size_bytes": values["size_bytes"],
+                "latency_ms": values["latency_ms"],
+                "energy_mj": values["energy_mj"],
+                "energy_source": values.get("energy_source"),
+                "seconds": round(time.monotonic() - start, 1),
+            }
+        )
+        print(
+            f"  [{ctx.name}] {label}: {metric} {values[metric]:.4f}, {values['size_bytes']} B",
+            flush=True,
+        )
     return rows
 
 
@@ -199,7 +235,9 @@ def random_experiment(ctx: Context, folder: Path) -> Path:
     return out
 
 
-def warm_start_plans(ctx: Context, baselines: list[dict], stages: dict[str, list[dict]]) -> list[dict]:
+def warm_start_plans(
+    ctx: Context, baselines: list[dict], stages: dict[str, list[dict]]
+) -> list[dict]:
     """The trials enqueued first in BOTH searches, labelled: the experiment's own uniform
     widths (`warm_start_uniform`), then every uniform baseline on the baselines' own
     (metric, bytes) front that the space can express exactly.
@@ -212,15 +250,22 @@ def warm_start_plans(ctx: Context, baselines: list[dict], stages: dict[str, list
     """
     settings = ctx.experiment.search
     if settings.warm_start:
-        raise SystemExit(f"{ctx.path}: compare.py replays warm_start_uniform only, not allocator warm starts")
+        raise SystemExit(
+            f"{ctx.path}: compare.py replays warm_start_uniform only, not allocator warm starts"
+        )
     _, space = load_experiment(ctx.path)
     info = ModelInfo.from_model(ctx.model)
-    candidates = [(f"uniform {w}-bit (warm_start_uniform)", [{"kind": "quantize", "default": w}])
-                  for w in settings.warm_start_uniform]
+    candidates = [
+        (f"uniform {w}-bit (warm_start_uniform)", [{"kind": "quantize", "default": w}])
+        for w in settings.warm_start_uniform
+    ]
     measured = [b for b in baselines[1:] if "metric" in b]
     if measured:
         values = np.array([[b["metric"], b["size_bytes"]] for b in measured], dtype=float)
-        candidates += [(measured[i]["method"], stages[measured[i]["method"]]) for i in pareto_front(values, DIRECTIONS)]
+        candidates += [
+            (measured[i]["method"], stages[measured[i]["method"]])
+            for i in pareto_front(values, DIRECTIONS)
+        ]
     plans: list[dict] = []
     for label, wanted in candidates:
         params = baseline_params(space, info, wanted)
@@ -249,7 +294,9 @@ def prepare_study(path: Path, trials: int, run_dir: Path, metric: str, plans: li
     enqueue_plans(study, [p["params"] for p in plans])
 
 
-def run_searches(ctx: Context, trials: int, out_dir: Path, scratch: Path, plans: list[dict]) -> dict:
+def run_searches(
+    ctx: Context, trials: int, out_dir: Path, scratch: Path, plans: list[dict]
+) -> dict:
     """TPE (autoslim's default) and random, same budget, seed and warm starts; resumes a partial run."""
     runs = {}
     for method, path in (("autoslim", ctx.path), ("random", random_experiment(ctx, scratch))):
@@ -282,9 +329,16 @@ def search_rows(run, metric: str) -> list[dict]:
     """Completed, feasible trials of a search (its own constraint), as comparable rows."""
     table = run.table()
     done = table[(table["state"] == "COMPLETE") & table["feasible"]]
-    return [{"trial": int(r["trial"]), "metric": float(r[metric]), "size_bytes": float(r["size_bytes"]),
-             "latency_ms": float(r.get("latency_ms", math.nan)), "energy_mj": float(r.get("energy_mj", math.nan))}
-            for _, r in done.iterrows()]
+    return [
+        {
+            "trial": int(r["trial"]),
+            "metric": float(r[metric]),
+            "size_bytes": float(r["size_bytes"]),
+            "latency_ms": float(r.get("latency_ms", math.nan)),
+            "energy_mj": float(r.get("energy_mj", math.nan)),
+        }
+        for _, r in done.iterrows()
+    ]
 
 
 def front_of(rows: list[dict]) -> list[dict]:
@@ -299,6 +353,7 @@ def coverage(point: dict, front: list[dict], noise: float, plans: list[dict] = (
 
     A covering trial that was a warm start says so (and which baseline it replays).
     """
+
     def name(trial: int) -> str:
         plan = next((p for p in plans if p["trial"] == trial), None)
         return f"trial {trial}" + (f" (warm start: {' = '.join(plan['labels'])})" if plan else "")
@@ -311,7 +366,9 @@ def coverage(point: dict, front: list[dict], noise: float, plans: list[dict] = (
         if f["metric"] == point["metric"] and f["size_bytes"] == point["size_bytes"]:
             return f"matched exactly by {name(f['trial'])}"
     for f in front:
-        if f["metric"] >= point["metric"] - noise and f["size_bytes"] <= point["size_bytes"] * (1 + BYTES_NOISE):
+        if f["metric"] >= point["metric"] - noise and f["size_bytes"] <= point["size_bytes"] * (
+            1 + BYTES_NOISE
+        ):
             return f"matched within noise by {name(f['trial'])}"
     return "NOT covered"
 
@@ -322,7 +379,11 @@ def best_within(rows: list[dict], run, fp32: dict, tolerance: float) -> dict | N
     return ratios(min(ok, key=lambda r: (r["size_bytes"], -r["metric"])), run, fp32) if ok else None
 
 
-SEED_CLAIMS = {"accuracy": 0.97, "bytes_ratio": 0.10, "speedup": 8.0}  # "97 % accuracy, 90 % smaller, 8x faster"
+SEED_CLAIMS = {
+    "accuracy": 0.97,
+    "bytes_ratio": 0.10,
+    "speedup": 8.0,
+}  # "97 % accuracy, 90 % smaller, 8x faster"
 
 
 def claims_row(best: dict | None, literal: dict | None) -> dict:
@@ -332,26 +393,47 @@ def claims_row(best: dict | None, literal: dict | None) -> dict:
     should mean), and the smallest point whose metric is at least 97 % (its literal
     reading). Latency ratios are copied, not judged: on a shared 2-core machine they are noise.
     """
+
     def point(p: dict | None) -> dict | None:
         if p is None:
             return None
-        keys = ("trial", "metric", "test_metric", "drop", "bytes_ratio", "latency_ratio", "energy_ratio_estimated")
-        return {k: p[k] for k in keys} | {"smaller_pct": 100 * (1 - p["bytes_ratio"]),
-                                           "speedup_noisy": 1 / p["latency_ratio"] if p["latency_ratio"] else None}
+        keys = (
+            "trial",
+            "metric",
+            "test_metric",
+            "drop",
+            "bytes_ratio",
+            "latency_ratio",
+            "energy_ratio_estimated",
+        )
+        return {k: p[k] for k in keys} | {
+            "smaller_pct": 100 * (1 - p["bytes_ratio"]),
+            "speedup_noisy": 1 / p["latency_ratio"] if p["latency_ratio"] else None,
+        }
 
     reached = {"within_tolerance": point(best), "metric_at_least_0.97": point(literal)}
-    return {"claim": SEED_CLAIMS, **reached,
-            "ninety_pct_smaller_within_tolerance": best is not None and best["bytes_ratio"] <= SEED_CLAIMS["bytes_ratio"],
-            "ninety_pct_smaller_at_0.97": literal is not None and literal["bytes_ratio"] <= SEED_CLAIMS["bytes_ratio"],
-            "latency": "noise on a shared 2-core CPU: shown, not ranked"}
+    return {
+        "claim": SEED_CLAIMS,
+        **reached,
+        "ninety_pct_smaller_within_tolerance": best is not None
+        and best["bytes_ratio"] <= SEED_CLAIMS["bytes_ratio"],
+        "ninety_pct_smaller_at_0.97": literal is not None
+        and literal["bytes_ratio"] <= SEED_CLAIMS["bytes_ratio"],
+        "latency": "noise on a shared 2-core CPU: shown, not ranked",
+    }
 
 
 def ratios(row: dict, run, fp32: dict) -> dict:
-    return {**row, "drop": fp32["metric"] - row["metric"], "test_metric": test_metric(run, row["trial"]),
-            "bytes_ratio": row["size_bytes"] / fp32["size_bytes"],
-            "latency_ratio": row["latency_ms"] / fp32["latency_ms"],
-            "latency_ratio_vs_search_fp32": row["latency_ms"] / run.baseline.get("latency_ms", math.nan),
-            "energy_ratio_estimated": row["energy_mj"] / fp32["energy_mj"]}
+    return {
+        **row,
+        "drop": fp32["metric"] - row["metric"],
+        "test_metric": test_metric(run, row["trial"]),
+        "bytes_ratio": row["size_bytes"] / fp32["size_bytes"],
+        "latency_ratio": row["latency_ms"] / fp32["latency_ms"],
+        "latency_ratio_vs_search_fp32": row["latency_ms"]
+        / run.baseline.get("latency_ms", math.nan),
+        "energy_ratio_estimated": row["energy_mj"] / fp32["energy_mj"],
+    }
 
 
 def smallest_at_least(front: list[dict], run, fp32: dict, level: float) -> dict | None:
@@ -366,96 +448,149 @@ def compare_task(name: str, trials: int, out_dir: Path, quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"compare-{name}-") as scratch:
         baselines = run_baselines(ctx, Path(scratch), stages)
         plans = warm_start_plans(ctx, baselines, stages)
-        print(f"  [{name}] warm starts (both searches, inside the budget): "
-              f"{'; '.join(' = '.join(p['labels']) for p in plans) or 'none'}", flush=True)
+        print(
+            f"  [{name}] warm starts (both searches, inside the budget): "
+            f"{'; '.join(' = '.join(p['labels']) for p in plans) or 'none'}",
+            flush=True,
+        )
         runs = run_searches(ctx, trials, out_dir, Path(scratch), plans)
     fp32 = baselines[0]
     ref = reference(fp32, ctx.max_drop)
     measured = [b for b in baselines[1:] if "metric" in b]
     for b in baselines:
         if "metric" in b:
-            b.update(bytes_ratio=b["size_bytes"] / fp32["size_bytes"], drop=fp32["metric"] - b["metric"],
-                     latency_ratio=b["latency_ms"] / fp32["latency_ms"],
-                     energy_ratio_estimated=b["energy_mj"] / fp32["energy_mj"])
+            b.update(
+                bytes_ratio=b["size_bytes"] / fp32["size_bytes"],
+                drop=fp32["metric"] - b["metric"],
+                latency_ratio=b["latency_ms"] / fp32["latency_ms"],
+                energy_ratio_estimated=b["energy_mj"] / fp32["energy_mj"],
+            )
     searches = {}
     for method, (run, seconds) in runs.items():
         rows = search_rows(run, metric)
         front = front_of(rows)
         searches[method] = {
-            "run_dir": str(run.path), "seconds": seconds, "trials": trials, "feasible_trials": len(rows),
+            "run_dir": str(run.path),
+            "seconds": seconds,
+            "trials": trials,
+            "feasible_trials": len(rows),
             "hypervolume": hv(feasible_points(rows, fp32, ctx.max_drop), ref, fp32, ctx.max_drop),
-            "front": front, "best_within_tolerance": best_within(rows, run, fp32, ctx.spec.tolerance),
-            "smallest_at_least_0.97": smallest_at_least(front, run, fp32, SEED_CLAIMS["accuracy"])}
+            "front": front,
+            "best_within_tolerance": best_within(rows, run, fp32, ctx.spec.tolerance),
+            "smallest_at_least_0.97": smallest_at_least(front, run, fp32, SEED_CLAIMS["accuracy"]),
+        }
     front = searches["autoslim"]["front"]
     for b in measured:
         b["vs_autoslim_front"] = coverage(b, front, ctx.spec.metric_noise, plans)
-        b["vs_random_front"] = coverage(b, searches["random"]["front"], ctx.spec.metric_noise, plans)
+        b["vs_random_front"] = coverage(
+            b, searches["random"]["front"], ctx.spec.metric_noise, plans
+        )
         b["feasible"] = b["drop"] <= ctx.max_drop + 1e-12
     auto = searches["autoslim"]
-    return {"task": name, "experiment": ctx.spec.experiment, "metric": metric, "max_drop": ctx.max_drop,
-            "tolerance": ctx.spec.tolerance, "metric_noise": ctx.spec.metric_noise, "bytes_noise": BYTES_NOISE,
-            "fine_tune": ctx.fine_tune, "reference_min_space": ref.tolist(),
-            "hypervolume_uniform_baselines": hv(feasible_points(measured, fp32, ctx.max_drop), ref, fp32,
-                                                ctx.max_drop),
-            "warm_starts": plans,
-            "every_baseline_covered": all(b["vs_autoslim_front"] != "NOT covered" for b in measured),
-            "seed_claims": claims_row(auto["best_within_tolerance"], auto["smallest_at_least_0.97"]),
-            "baselines": baselines, "searches": searches}
+    return {
+        "task": name,
+        "experiment": ctx.spec.experiment,
+        "metric": metric,
+        "max_drop": ctx.max_drop,
+        "tolerance": ctx.spec.tolerance,
+        "metric_noise": ctx.spec.metric_noise,
+        "bytes_noise": BYTES_NOISE,
+        "fine_tune": ctx.fine_tune,
+        "reference_min_space": ref.tolist(),
+        "hypervolume_uniform_baselines": hv(
+            feasible_points(measured, fp32, ctx.max_drop), ref, fp32, ctx.max_drop
+        ),
+        "warm_starts": plans,
+        "every_baseline_covered": all(b["vs_autoslim_front"] != "NOT covered" for b in measured),
+        "seed_claims": claims_row(auto["best_within_tolerance"], auto["smallest_at_least_0.97"]),
+        "baselines": baselines,
+        "searches": searches,
+    }
 
 
 def print_task(result: dict) -> None:
     m = result["metric"]
-    print(f"\n== {result['task']} ({result['experiment']}), metric {m} (val), HV reference "
-          f"(fp32 - {1.1 * result['max_drop']:.3f}, 1.1 x fp32 bytes)")
+    print(
+        f"\n== {result['task']} ({result['experiment']}), metric {m} (val), HV reference "
+        f"(fp32 - {1.1 * result['max_drop']:.3f}, 1.1 x fp32 bytes)"
+    )
     for plan in result["warm_starts"]:
         print(f"warm start, trial {plan['trial']} of both searches: {' = '.join(plan['labels'])}")
-    print(f"{'method':<30}{m[:8]:>9}{'test':>8}{'bytes':>11}{'bytes×':>8}{'lat×':>7}{'energy× est':>12}  vs autoslim front")
+    print(
+        f"{'method':<30}{m[:8]:>9}{'test':>8}{'bytes':>11}{'bytes×':>8}{'lat×':>7}{'energy× est':>12}  vs autoslim front"
+    )
     for b in result["baselines"]:
         if "skipped" in b:
             print(f"{b['method']:<30} skipped: {b['skipped']}")
             continue
-        print(f"{b['method']:<30}{b['metric']:>9.4f}{b['test_metric']:>8.4f}{b['size_bytes']:>11.0f}"
-              f"{b['bytes_ratio']:>8.3f}{b['latency_ratio']:>7.2f}{b['energy_ratio_estimated']:>12.3f}  "
-              f"{b.get('vs_autoslim_front', '')}")
-    print(f"HV (fraction of reference box): uniform baselines {result['hypervolume_uniform_baselines']:.4f}", end="")
+        print(
+            f"{b['method']:<30}{b['metric']:>9.4f}{b['test_metric']:>8.4f}{b['size_bytes']:>11.0f}"
+            f"{b['bytes_ratio']:>8.3f}{b['latency_ratio']:>7.2f}{b['energy_ratio_estimated']:>12.3f}  "
+            f"{b.get('vs_autoslim_front', '')}"
+        )
+    print(
+        f"HV (fraction of reference box): uniform baselines {result['hypervolume_uniform_baselines']:.4f}",
+        end="",
+    )
     for method, s in result["searches"].items():
-        print(f", {method} {s['hypervolume']:.4f} ({s['trials']} trials, {s['seconds']:.0f} s)", end="")
-    print(f"\nevery uniform baseline dominated or matched by the autoslim front: {result['every_baseline_covered']}")
+        print(
+            f", {method} {s['hypervolume']:.4f} ({s['trials']} trials, {s['seconds']:.0f} s)",
+            end="",
+        )
+    print(
+        f"\nevery uniform baseline dominated or matched by the autoslim front: {result['every_baseline_covered']}"
+    )
     for method, s in result["searches"].items():
-        print(f"{method} front ({m}, bytes): " + ", ".join(
-            f"t{f['trial']} {f['metric']:.4f}/{f['size_bytes']:.0f}" for f in s["front"]))
+        print(
+            f"{method} front ({m}, bytes): "
+            + ", ".join(
+                f"t{f['trial']} {f['metric']:.4f}/{f['size_bytes']:.0f}" for f in s["front"]
+            )
+        )
         best = s["best_within_tolerance"]
         if best is None:
             print(f"{method}: no feasible point within {result['tolerance']} of fp32")
             continue
-        print(f"{method} best within {result['tolerance']}: trial {best['trial']}, {m} {best['metric']:.4f} "
-              f"(test {best['test_metric']:.4f}), bytes × {best['bytes_ratio']:.3f}, latency × "
-              f"{best['latency_ratio']:.2f}, energy × {best['energy_ratio_estimated']:.3f} (estimated)")
+        print(
+            f"{method} best within {result['tolerance']}: trial {best['trial']}, {m} {best['metric']:.4f} "
+            f"(test {best['test_metric']:.4f}), bytes × {best['bytes_ratio']:.3f}, latency × "
+            f"{best['latency_ratio']:.2f}, energy × {best['energy_ratio_estimated']:.3f} (estimated)"
+        )
     print_claims(result)
 
 
 def print_claims(result: dict) -> None:
     """The seed article's claims beside what autoslim reached on this task."""
     claims = result["seed_claims"]
-    print(f'seed claim "97 % accuracy, 90 % smaller, 8× faster" vs autoslim on {result["task"]} '
-          f"(latency is noise on this machine: shown, not ranked):")
-    for reading, label in (("within_tolerance", f"best within {result['tolerance']} of fp32"),
-                           ("metric_at_least_0.97", f"smallest with {result['metric']} >= 0.97")):
+    print(
+        f'seed claim "97 % accuracy, 90 % smaller, 8× faster" vs autoslim on {result["task"]} '
+        f"(latency is noise on this machine: shown, not ranked):"
+    )
+    for reading, label in (
+        ("within_tolerance", f"best within {result['tolerance']} of fp32"),
+        ("metric_at_least_0.97", f"smallest with {result['metric']} >= 0.97"),
+    ):
         p = claims[reading]
         if p is None:
             print(f"  {label}: none")
             continue
-        print(f"  {label}: trial {p['trial']}, {result['metric']} {p['metric']:.4f} (test {p['test_metric']:.4f}, "
-              f"drop {p['drop']:+.4f}), {p['smaller_pct']:.1f} % smaller (bytes × {p['bytes_ratio']:.3f}), "
-              f"latency × {p['latency_ratio']:.2f} (noise)")
+        print(
+            f"  {label}: trial {p['trial']}, {result['metric']} {p['metric']:.4f} (test {p['test_metric']:.4f}, "
+            f"drop {p['drop']:+.4f}), {p['smaller_pct']:.1f} % smaller (bytes × {p['bytes_ratio']:.3f}), "
+            f"latency × {p['latency_ratio']:.2f} (noise)"
+        )
 
 
 def claims_table(results: dict) -> list[dict]:
     """One row per task for the JSON: the claim and the two readings of what autoslim reached."""
-    return [{"task": name, "metric": r["metric"], **r["seed_claims"]} for name, r in results.items()]
+    return [
+        {"task": name, "metric": r["metric"], **r["seed_claims"]} for name, r in results.items()
+    ]
 
 
-def run_in_children(names: list[str], budgets: dict[str, int], args, jobs: int, started: float) -> dict:
+def run_in_children(
+    names: list[str], budgets: dict[str, int], args, jobs: int, started: float
+) -> dict:
     """Tasks in `jobs` child processes of this script (one task list each, longest first),
     for a loaded machine where one process gets a small share of the CPU. Each child writes
     its per-task JSON; metric and bytes are unaffected, latency is noise either way."""
@@ -464,16 +599,33 @@ def run_in_children(names: list[str], budgets: dict[str, int], args, jobs: int, 
     order = sorted(names, key=lambda n: -TASK_COST.get(n, 1) * budgets[n])
     lanes: list[list[str]] = [[] for _ in range(min(jobs, len(names)))]
     for name in order:  # longest first onto the lane with the least work
-        min(lanes, key=lambda lane: sum(TASK_COST.get(n, 1) * budgets[n] for n in lane)).append(name)
+        min(lanes, key=lambda lane: sum(TASK_COST.get(n, 1) * budgets[n] for n in lane)).append(
+            name
+        )
     procs = []
     for lane in lanes:
-        cmd = [sys.executable, __file__, "--tasks", ",".join(lane), "--out-dir", str(args.out_dir),
-               "--trials", ",".join(f"{n}={budgets[n]}" for n in lane), "--jobs", "1", "--no-summary"]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--tasks",
+            ",".join(lane),
+            "--out-dir",
+            str(args.out_dir),
+            "--trials",
+            ",".join(f"{n}={budgets[n]}" for n in lane),
+            "--jobs",
+            "1",
+            "--no-summary",
+        ]
         procs.append((lane, subprocess.Popen(cmd + (["--quick"] if args.quick else []))))
     failed = [n for lane, proc in procs if proc.wait() != 0 for n in lane]
     # A lane that failed (or was stopped) may still have finished its first tasks: keep
     # those, but only files this invocation wrote, never an older run's.
-    done = [n for n in names if n not in failed or _written_since(RESULTS / f"compare_{n}.json", started)]
+    done = [
+        n
+        for n in names
+        if n not in failed or _written_since(RESULTS / f"compare_{n}.json", started)
+    ]
     if len(done) < len(names):
         print(f"not finished: {', '.join(n for n in names if n not in done)}", file=sys.stderr)
     return {n: json.loads((RESULTS / f"compare_{n}.json").read_text()) for n in done}
@@ -489,14 +641,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", default="", help="N for every task, or task=N,task=N")
     parser.add_argument("--out-dir", default="runs/compare", type=Path)
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
-    parser.add_argument("--quick", action="store_true", help="3 trials a search, fewer baselines (smoke)")
-    parser.add_argument("--jobs", type=int, default=1, help="tasks run side by side in this many processes")
-    parser.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # a --jobs child
+    parser.add_argument(
+        "--quick", action="store_true", help="3 trials a search, fewer baselines (smoke)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="tasks run side by side in this many processes"
+    )
+    parser.add_argument(
+        "--no-summary", action="store_true", help=argparse.SUPPRESS
+    )  # a --jobs child
     args = parser.parse_args(argv)
     names = [n for n in args.tasks.split(",") if n]
     budgets = parse_trials(args.trials, names, args.quick)
-    results = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv),
-               "budgets": budgets, "jobs": args.jobs, "tasks": {}}
+    results = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(sys.argv),
+        "budgets": budgets,
+        "jobs": args.jobs,
+        "tasks": {},
+    }
     if args.jobs > 1 and len(names) > 1:
         results["tasks"] = run_in_children(names, budgets, args, args.jobs, time.time())
         for name in results["tasks"]:
@@ -509,7 +672,9 @@ def main(argv: list[str] | None = None) -> int:
             results["tasks"][name] = result
             # Per task, so a run cut short still leaves every finished task's numbers.
             RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / f"compare_{name}.json").write_text(json.dumps(result, indent=1, default=float))
+            (RESULTS / f"compare_{name}.json").write_text(
+                json.dumps(result, indent=1, default=float)
+            )
             print_task(result)
     if args.no_summary:
         return 0

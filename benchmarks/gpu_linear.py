@@ -34,7 +34,11 @@ def nvml_mj_per_call(fn: Callable[[], object], seconds: float) -> float | None:
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
         torch.cuda.synchronize()
-        start_mj, start, calls = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle), time.perf_counter(), 0
+        start_mj, start, calls = (
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(handle),
+            time.perf_counter(),
+            0,
+        )
         while time.perf_counter() - start < seconds:
             for _ in range(20):
                 fn()
@@ -61,6 +65,7 @@ def kernels(m: int, k: int, n: int) -> dict[str, Callable[[], Callable[[], objec
         def build():
             x, w = x32.to(dtype), w32.to(dtype)
             return lambda: F.linear(x, w)
+
         return build
 
     def fp8():
@@ -69,7 +74,9 @@ def kernels(m: int, k: int, n: int) -> dict[str, Callable[[], Callable[[], objec
         ws = w32.abs().amax(dim=1, keepdim=True) / fmax
         xq = (x32 / xs).to(torch.float8_e4m3fn)
         wq = (w32 / ws).to(torch.float8_e4m3fn)
-        return lambda: torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16)
+        return lambda: torch._scaled_mm(
+            xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16
+        )
 
     def int8():
         xs = x32.abs().amax(dim=1, keepdim=True) / 127
@@ -91,8 +98,14 @@ def kernels(m: int, k: int, n: int) -> dict[str, Callable[[], Callable[[], objec
         x = x32.to(torch.bfloat16)
         return lambda: torch._weight_int4pack_mm(x, packed, group, scales_and_zeros)
 
-    return {"fp32": fp(torch.float32), "fp16": fp(torch.float16), "bf16": fp(torch.bfloat16),
-            "fp8 e4m3 (_scaled_mm)": fp8, "int8 (_int_mm)": int8, "int4 w-only (int4pack_mm)": int4}
+    return {
+        "fp32": fp(torch.float32),
+        "fp16": fp(torch.float16),
+        "bf16": fp(torch.bfloat16),
+        "fp8 e4m3 (_scaled_mm)": fp8,
+        "int8 (_int_mm)": int8,
+        "int4 w-only (int4pack_mm)": int4,
+    }
 
 
 def measure_shape(m: int, k: int, n: int, seconds: float) -> list[dict]:
@@ -137,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['shape']:<18}{r['kernel']:<28}  unavailable: {r['error']}")
             continue
         energy = f"{r['energy_mj_nvml']:.3f}" if r.get("energy_mj_nvml") is not None else "n/a"
-        print(f"{r['shape']:<18}{r['kernel']:<28}{r['ms']:>9.3f}{r['speed_vs_fp32']:>8.2f}"
-              f"{r['speed_vs_fp16']:>8.2f}{energy:>16}")
+        print(
+            f"{r['shape']:<18}{r['kernel']:<28}{r['ms']:>9.3f}{r['speed_vs_fp32']:>8.2f}"
+            f"{r['speed_vs_fp16']:>8.2f}{energy:>16}"
+        )
     return 0
 
 

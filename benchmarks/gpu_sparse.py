@@ -25,7 +25,9 @@ BATCHES = [1, 64, 8192]
 def two_four(rows: int, cols: int) -> torch.Tensor:
     weight = torch.randn(rows, cols, device="cuda", dtype=torch.float16)
     keep = torch.rand(rows, cols // 4, 4, device="cuda").argsort(dim=-1)[..., :2]
-    mask = torch.zeros(rows, cols // 4, 4, device="cuda").scatter_(-1, keep, 1.0).reshape(rows, cols)
+    mask = (
+        torch.zeros(rows, cols // 4, 4, device="cuda").scatter_(-1, keep, 1.0).reshape(rows, cols)
+    )
     return weight * mask.half()
 
 
@@ -48,7 +50,9 @@ def measure(rows: int, cols: int, batch: int) -> dict:
                 xt = x.to(dtype).t().contiguous()
                 dense_same = sparse.to(dtype)
                 row[f"{key}_ms"] = cuda_ms(lambda c=csr, xt=xt: torch.sparse.mm(c, xt))
-                row[f"{key}_vs_dense_same_dtype"] = row[f"{key}_ms"] / cuda_ms(lambda d=dense_same, xt=xt: d @ xt)
+                row[f"{key}_vs_dense_same_dtype"] = row[f"{key}_ms"] / cuda_ms(
+                    lambda d=dense_same, xt=xt: d @ xt
+                )
             except Exception as exc:  # noqa: BLE001
                 row[f"{key}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
     return row
@@ -67,13 +71,25 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"meta": meta, "rows": rows}))
         return 0
     print(f"{meta['device']}, torch {meta['torch']}")
-    print(f"{'shape':<12}{'batch':>7}{'dense fp16 ms':>15}{'2:4 ms':>10}{'2:4×':>7}{'CSR90 fp32×':>13}{'CSR90 fp16×':>13}")
+    print(
+        f"{'shape':<12}{'batch':>7}{'dense fp16 ms':>15}{'2:4 ms':>10}{'2:4×':>7}{'CSR90 fp32×':>13}{'CSR90 fp16×':>13}"
+    )
     for r in rows:
         semi = f"{r['semi_2to4_ms']:.4f}" if "semi_2to4_ms" in r else "n/a"
         ratio = f"{r['semi_vs_dense']:.2f}" if "semi_vs_dense" in r else "n/a"
-        c32 = f"{r['csr90_fp32_vs_dense_same_dtype']:.2f}" if "csr90_fp32_vs_dense_same_dtype" in r else "n/a"
-        c16 = f"{r['csr90_fp16_vs_dense_same_dtype']:.2f}" if "csr90_fp16_vs_dense_same_dtype" in r else "n/a"
-        print(f"{r['shape']:<12}{r['batch']:>7}{r['dense_fp16_ms']:>15.4f}{semi:>10}{ratio:>7}{c32:>13}{c16:>13}")
+        c32 = (
+            f"{r['csr90_fp32_vs_dense_same_dtype']:.2f}"
+            if "csr90_fp32_vs_dense_same_dtype" in r
+            else "n/a"
+        )
+        c16 = (
+            f"{r['csr90_fp16_vs_dense_same_dtype']:.2f}"
+            if "csr90_fp16_vs_dense_same_dtype" in r
+            else "n/a"
+        )
+        print(
+            f"{r['shape']:<12}{r['batch']:>7}{r['dense_fp16_ms']:>15.4f}{semi:>10}{ratio:>7}{c32:>13}{c16:>13}"
+        )
     return 0
 
 

@@ -39,7 +39,13 @@ from autoslim.sparse.execute import SparseLinear, choose_kernel
 from autoslim.sparse.formats import FORMATS, decode, encode
 
 PATTERNS = ("unstructured", "block4x4", "2:4")
-TORCH_KERNELS = {"dense": "torch dense", "csr": "torch CSR", "csc": "torch CSC", "coo": "torch COO", "bsr": "torch BSR 4x4"}
+TORCH_KERNELS = {
+    "dense": "torch dense",
+    "csr": "torch CSR",
+    "csc": "torch CSC",
+    "coo": "torch COO",
+    "bsr": "torch BSR 4x4",
+}
 CROSSOVER_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 
 
@@ -63,7 +69,9 @@ def timed_ms(fn, repeats: int, budget_s: float = 1.0) -> float:
     return statistics.median(samples)
 
 
-def make_mask(pattern: str, shape: tuple[int, int], sparsity: float, rng: np.random.Generator) -> np.ndarray:
+def make_mask(
+    pattern: str, shape: tuple[int, int], sparsity: float, rng: np.random.Generator
+) -> np.ndarray:
     rows, cols = shape
     if pattern == "unstructured":
         mask = np.zeros(rows * cols, dtype=bool)
@@ -113,12 +121,18 @@ def format_row(fmt, weight, levels, inputs, dense_ms, repeats) -> dict | None:
     row["bytes_4bit"] = encode(levels, fmt, value_bits=4).nbytes / dense_bytes
     row["encode_ms"] = timed_ms(lambda: encode(matrix, fmt), max(1, repeats // 4))
     for batch, x in inputs.items():
-        row[f"b{batch}_ratio"] = timed_ms(kernel_fn(fmt, weight, encoded, x), repeats) / dense_ms[batch]
+        row[f"b{batch}_ratio"] = (
+            timed_ms(kernel_fn(fmt, weight, encoded, x), repeats) / dense_ms[batch]
+        )
     return row
 
 
 def auto_row(weight, sparsity, inputs, dense_ms, crossovers, csr_row, repeats) -> dict:
-    row = {"format": "auto", "kernel": {}, "stored": {"smallest": smallest_format(weight.numpy())[0]}}
+    row = {
+        "format": "auto",
+        "kernel": {},
+        "stored": {"smallest": smallest_format(weight.numpy())[0]},
+    }
     for batch, x in inputs.items():
         kernel = choose_kernel(sparsity, crossovers[batch])
         layer = SparseLinear(weight, None, kernel)
@@ -135,12 +149,18 @@ def case_rows(pattern, sparsity, shape, inputs, crossovers, repeats, rng) -> lis
     weight = torch.from_numpy(np.where(mask, rng.standard_normal(shape), 0).astype(np.float32))
     levels = np.where(mask, rng.choice([-7, -3, -1, 1, 4, 7], size=shape), 0).astype(np.int8)
     dense_ms = {b: timed_ms(lambda x=x: F.linear(x, weight), repeats) for b, x in inputs.items()}
-    rows = [r for fmt in FORMATS if (r := format_row(fmt, weight, levels, inputs, dense_ms, repeats))]
+    rows = [
+        r for fmt in FORMATS if (r := format_row(fmt, weight, levels, inputs, dense_ms, repeats))
+    ]
     csr = next(r for r in rows if r["format"] == "csr")
     rows.append(auto_row(weight, sparsity, inputs, dense_ms, crossovers, csr, repeats))
     actual = 1 - mask.sum() / mask.size
     for row in rows:
-        row.update(pattern=pattern, sparsity=round(float(actual), 4), dense_ms={b: round(v, 4) for b, v in dense_ms.items()})
+        row.update(
+            pattern=pattern,
+            sparsity=round(float(actual), 4),
+            dense_ms={b: round(v, 4) for b, v in dense_ms.items()},
+        )
     return rows
 
 
@@ -153,7 +173,10 @@ def run(quick: bool, threads: int, patterns: tuple[str, ...] = PATTERNS) -> dict
     grid = (0.5, 0.9) if quick else CROSSOVER_GRID
     generator = torch.Generator().manual_seed(0)
     inputs = {b: torch.randn(b, shape[1], generator=generator) for b in (1, 64)}
-    ratios = {b: xo.measure_ratios(lambda s, b=b: xo.linear_kernels(*shape, b, s), grid, threads, repeats) for b in inputs}
+    ratios = {
+        b: xo.measure_ratios(lambda s, b=b: xo.linear_kernels(*shape, b, s), grid, threads, repeats)
+        for b in inputs
+    }
     crossovers = {b: xo.crossover_from_ratios(r) for b, r in ratios.items()}
     rng = np.random.default_rng(0)
     rows = []
@@ -162,9 +185,15 @@ def run(quick: bool, threads: int, patterns: tuple[str, ...] = PATTERNS) -> dict
             for sparsity in sparsities:
                 rows += case_rows(pattern, sparsity, shape, inputs, crossovers, repeats, rng)
     return {
-        "shape": list(shape), "threads": threads, "torch": torch.__version__, "device": xo.device_name(),
-        "python": platform.python_version(), "quick": quick, "patterns": list(patterns),
-        "loadavg_1min_at_start": round(load_at_start, 2), "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
+        "shape": list(shape),
+        "threads": threads,
+        "torch": torch.__version__,
+        "device": xo.device_name(),
+        "python": platform.python_version(),
+        "quick": quick,
+        "patterns": list(patterns),
+        "loadavg_1min_at_start": round(load_at_start, 2),
+        "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
         "csr_crossover": {str(b): crossovers[b] for b in inputs},
         "csr_crossover_ratios": {str(b): {str(k): v for k, v in ratios[b].items()} for b in inputs},
         "rows": rows,
@@ -178,26 +207,48 @@ def _cell(value) -> str:
 
 
 def print_table(result: dict) -> None:
-    columns = ("pattern", "sparsity", "format", "kernel", "bytes_fp32", "bytes_4bit", "encode_ms", "b1_ratio", "b64_ratio",
-               "b1_right", "b64_right", "stored")
-    print(f"shape {result['shape']}, {result['threads']} threads, torch {result['torch']}, {result['device']}, "
-          f"1-min load average at start {result.get('loadavg_1min_at_start')} and at end "
-          f"{result['loadavg_1min_at_end']}")
+    columns = (
+        "pattern",
+        "sparsity",
+        "format",
+        "kernel",
+        "bytes_fp32",
+        "bytes_4bit",
+        "encode_ms",
+        "b1_ratio",
+        "b64_ratio",
+        "b1_right",
+        "b64_right",
+        "stored",
+    )
+    print(
+        f"shape {result['shape']}, {result['threads']} threads, torch {result['torch']}, {result['device']}, "
+        f"1-min load average at start {result.get('loadavg_1min_at_start')} and at end "
+        f"{result['loadavg_1min_at_end']}"
+    )
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in result["rows"]:
         print("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
     for batch, cross in result["csr_crossover"].items():
-        ratios = ", ".join(f"{s}: {r:.2f}" for s, r in result["csr_crossover_ratios"][batch].items())
+        ratios = ", ".join(
+            f"{s}: {r:.2f}" for s, r in result["csr_crossover_ratios"][batch].items()
+        )
         print(f"CSR crossover at batch {batch}: {cross} (CSR/dense time by sparsity: {ratios})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small matrix, few repeats (CI smoke)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the table"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--patterns", default=",".join(PATTERNS), help="comma-separated subset of " + ", ".join(PATTERNS))
+    parser.add_argument(
+        "--patterns",
+        default=",".join(PATTERNS),
+        help="comma-separated subset of " + ", ".join(PATTERNS),
+    )
     args = parser.parse_args()
     patterns = tuple(args.patterns.split(","))
     if unknown := set(patterns) - set(PATTERNS):

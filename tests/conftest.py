@@ -33,8 +33,14 @@ def write_experiment(folder, *, name="tiny", trials=3, space=None, objectives=No
     experiment = {
         "name": name,
         "task": {"entry": TINY_TASK["entry"], "params": dict(TINY_TASK["params"])},
-        "space": space if space is not None else [
-            {"type": "prune.magnitude", "scopes": ["global"], "fine_tune_epochs": {"low": 0, "high": 1}},
+        "space": space
+        if space is not None
+        else [
+            {
+                "type": "prune.magnitude",
+                "scopes": ["global"],
+                "fine_tune_epochs": {"low": 0, "high": 1},
+            },
             {"type": "quantize.weight", "bits": [2, 4, 8, "fp32"], "per_layer": False},
         ],
         "objectives": objectives or {"accuracy": "maximize", "size_bytes": "minimize"},

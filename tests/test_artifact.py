@@ -20,8 +20,8 @@ from autoslim.sparse import crossover as xo
 from autoslim.sparse.choose import feasible_formats
 from autoslim.sparse.execute import SparseLinear
 from autoslim.sparse.formats import FORMATS, encode
-from autoslim.techniques.quant_grid import GridSpec, fake_quantize
 from autoslim.techniques.quantize import mark_grid
+from autoslim.techniques.quantize._grid import GridSpec, fake_quantize
 
 
 def quantized_linear(spec: GridSpec, sparsity: float) -> nn.Module:
@@ -38,8 +38,10 @@ def quantized_linear(spec: GridSpec, sparsity: float) -> nn.Module:
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95])
-@pytest.mark.parametrize(("symmetric", "granularity", "group"),
-                         [(True, "per_channel", None), (False, "group", 16), (False, "per_tensor", None)])
+@pytest.mark.parametrize(
+    ("symmetric", "granularity", "group"),
+    [(True, "per_channel", None), (False, "group", 16), (False, "per_tensor", None)],
+)
 def test_encode_decode_round_trip_is_exact(bits, sparsity, symmetric, granularity, group):
     spec = GridSpec(bits=bits, symmetric=symmetric, granularity=granularity, group_size=group)
     model = quantized_linear(spec, sparsity)
@@ -49,7 +51,9 @@ def test_encode_decode_round_trip_is_exact(bits, sparsity, symmetric, granularit
         assert torch.equal(state[key], value), key
     entry = layout["0.weight"]
     n = 64 * 32
-    stored = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("0.weight::"))
+    stored = sum(
+        t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("0.weight::")
+    )
     nnz = int((model[0].weight != 0).sum())
     dense_packed, bitmap = (n * bits + 7) // 8, (n + 7) // 8 + (nnz * bits + 7) // 8
     if entry["enc"] == "sparse":  # symmetric grids: the smallest of every sparse format
@@ -67,16 +71,23 @@ def test_sparse_float_weights_take_the_smallest_format():
     # every row holds exactly 10 non-zeros: ELLPACK (1-byte column indices + values) beats
     # the bitmap (125 + 400 bytes) and CSR (11 + 100 + 400 bytes)
     assert layout["0.weight"]["format"] == "ellpack"
-    stored = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("0.weight::"))
+    stored = sum(
+        t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("0.weight::")
+    )
     assert stored == 100 * 1 + 100 * 4
     assert torch.equal(decode_state(tensors, layout)["0.weight"], layer.weight)
 
 
 def test_artifact_size_equals_sum_of_files_and_load_restores_outputs(tmp_path, tiny_task_ref):
-    recipe = Recipe.from_dict({"task": tiny_task_ref, "stages": [
-        {"kind": "prune", "scope": "global", "sparsity": 0.7},
-        {"kind": "quantize", "default": 4, "layers": {"features.0": 8}},
-    ]})
+    recipe = Recipe.from_dict(
+        {
+            "task": tiny_task_ref,
+            "stages": [
+                {"kind": "prune", "scope": "global", "sparsity": 0.7},
+                {"kind": "quantize", "default": 4, "layers": {"features.0": 8}},
+            ],
+        }
+    )
     model = apply_recipe(recipe)
     out = save_artifact(model, recipe, tmp_path / "art")
     files = sorted(p.name for p in out.iterdir())
@@ -104,8 +115,17 @@ def structured_then_4bit(task_ref: dict, ratio: float, seed: int = 0, **training
 def test_one_architecture_ships_one_recipe_text_whatever_its_training(tmp_path, tiny_task_ref):
     # 0.5123 and 0.512 both keep 62 of the 128 hidden units (and 0.51 does; 0.5 keeps 64), so
     # the two models have one architecture; they differ in every training setting and the seed.
-    trained = structured_then_4bit(tiny_task_ref, 0.5123, seed=3, importance="taylor", fine_tune_epochs=1,
-                                   lr=0.00123, calibration="mse", qat_epochs=1, qat_lr=0.000321)
+    trained = structured_then_4bit(
+        tiny_task_ref,
+        0.5123,
+        seed=3,
+        importance="taylor",
+        fine_tune_epochs=1,
+        lr=0.00123,
+        calibration="mse",
+        qat_epochs=1,
+        qat_lr=0.000321,
+    )
     plain = structured_then_4bit(tiny_task_ref, 0.512)
     model_a, model_b = apply_recipe(trained), apply_recipe(plain)
     assert model_a.classifier[1].out_features == model_b.classifier[1].out_features == 62
@@ -125,13 +145,17 @@ def test_one_architecture_ships_one_recipe_text_whatever_its_training(tmp_path, 
 
 def test_compressed_artifact_is_smaller_than_fp32(tmp_path, tiny_task_ref):
     base = Recipe.from_dict({"task": tiny_task_ref})
-    quant = Recipe.from_dict({"task": tiny_task_ref, "stages": [{"kind": "quantize", "default": 2}]})
+    quant = Recipe.from_dict(
+        {"task": tiny_task_ref, "stages": [{"kind": "quantize", "default": 2}]}
+    )
     a = artifact_bytes(save_artifact(apply_recipe(base), base, tmp_path / "a"))
     b = artifact_bytes(save_artifact(apply_recipe(quant), quant, tmp_path / "b"))
     assert b < a / 3
 
 
-def test_refuses_to_overwrite_a_foreign_directory_and_leaves_nothing_behind(tmp_path, tiny_task_ref):
+def test_refuses_to_overwrite_a_foreign_directory_and_leaves_nothing_behind(
+    tmp_path, tiny_task_ref
+):
     foreign = tmp_path / "docs"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -156,20 +180,29 @@ def test_fp16_weights_take_two_bytes_each_and_round_trip():
     setattr(layer, FLOAT_ATTR, "fp16")
     tensors, layout = encode_state(nn.Sequential(layer))
     assert layout["0.weight"]["format"] == "dense"
-    assert sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("0.weight::")) == 32 * 16 * 2
+    assert (
+        sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("0.weight::"))
+        == 32 * 16 * 2
+    )
     assert torch.equal(decode_state(tensors, layout)["0.weight"], layer.weight)
 
 
 def test_eight_bit_linear_layers_load_onto_the_int8_kernel(tmp_path, tiny_task_ref):
-    from autoslim.techniques.kernels import DynamicInt8Linear
+    from autoslim.techniques.quantize._kernels import DynamicInt8Linear
 
-    recipe = Recipe.from_dict({"task": tiny_task_ref, "stages": [{"kind": "quantize", "default": 8}]})
+    recipe = Recipe.from_dict(
+        {"task": tiny_task_ref, "stages": [{"kind": "quantize", "default": 8}]}
+    )
     model = apply_recipe(recipe)
     out = save_artifact(model, recipe, tmp_path / "art")
     fast = load_artifact(out).model
     exact = load_artifact(out, runtime=False).model
-    assert isinstance(fast.classifier[1], DynamicInt8Linear) and isinstance(fast.classifier[4], DynamicInt8Linear)
-    assert isinstance(fast.features[0], nn.Conv2d)  # no int8 conv kernel without activation calibration
+    assert isinstance(fast.classifier[1], DynamicInt8Linear) and isinstance(
+        fast.classifier[4], DynamicInt8Linear
+    )
+    assert isinstance(
+        fast.features[0], nn.Conv2d
+    )  # no int8 conv kernel without activation calibration
     x = torch.rand(32, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(exact(x), model(x), rtol=0, atol=1e-6)
@@ -177,11 +210,18 @@ def test_eight_bit_linear_layers_load_onto_the_int8_kernel(tmp_path, tiny_task_r
         assert (fast(x) - model(x)).abs().max() < 0.1 * model(x).abs().max()
 
 
-def test_storage_stage_pins_a_format_and_falls_back_when_it_cannot_hold_the_weight(tmp_path, tiny_task_ref):
-    recipe = Recipe.from_dict({"task": tiny_task_ref, "stages": [
-        {"kind": "prune", "scope": "global", "sparsity": 0.9},
-        {"kind": "storage", "default": "csr", "layers": {"classifier.4": "nm"}},
-    ]})
+def test_storage_stage_pins_a_format_and_falls_back_when_it_cannot_hold_the_weight(
+    tmp_path, tiny_task_ref
+):
+    recipe = Recipe.from_dict(
+        {
+            "task": tiny_task_ref,
+            "stages": [
+                {"kind": "prune", "scope": "global", "sparsity": 0.9},
+                {"kind": "storage", "default": "csr", "layers": {"classifier.4": "nm"}},
+            ],
+        }
+    )
     model = apply_recipe(recipe)
     tensors, layout = encode_state(model)
     assert {layout[k]["format"] for k in layout if k != "classifier.4.weight"} == {"csr"}
@@ -227,9 +267,21 @@ def csr_wins_from_80_percent(sparsity: float) -> float:
 def pruned_recipe(task_ref: dict, policy: str | None = None, stages: tuple = ()) -> Recipe:
     """classifier.1 (128x32) at 90 % zeros, past the crossover; classifier.4 at 60 %, below it."""
     target = {"threads": 1, "batch_size": 8} | ({"storage_policy": policy} if policy else {})
-    return Recipe.from_dict({"task": task_ref, "target": target, "stages": [
-        {"kind": "prune", "scope": "layer", "sparsity": 0.9, "layers": {"classifier.4": 0.6}}, *stages,
-    ]})
+    return Recipe.from_dict(
+        {
+            "task": task_ref,
+            "target": target,
+            "stages": [
+                {
+                    "kind": "prune",
+                    "scope": "layer",
+                    "sparsity": 0.9,
+                    "layers": {"classifier.4": 0.6},
+                },
+                *stages,
+            ],
+        }
+    )
 
 
 def stored_formats(path) -> dict[str, str]:
@@ -240,7 +292,9 @@ def stored_formats(path) -> dict[str, str]:
     return {name.removesuffix(".weight"): entry["format"] for name, entry in layout.items()}
 
 
-def test_fastest_policy_stores_csr_exactly_where_the_loaded_model_runs_csr(tmp_path, tiny_task_ref, fake_timer):
+def test_fastest_policy_stores_csr_exactly_where_the_loaded_model_runs_csr(
+    tmp_path, tiny_task_ref, fake_timer
+):
     timed = fake_timer(csr_wins_from_80_percent)
     recipe = pruned_recipe(tiny_task_ref, "fastest")
     model = apply_recipe(recipe)
@@ -248,61 +302,91 @@ def test_fastest_policy_stores_csr_exactly_where_the_loaded_model_runs_csr(tmp_p
     formats = stored_formats(out)
     assert formats["classifier.1"] == "csr"
     loaded = load_artifact(out).model
-    runs_csr = {name for name, m in loaded.named_modules() if isinstance(m, SparseLinear) and m.kernel == "csr"}
+    runs_csr = {
+        name
+        for name, m in loaded.named_modules()
+        if isinstance(m, SparseLinear) and m.kernel == "csr"
+    }
     assert runs_csr == {name for name, fmt in formats.items() if fmt == "csr"} == {"classifier.1"}
     # Both Linear shapes were timed once, at save; the load read the cache.
     assert len(timed) == 2 * 2 * len(xo.DEFAULT_SPARSITIES)
     # Every layer that runs dense is stored in its smallest format, never dense for speed.
-    smallest = stored_formats(save_artifact(model, pruned_recipe(tiny_task_ref), tmp_path / "small"))
-    assert {k: v for k, v in formats.items() if k != "classifier.1"} == \
-        {k: v for k, v in smallest.items() if k != "classifier.1"}
+    smallest = stored_formats(
+        save_artifact(model, pruned_recipe(tiny_task_ref), tmp_path / "small")
+    )
+    assert {k: v for k, v in formats.items() if k != "classifier.1"} == {
+        k: v for k, v in smallest.items() if k != "classifier.1"
+    }
     assert smallest["classifier.1"] != "csr"  # so the two policies really differ here
     # ...and yet the loaded models run the same kernels: storage does not pick the kernel.
     loaded_small = load_artifact(tmp_path / "small").model
     assert {n for n, m in loaded_small.named_modules() if isinstance(m, SparseLinear)} == runs_csr
 
 
-def test_fastest_policy_is_the_smallest_where_the_sparse_kernel_never_wins(tmp_path, tiny_task_ref, fake_timer):
+def test_fastest_policy_is_the_smallest_where_the_sparse_kernel_never_wins(
+    tmp_path, tiny_task_ref, fake_timer
+):
     fake_timer(lambda sparsity: 2.0)
     model = apply_recipe(pruned_recipe(tiny_task_ref))
     fast = save_artifact(model, pruned_recipe(tiny_task_ref, "fastest"), tmp_path / "fast")
     small = save_artifact(model, pruned_recipe(tiny_task_ref, "smallest"), tmp_path / "small")
-    assert (fast / "weights.safetensors").read_bytes() == (small / "weights.safetensors").read_bytes()
+    assert (fast / "weights.safetensors").read_bytes() == (
+        small / "weights.safetensors"
+    ).read_bytes()
 
 
-def test_smallest_policy_never_times_and_never_stores_a_larger_encoding(tmp_path, tiny_task_ref, monkeypatch):
-    monkeypatch.setattr(xo, "median_ms", lambda *a, **k: pytest.fail("timed a kernel for a smallest artifact"))
+def test_smallest_policy_never_times_and_never_stores_a_larger_encoding(
+    tmp_path, tiny_task_ref, monkeypatch
+):
+    monkeypatch.setattr(
+        xo, "median_ms", lambda *a, **k: pytest.fail("timed a kernel for a smallest artifact")
+    )
     recipe = pruned_recipe(tiny_task_ref)
     model = apply_recipe(recipe)
     tensors, layout = encode_state(model)
     for name in layout:  # fp32 weights stored raw (dense was smallest) are not in the layout
         matrix = model.get_parameter(name).detach()
         matrix = matrix.reshape(matrix.shape[0], -1)
-        stored = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith(f"{name}::"))
-        assert stored == min(encode(matrix, f).nbytes for f in feasible_formats(matrix, FORMATS, (2, 4))), name
+        stored = sum(
+            t.numel() * t.element_size() for k, t in tensors.items() if k.startswith(f"{name}::")
+        )
+        assert stored == min(
+            encode(matrix, f).nbytes for f in feasible_formats(matrix, FORMATS, (2, 4))
+        ), name
     save_artifact(model, recipe, tmp_path / "a")
 
 
-def test_the_policy_is_recorded_in_the_artifact_recipe_and_replays_to_the_same_bytes(tmp_path, tiny_task_ref,
-                                                                                    fake_timer):
+def test_the_policy_is_recorded_in_the_artifact_recipe_and_replays_to_the_same_bytes(
+    tmp_path, tiny_task_ref, fake_timer
+):
     fake_timer(csr_wins_from_80_percent)
     recipe = pruned_recipe(tiny_task_ref, "fastest")
     first = save_artifact(apply_recipe(recipe), recipe, tmp_path / "first")
     replayed = Recipe.load(first / "recipe.yaml")
     assert replayed.target.storage_policy == "fastest"
     again = save_artifact(apply_recipe(replayed), replayed, tmp_path / "again")
-    assert (again / "weights.safetensors").read_bytes() == (first / "weights.safetensors").read_bytes()
+    assert (again / "weights.safetensors").read_bytes() == (
+        first / "weights.safetensors"
+    ).read_bytes()
     assert stored_formats(again)["classifier.1"] == "csr"
 
 
-def test_a_storage_stage_can_ask_for_fastest_or_smallest_per_layer(tmp_path, tiny_task_ref, fake_timer):
+def test_a_storage_stage_can_ask_for_fastest_or_smallest_per_layer(
+    tmp_path, tiny_task_ref, fake_timer
+):
     fake_timer(csr_wins_from_80_percent)
     stage = {"kind": "storage", "layers": {"classifier.1": "fastest"}}
     recipe = pruned_recipe(tiny_task_ref, stages=(stage,))
-    assert stored_formats(save_artifact(apply_recipe(recipe), recipe, tmp_path / "a"))["classifier.1"] == "csr"
+    assert (
+        stored_formats(save_artifact(apply_recipe(recipe), recipe, tmp_path / "a"))["classifier.1"]
+        == "csr"
+    )
     stage = {"kind": "storage", "default": "smallest"}
     recipe = pruned_recipe(tiny_task_ref, "fastest", stages=(stage,))
-    assert stored_formats(save_artifact(apply_recipe(recipe), recipe, tmp_path / "b"))["classifier.1"] != "csr"
+    assert (
+        stored_formats(save_artifact(apply_recipe(recipe), recipe, tmp_path / "b"))["classifier.1"]
+        != "csr"
+    )
 
 
 def test_fastest_leaves_layers_on_the_int8_kernel_out_of_csr(tmp_path, tiny_task_ref, fake_timer):
@@ -311,4 +395,6 @@ def test_fastest_leaves_layers_on_the_int8_kernel_out_of_csr(tmp_path, tiny_task
     recipe = pruned_recipe(tiny_task_ref, "fastest", stages=(quantize,))
     model = apply_recipe(recipe)
     assert stored_formats(save_artifact(model, recipe, tmp_path / "a"))["classifier.1"] != "csr"
-    assert not any(isinstance(m, SparseLinear) for m in load_artifact(tmp_path / "a").model.modules())
+    assert not any(
+        isinstance(m, SparseLinear) for m in load_artifact(tmp_path / "a").model.modules()
+    )

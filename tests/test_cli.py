@@ -28,24 +28,45 @@ def assert_one_line_error(code: int, err: str, needle: str) -> None:
     ("kwargs", "needle"),
     [
         ({"space": [{"type": "prune.telepathy"}]}, "unknown component 'prune.telepathy'"),
-        ({"space": [{"type": "quantize.weight", "bits": [16]}]}, "bits.0: Input should be 2, 3, 4, 5, 6, 8, 'fp16', 'bf16' or 'fp32'"),
-        ({"space": [{"type": "quantize.weight", "layer_bits": {"features.99": [8]}}]}, "unknown layer 'features.99'"),
-        ({"space": [{"type": "quantize.weight", "layers": "head.*"}]}, "layer regex 'head.*' matches no layer"),
-        ({"objectives": {"accuracy": "maximize", "speed": "minimize"}}, "unknown objective 'speed'"),
+        (
+            {"space": [{"type": "quantize.weight", "bits": [16]}]},
+            "bits.0: Input should be 2, 3, 4, 5, 6, 8, 'fp16', 'bf16' or 'fp32'",
+        ),
+        (
+            {"space": [{"type": "quantize.weight", "layer_bits": {"features.99": [8]}}]},
+            "unknown layer 'features.99'",
+        ),
+        (
+            {"space": [{"type": "quantize.weight", "layers": "head.*"}]},
+            "layer regex 'head.*' matches no layer",
+        ),
+        (
+            {"objectives": {"accuracy": "maximize", "speed": "minimize"}},
+            "unknown objective 'speed'",
+        ),
         ({"objectives": {"accuracy": "upward"}}, "objectives.accuracy"),
         ({"constraints": [{"objective": "latency_ms", "max": 1}]}, "not an objective"),
         ({"search": {"trials": 0}}, "search.trials"),
         ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
         ({"task": {"entry": "autoslim.tasks.nowhere:make_task"}}, "is not trusted"),
-        ({"task": {"entry": "autoslim.tasks.digits:make_task", "params": {"width": "four"}}},
-         "could not build its model"),
-        ({"space": [{"type": "prune.magnitude", "sparsity": {"low": 0.5, "high": 2.0}}]},
-         "sparsity range must lie in [0, 1)"),
-        ({"objectives": {"accuracy": "minimize"}}, "objective 'accuracy' must be maximized, not minimized"),
+        (
+            {"task": {"entry": "autoslim.tasks.digits:make_task", "params": {"width": "four"}}},
+            "could not build its model",
+        ),
+        (
+            {"space": [{"type": "prune.magnitude", "sparsity": {"low": 0.5, "high": 2.0}}]},
+            "sparsity range must lie in [0, 1)",
+        ),
+        (
+            {"objectives": {"accuracy": "minimize"}},
+            "objective 'accuracy' must be maximized, not minimized",
+        ),
         ({"objectives": {"accuracy": "maximize", "size_bytes": "maximize"}}, "must be minimized"),
     ],
 )
-def test_bad_experiments_are_rejected_before_anything_is_written(capsys, tmp_path, experiment_file, kwargs, needle):
+def test_bad_experiments_are_rejected_before_anything_is_written(
+    capsys, tmp_path, experiment_file, kwargs, needle
+):
     out = tmp_path / "run"
     code, _, err = run_cli(capsys, "search", str(experiment_file(**kwargs)), "--out", str(out))
     assert_one_line_error(code, err, needle)
@@ -54,7 +75,9 @@ def test_bad_experiments_are_rejected_before_anything_is_written(capsys, tmp_pat
 
 def test_a_trusted_entry_that_cannot_be_imported_is_one_line(capsys, tmp_path, experiment_file):
     path = experiment_file(task={"entry": "autoslim.tasks.nowhere:make_task"})
-    code, _, err = run_cli(capsys, "search", str(path), "--out", str(tmp_path / "run"), "--trust-task")
+    code, _, err = run_cli(
+        capsys, "search", str(path), "--out", str(tmp_path / "run"), "--trust-task"
+    )
     assert_one_line_error(code, err, "cannot import task module 'autoslim.tasks.nowhere'")
     assert not (tmp_path / "run").exists()
 
@@ -84,7 +107,9 @@ def test_apply_rejects_bad_recipes_and_writes_nothing(capsys, tmp_path):
     )
     code, _, err = run_cli(capsys, "apply", str(recipe), "-o", str(tmp_path / "art"))
     assert_one_line_error(code, err, "unknown layer 'not_a_layer'")
-    code, _, err = run_cli(capsys, "apply", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "art"))
+    code, _, err = run_cli(
+        capsys, "apply", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "art")
+    )
     assert_one_line_error(code, err, "recipe file not found")
     assert not (tmp_path / "art").exists()
 
@@ -92,7 +117,9 @@ def test_apply_rejects_bad_recipes_and_writes_nothing(capsys, tmp_path):
 def test_pareto_export_evaluate_reject_non_runs(capsys, tmp_path):
     code, _, err = run_cli(capsys, "pareto", str(tmp_path))
     assert_one_line_error(code, err, "not an autoslim run folder")
-    code, _, err = run_cli(capsys, "export", str(tmp_path), "--trial", "0", "-o", str(tmp_path / "r.yaml"))
+    code, _, err = run_cli(
+        capsys, "export", str(tmp_path), "--trial", "0", "-o", str(tmp_path / "r.yaml")
+    )
     assert_one_line_error(code, err, "not an autoslim run folder")
     code, _, err = run_cli(capsys, "evaluate", str(tmp_path))
     assert_one_line_error(code, err, "not an autoslim artifact")
@@ -101,8 +128,11 @@ def test_pareto_export_evaluate_reject_non_runs(capsys, tmp_path):
 
 
 def test_real_process_exit_status_and_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "autoslim.cli", "search", str(tmp_path / "nope.yaml")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoslim.cli", "search", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: experiment file not found: {tmp_path / 'nope.yaml'}"
     assert "Traceback" not in proc.stderr
@@ -110,12 +140,16 @@ def test_real_process_exit_status_and_no_traceback(tmp_path):
 
 def test_flag_values_are_validated_like_the_file(capsys, tmp_path, experiment_file):
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, "search", str(experiment_file()), "--trials", "-1", "--out", str(out))
+    code, _, err = run_cli(
+        capsys, "search", str(experiment_file()), "--trials", "-1", "--out", str(out)
+    )
     assert_one_line_error(code, err, "search settings (--trials/--timeout/--seed): trials")
     assert not out.exists()
 
 
-def test_search_refuses_a_foreign_folder_and_another_experiments_run(capsys, tmp_path, experiment_file):
+def test_search_refuses_a_foreign_folder_and_another_experiments_run(
+    capsys, tmp_path, experiment_file
+):
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "cat.jpg").write_text("meow")
@@ -124,8 +158,12 @@ def test_search_refuses_a_foreign_folder_and_another_experiments_run(capsys, tmp
     assert sorted(p.name for p in foreign.iterdir()) == ["cat.jpg"]
     run_dir = tmp_path / "run"
     (run_dir).mkdir()
-    (run_dir / "run.json").write_text('{"study_name": "tiny", "objectives": {}, "metric_name": "accuracy"}')
-    code, _, err = run_cli(capsys, "search", str(experiment_file(name="other", trials=1)), "--out", str(run_dir))
+    (run_dir / "run.json").write_text(
+        '{"study_name": "tiny", "objectives": {}, "metric_name": "accuracy"}'
+    )
+    code, _, err = run_cli(
+        capsys, "search", str(experiment_file(name="other", trials=1)), "--out", str(run_dir)
+    )
     assert_one_line_error(code, err, "holds the run of experiment 'tiny', not 'other'")
 
 

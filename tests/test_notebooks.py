@@ -31,7 +31,11 @@ EXPERIMENT = {
     "name": "notebook",
     "task": {"entry": "autoslim.tasks.digits:make_task", "params": {"width": 4, "epochs": 3}},
     "space": [
-        {"type": "prune.magnitude", "scopes": ["global", "layer"], "fine_tune_epochs": {"low": 0, "high": 0}},
+        {
+            "type": "prune.magnitude",
+            "scopes": ["global", "layer"],
+            "fine_tune_epochs": {"low": 0, "high": 0},
+        },
         {"type": "quantize.weight", "bits": [2, 4, 8, "fp32"], "per_layer": True},
     ],
     "objectives": {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"},
@@ -63,8 +67,12 @@ def execute(name: str, workdir: Path):
     """Run a notebook in ``workdir`` with the tiny settings; the kernel inherits this env
     (including the test session's private ``AUTOSLIM_CACHE``)."""
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=CELL_TIMEOUT_S,
-                                     resources={"metadata": {"path": str(workdir)}})
+    client = nbclient.NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(workdir)}},
+    )
     with pytest.MonkeyPatch.context() as patch:
         for key, value in notebook_env(workdir).items():
             patch.setenv(key, value)
@@ -73,7 +81,12 @@ def execute(name: str, workdir: Path):
 
 
 def outputs(notebook) -> list[dict]:
-    return [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
+    return [
+        out
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    ]
 
 
 def png_count(notebook) -> int:
@@ -105,7 +118,10 @@ def test_explore_run_searches_plots_and_exports_an_applicable_recipe(explored, w
     recipe = Recipe.load(recipe_file)
     number = recipe.provenance.trial
     # The notebook's export is what `autoslim export --trial N` writes.
-    assert main(["export", str(run.path), "--trial", str(number), "-o", str(workdir / "cli.yaml")]) == 0
+    assert (
+        main(["export", str(run.path), "--trial", str(number), "-o", str(workdir / "cli.yaml")])
+        == 0
+    )
     assert Recipe.load(workdir / "cli.yaml") == recipe
     capsys.readouterr()
     assert main(["apply", str(recipe_file), "-o", str(workdir / "applied"), "--json"]) == 0

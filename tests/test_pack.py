@@ -5,13 +5,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoslim.pack import pack_bits, packed_nbytes, unpack_bits
+from autoslim._pack import pack_bits, packed_nbytes, unpack_bits
 
 
 @settings(max_examples=200, deadline=None)
 @given(bits=st.integers(1, 8), data=st.data())
 def test_pack_round_trip_is_exact_and_tight(bits, data):
-    values = np.array(data.draw(st.lists(st.integers(0, 2**bits - 1), max_size=300)), dtype=np.uint8)
+    values = np.array(
+        data.draw(st.lists(st.integers(0, 2**bits - 1), max_size=300)), dtype=np.uint8
+    )
     packed = pack_bits(values, bits)
     assert packed.dtype == np.uint8
     assert packed.size == packed_nbytes(values.size, bits)

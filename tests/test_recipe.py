@@ -14,19 +14,35 @@ TASK = {"entry": "autoslim.tasks.digits:make_task", "params": {"width": 4}}
 
 
 def full_recipe() -> dict:
-    return copy.deepcopy({
-        "schema_version": 1,
-        "task": TASK,
-        "seed": 3,
-        "target": {"device": "cpu", "threads": 1, "batch_size": 8, "warmup": 1, "repeats": 5},
-        "stages": [
-            {"kind": "prune", "scope": "layer", "layers": {"features.0": 0.5, "re:classifier\\..*": 0.75},
-             "fine_tune_epochs": 2, "lr": 0.002},
-            {"kind": "quantize", "default": 8, "layers": {"features.0": "fp32", "re:classifier.*": 2}},
-        ],
-        "provenance": {"experiment": "digits", "trial": 7, "values": {"accuracy": 0.98}, "seed": 3,
-                       "versions": {"torch": "2.13.0"}},
-    })
+    return copy.deepcopy(
+        {
+            "schema_version": 1,
+            "task": TASK,
+            "seed": 3,
+            "target": {"device": "cpu", "threads": 1, "batch_size": 8, "warmup": 1, "repeats": 5},
+            "stages": [
+                {
+                    "kind": "prune",
+                    "scope": "layer",
+                    "layers": {"features.0": 0.5, "re:classifier\\..*": 0.75},
+                    "fine_tune_epochs": 2,
+                    "lr": 0.002,
+                },
+                {
+                    "kind": "quantize",
+                    "default": 8,
+                    "layers": {"features.0": "fp32", "re:classifier.*": 2},
+                },
+            ],
+            "provenance": {
+                "experiment": "digits",
+                "trial": 7,
+                "values": {"accuracy": 0.98},
+                "seed": 3,
+                "versions": {"torch": "2.13.0"},
+            },
+        }
+    )
 
 
 def test_round_trip_through_yaml(tmp_path):
@@ -35,7 +51,10 @@ def test_round_trip_through_yaml(tmp_path):
     again = Recipe.load(path)
     assert again == recipe
     assert isinstance(again.stages[0], PruneConfig) and again.stages[0].layers["features.0"] == 0.5
-    assert isinstance(again.stages[1], QuantizeConfig) and again.stages[1].layers["re:classifier.*"] == 2
+    assert (
+        isinstance(again.stages[1], QuantizeConfig)
+        and again.stages[1].layers["re:classifier.*"] == 2
+    )
     assert again.to_dict() == recipe.to_dict()
 
 
@@ -52,9 +71,18 @@ def test_compact_dump_keeps_only_non_defaults_and_every_kind():
         "stages": [
             # a schedule at all its defaults still says which schedule it is
             {"kind": "distill", "alpha": 0.25, "schedule": {"kind": "phases"}},
-            {"kind": "prune", "scope": "layer", "layers": {"features.0": 0.5, "re:classifier\\..*": 0.75},
-             "fine_tune_epochs": 2, "lr": 0.002},
-            {"kind": "quantize", "default": 8, "layers": {"features.0": "fp32", "re:classifier.*": 2}},
+            {
+                "kind": "prune",
+                "scope": "layer",
+                "layers": {"features.0": 0.5, "re:classifier\\..*": 0.75},
+                "fine_tune_epochs": 2,
+                "lr": 0.002,
+            },
+            {
+                "kind": "quantize",
+                "default": 8,
+                "layers": {"features.0": "fp32", "re:classifier.*": 2},
+            },
             {"kind": "distill", "schedule": {"kind": "linear", "end": 2.0}},
         ],
         "provenance": data["provenance"],
@@ -82,10 +110,19 @@ def test_core_drops_provenance_only():
         (lambda r: r.update(colour="red"), "colour: Extra inputs are not permitted"),
         (lambda r: r["task"].update(entry="no-colon"), "task.entry"),
         (lambda r: r["stages"].append({"kind": "teleport"}), "unknown stage kind 'teleport'"),
-        (lambda r: r["stages"][1].update(default=7), "stage 1 (quantize): default: Input should be 2, 3, 4, 5, 6, 8, 'fp16', 'bf16' or 'fp32'"),
-        (lambda r: r["stages"][1]["layers"].update({"features.3": 16}), "stage 1 (quantize): layers.features.3"),
+        (
+            lambda r: r["stages"][1].update(default=7),
+            "stage 1 (quantize): default: Input should be 2, 3, 4, 5, 6, 8, 'fp16', 'bf16' or 'fp32'",
+        ),
+        (
+            lambda r: r["stages"][1]["layers"].update({"features.3": 16}),
+            "stage 1 (quantize): layers.features.3",
+        ),
         (lambda r: r["stages"][0].update(sparsity=1.5), "stage 0 (prune): sparsity"),
-        (lambda r: r["stages"][0]["layers"].update({"features.3": -0.1}), "sparsity for 'features.3'"),
+        (
+            lambda r: r["stages"][0]["layers"].update({"features.3": -0.1}),
+            "sparsity for 'features.3'",
+        ),
         (lambda r: r["stages"][0].update(scope="global"), "needs scope: layer"),
         (lambda r: r["stages"][0].update(fine_tune_epochs=-1), "stage 0 (prune): fine_tune_epochs"),
         (lambda r: r["stages"][0].update(typo=1), "stage 0 (prune): typo: Extra inputs"),
@@ -142,14 +179,38 @@ def test_atomic_write_refuses_directories_and_leaves_no_temporary(tmp_path):
 def test_without_training_resets_only_training_fields_and_stays_valid():
     from autoslim.recipe import parse_stage
 
-    adaptive = parse_stage({"kind": "prune", "scope": "global", "sparsity": 0.6, "schedule": "adaptive",
-                            "fine_tune_epochs": 2, "lr": 0.01, "criterion": "taylor",
-                            "phases": [{"sparsity": 0.3, "epochs": 2, "lr": 0.01}, {"sparsity": 0.6, "epochs": 2,
-                                                                                   "lr": 0.01}]})
+    adaptive = parse_stage(
+        {
+            "kind": "prune",
+            "scope": "global",
+            "sparsity": 0.6,
+            "schedule": "adaptive",
+            "fine_tune_epochs": 2,
+            "lr": 0.01,
+            "criterion": "taylor",
+            "phases": [
+                {"sparsity": 0.3, "epochs": 2, "lr": 0.01},
+                {"sparsity": 0.6, "epochs": 2, "lr": 0.01},
+            ],
+        }
+    )
     # the schedule's validators tie schedule, epochs and phases; all reset together
-    assert adaptive.without_training() == parse_stage({"kind": "prune", "scope": "global", "sparsity": 0.6})
-    qat = parse_stage({"kind": "quantize", "default": 4, "layers": {"fc": 8}, "qat_epochs": 3, "qat_lr": 3e-4,
-                       "qat_method": "lsq", "calibration": "mse", "granularity": "per_tensor"})
-    assert qat.without_training() == parse_stage({"kind": "quantize", "default": 4, "layers": {"fc": 8},
-                                                  "granularity": "per_tensor"})
+    assert adaptive.without_training() == parse_stage(
+        {"kind": "prune", "scope": "global", "sparsity": 0.6}
+    )
+    qat = parse_stage(
+        {
+            "kind": "quantize",
+            "default": 4,
+            "layers": {"fc": 8},
+            "qat_epochs": 3,
+            "qat_lr": 3e-4,
+            "qat_method": "lsq",
+            "calibration": "mse",
+            "granularity": "per_tensor",
+        }
+    )
+    assert qat.without_training() == parse_stage(
+        {"kind": "quantize", "default": 4, "layers": {"fc": 8}, "granularity": "per_tensor"}
+    )
     assert parse_stage({"kind": "distill"}).without_training() == parse_stage({"kind": "distill"})

@@ -25,9 +25,13 @@ from autoslim.run import (
 def test_objectives_keep_the_study_order_not_alphabetical(tmp_path):
     objectives = {"size_bytes": "minimize", "accuracy": "maximize", "latency_ms": "minimize"}
     storage = open_storage(str(tmp_path / JOURNAL_FILE))
-    study = optuna.create_study(study_name="x", storage=storage, directions=list(objectives.values()))
+    study = optuna.create_study(
+        study_name="x", storage=storage, directions=list(objectives.values())
+    )
     study.add_trial(optuna.trial.create_trial(values=[1234.0, 0.9, 2.5]))
-    write_run_info(tmp_path, {"study_name": "x", "objectives": objectives, "metric_name": "accuracy"})
+    write_run_info(
+        tmp_path, {"study_name": "x", "objectives": objectives, "metric_name": "accuracy"}
+    )
 
     run = load_run(tmp_path)
     assert list(run.objectives) == ["size_bytes", "accuracy", "latency_ms"]
@@ -37,16 +41,33 @@ def test_objectives_keep_the_study_order_not_alphabetical(tmp_path):
 
 # --------------------------------------------------------------------------- storage URLs
 
-SECRET_URL = ("postgresql://ann:pw-s3cret@db.example:5432/studies?password=qpass-1&sslpassword=ssl-pass-2"
-              "&sslkey=/home/ann/key.pem&sslcert=/home/ann/cert.pem&passfile=/home/ann/pgpass&token=tok-3"
-              "&api_key=api-4&Client_Secret=cs-5&sslmode=verify-full&application_name=autoslim")
-SECRETS = ("pw-s3cret", "qpass-1", "ssl-pass-2", "key.pem", "cert.pem", "pgpass", "tok-3", "api-4", "cs-5")
+SECRET_URL = (
+    "postgresql://ann:pw-s3cret@db.example:5432/studies?password=qpass-1&sslpassword=ssl-pass-2"
+    "&sslkey=/home/ann/key.pem&sslcert=/home/ann/cert.pem&passfile=/home/ann/pgpass&token=tok-3"
+    "&api_key=api-4&Client_Secret=cs-5&sslmode=verify-full&application_name=autoslim"
+)
+SECRETS = (
+    "pw-s3cret",
+    "qpass-1",
+    "ssl-pass-2",
+    "key.pem",
+    "cert.pem",
+    "pgpass",
+    "tok-3",
+    "api-4",
+    "cs-5",
+)
 
 
 def test_public_url_drops_every_credential_and_keeps_the_rest():
-    assert public_storage_url(SECRET_URL) == \
-        "postgresql://ann@db.example:5432/studies?application_name=autoslim&sslmode=verify-full"
-    assert public_storage_url("mysql+pymysql://u:p@h/db?ssl_key=/k&charset=utf8") == "mysql+pymysql://u@h/db?charset=utf8"
+    assert (
+        public_storage_url(SECRET_URL)
+        == "postgresql://ann@db.example:5432/studies?application_name=autoslim&sslmode=verify-full"
+    )
+    assert (
+        public_storage_url("mysql+pymysql://u:p@h/db?ssl_key=/k&charset=utf8")
+        == "mysql+pymysql://u@h/db?charset=utf8"
+    )
     assert public_storage_url("runs/x/study.journal") == "runs/x/study.journal"
 
 
@@ -55,28 +76,51 @@ def test_a_driver_error_that_quotes_credentials_is_masked(monkeypatch):
 
     def refused(url, **kwargs):
         assert url == SECRET_URL  # the connection gets every credential
-        raise OperationalError("connect", {}, Exception(
-            f"password 'pw-s3cret' and sslpassword=ssl-pass-2 refused for {SECRET_URL}\nsecond line"))
+        raise OperationalError(
+            "connect",
+            {},
+            Exception(
+                f"password 'pw-s3cret' and sslpassword=ssl-pass-2 refused for {SECRET_URL}\nsecond line"
+            ),
+        )
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", refused)
     with pytest.raises(AutoslimError) as caught:
         open_storage(SECRET_URL)
     message = str(caught.value)
-    assert message.startswith("cannot open storage postgresql://ann@db.example:5432/studies?application_name")
+    assert message.startswith(
+        "cannot open storage postgresql://ann@db.example:5432/studies?application_name"
+    )
     assert "password '***' and sslpassword=*** refused" in message and "\n" not in message
     assert not [s for s in SECRETS if s in message]
 
 
 def test_run_json_naming_a_database_is_private_and_secret_free(tmp_path):
-    write_run_info(tmp_path, {"study_name": "x", "objectives": {"accuracy": "maximize"},
-                              "metric_name": "accuracy", "storage": SECRET_URL})
+    write_run_info(
+        tmp_path,
+        {
+            "study_name": "x",
+            "objectives": {"accuracy": "maximize"},
+            "metric_name": "accuracy",
+            "storage": SECRET_URL,
+        },
+    )
     text = (tmp_path / RUN_FILE).read_text()
     assert not [s for s in SECRETS if s in text]
     assert json.loads(text)["storage"] == public_storage_url(SECRET_URL)
     assert stat.S_IMODE((tmp_path / RUN_FILE).stat().st_mode) == 0o600
-    write_run_info(tmp_path, {"study_name": "x", "objectives": {"accuracy": "maximize"},
-                              "metric_name": "accuracy", "storage": None})
-    assert stat.S_IMODE((tmp_path / RUN_FILE).stat().st_mode) == 0o644  # a journal run: nothing to hide
+    write_run_info(
+        tmp_path,
+        {
+            "study_name": "x",
+            "objectives": {"accuracy": "maximize"},
+            "metric_name": "accuracy",
+            "storage": None,
+        },
+    )
+    assert (
+        stat.S_IMODE((tmp_path / RUN_FILE).stat().st_mode) == 0o644
+    )  # a journal run: nothing to hide
 
 
 def test_run_json_that_is_not_utf8_is_a_one_line_error(tmp_path, capsys):
@@ -118,7 +162,9 @@ def test_a_torn_last_entry_is_cut_off_with_a_warning_and_the_study_goes_on(tmp_p
 
     assert completed_values(path) == [0.0, 1.0]  # the last entry was trial 2's result
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith(f"warning: {path}: the entry at byte {offset} is cut short")
+    assert err.count("\n") == 0 and err.startswith(
+        f"warning: {path}: the entry at byte {offset} is cut short"
+    )
     assert f"keeps the {len(lines) - 1} entries before it" in err
     assert path.read_bytes() == original[:offset]
     (kept,) = damaged_copies(path)
@@ -133,11 +179,14 @@ def test_a_torn_last_entry_is_cut_off_with_a_warning_and_the_study_goes_on(tmp_p
     assert capsys.readouterr().err == ""  # repaired once, silent since
 
 
-@pytest.mark.parametrize(("garbage", "problem"), [
-    (b"{\"op_code\": 4, \"worker_id\": \"w\", \"study_id\"\n", "not valid JSON"),
-    (b"\xff\xfe\x00garbage\n", "not UTF-8 text"),
-    (b"[1, 2, 3]\n", "not a journal entry"),
-])
+@pytest.mark.parametrize(
+    ("garbage", "problem"),
+    [
+        (b'{"op_code": 4, "worker_id": "w", "study_id"\n', "not valid JSON"),
+        (b"\xff\xfe\x00garbage\n", "not UTF-8 text"),
+        (b"[1, 2, 3]\n", "not a journal entry"),
+    ],
+)
 def test_a_garbled_entry_keeps_the_study_before_it(tmp_path, capsys, garbage, problem):
     path, lines = journal_with_trials(tmp_path)
     cut = len(lines) - 3  # trial 2's parameter, user attrs and result come after
@@ -157,6 +206,8 @@ def test_a_garbled_entry_keeps_the_study_before_it(tmp_path, capsys, garbage, pr
 def test_a_journal_optuna_cannot_replay_is_a_one_line_error(tmp_path):
     path, lines = journal_with_trials(tmp_path)
     path.write_bytes(b"".join(lines) + b'{"op_code": 99, "worker_id": "w"}\n')  # no such operation
-    with pytest.raises(AutoslimError, match=r"^cannot read study journal .*study\.journal: AssertionError"):
+    with pytest.raises(
+        AutoslimError, match=r"^cannot read study journal .*study\.journal: AssertionError"
+    ):
         open_storage(str(path))
     assert damaged_copies(path) == []  # nothing was cut: every entry parses

@@ -11,7 +11,9 @@ from autoslim.techniques.quantize import QuantizeConfig
 
 
 def info() -> ModelInfo:
-    return ModelInfo.from_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2)))
+    return ModelInfo.from_model(
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2))
+    )
 
 
 SPEC = [
@@ -22,7 +24,10 @@ SPEC = [
 
 def test_model_info_lists_compressible_layers_in_order():
     layers = info().layers
-    assert [(layer.name, layer.type, layer.params) for layer in layers] == [("0", "Conv2d", 36), ("3", "Linear", 32)]
+    assert [(layer.name, layer.type, layer.params) for layer in layers] == [
+        ("0", "Conv2d", 36),
+        ("3", "Linear", 32),
+    ]
 
 
 def test_suggest_is_replayed_exactly_by_fixed_trial():
@@ -37,8 +42,16 @@ def test_suggest_is_replayed_exactly_by_fixed_trial():
 
 def test_stage_types_order_and_choice_sets():
     space = SearchSpace.from_spec(SPEC)
-    params = {"prune.enabled": True, "prune.scope": "layer", "prune.sparsity.0": 0.2, "prune.sparsity.3": 0.7,
-              "prune.fine_tune_epochs": 0, "quant.enabled": True, "quant.bits.0": 8, "quant.bits.3": 2}
+    params = {
+        "prune.enabled": True,
+        "prune.scope": "layer",
+        "prune.sparsity.0": 0.2,
+        "prune.sparsity.3": 0.7,
+        "prune.fine_tune_epochs": 0,
+        "quant.enabled": True,
+        "quant.bits.0": 8,
+        "quant.bits.3": 2,
+    }
     stages = space.suggest(optuna.trial.FixedTrial(params), info())
     assert stages == [
         PruneConfig(scope="layer", layers={"0": 0.2, "3": 0.7}, fine_tune_epochs=0),
@@ -55,7 +68,9 @@ def test_stage_types_order_and_choice_sets():
 
 def test_disabled_components_produce_no_stage():
     space = SearchSpace.from_spec(SPEC)
-    stages = space.suggest(optuna.trial.FixedTrial({"prune.enabled": False, "quant.enabled": False}), info())
+    stages = space.suggest(
+        optuna.trial.FixedTrial({"prune.enabled": False, "quant.enabled": False}), info()
+    )
     assert stages == []
 
 
@@ -86,8 +101,16 @@ def test_bundled_presets_load():
 
 
 def test_codebook_grids_use_their_own_width_parameters():
-    space = SearchSpace.from_spec([{"type": "quantize.weight", "optional": False, "bits": [2, 4, 8, "fp32"],
-                                    "grid_kind": ["uniform", "kmeans"]}])
+    space = SearchSpace.from_spec(
+        [
+            {
+                "type": "quantize.weight",
+                "optional": False,
+                "bits": [2, 4, 8, "fp32"],
+                "grid_kind": ["uniform", "kmeans"],
+            }
+        ]
+    )
     params = {"quant.grid_kind": "kmeans", "quant.cbits.0": 2, "quant.cbits.3": "fp32"}
     (stage,) = space.suggest(optuna.trial.FixedTrial(params), info())
     assert stage == QuantizeConfig(default=2, layers={"3": "fp32"}, grid_kind="kmeans")
@@ -103,8 +126,12 @@ def test_codebook_grids_use_their_own_width_parameters():
 def test_storage_component_pins_the_format_for_all_layers():
     from autoslim.techniques.storage import StorageConfig
 
-    space = SearchSpace.from_spec([{"type": "storage.format", "optional": False, "formats": ["auto", "csr"]}])
-    assert space.suggest(optuna.trial.FixedTrial({"storage.format": "csr"}), info()) == [StorageConfig(default="csr")]
+    space = SearchSpace.from_spec(
+        [{"type": "storage.format", "optional": False, "formats": ["auto", "csr"]}]
+    )
+    assert space.suggest(optuna.trial.FixedTrial({"storage.format": "csr"}), info()) == [
+        StorageConfig(default="csr")
+    ]
 
 
 def test_a_searched_float_enters_the_recipe_with_four_significant_digits():
@@ -113,7 +140,18 @@ def test_a_searched_float_enters_the_recipe_with_four_significant_digits():
     lr = FloatRange(low=1e-4, high=3e-2, log=True)
     assert lr.suggest(optuna.trial.FixedTrial({"lr": 0.00956178662298805}), "lr") == 0.009562
     # rounding never leaves the range, and a stepped range keeps its grid
-    assert FloatRange(low=0.0, high=0.12346).suggest(optuna.trial.FixedTrial({"x": 0.12346}), "x") == 0.12346
-    assert FloatRange(low=0.12344, high=1.0).suggest(optuna.trial.FixedTrial({"x": 0.12344}), "x") == 0.12344
-    assert FloatRange(low=0.0, high=1.0, step=0.125).suggest(optuna.trial.FixedTrial({"x": 0.375}), "x") == 0.375
+    assert (
+        FloatRange(low=0.0, high=0.12346).suggest(optuna.trial.FixedTrial({"x": 0.12346}), "x")
+        == 0.12346
+    )
+    assert (
+        FloatRange(low=0.12344, high=1.0).suggest(optuna.trial.FixedTrial({"x": 0.12344}), "x")
+        == 0.12344
+    )
+    assert (
+        FloatRange(low=0.0, high=1.0, step=0.125).suggest(
+            optuna.trial.FixedTrial({"x": 0.375}), "x"
+        )
+        == 0.375
+    )
     assert FloatRange(low=0.5, high=0.5).suggest(optuna.trial.FixedTrial({}), "x") == 0.5

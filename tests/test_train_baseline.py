@@ -53,7 +53,9 @@ def test_exploding_loss_stops_training(tiny_task_ref):
         train(task.build_model(), task, epochs=1, lr=1e-3, seed=0, hooks=TrainHooks(loss=loss))
 
 
-def test_baseline_training_does_not_depend_on_global_rng_state(tiny_task_ref, tmp_path, monkeypatch):
+def test_baseline_training_does_not_depend_on_global_rng_state(
+    tiny_task_ref, tmp_path, monkeypatch
+):
     ref = TaskRef(**tiny_task_ref)
     models = []
     for name in ("a", "b"):

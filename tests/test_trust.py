@@ -31,7 +31,9 @@ def test_registering_a_factory_resolves_it_without_an_import():
     trust.register_task("not_a_module_anywhere:make_task", make_task)
     try:
         assert trust.resolve_factory("not_a_module_anywhere:make_task") is make_task
-        assert "not_a_module_anywhere:make_task" in trust.child_environment()[trust.TRUST_ENV].split(",")
+        assert "not_a_module_anywhere:make_task" in trust.child_environment()[
+            trust.TRUST_ENV
+        ].split(",")
     finally:
         trust.unregister_task("not_a_module_anywhere:make_task")
     assert not trust.is_trusted("not_a_module_anywhere:make_task")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autoslim.sparse.execute import SparseLinear
-from autoslim.techniques.kernels import DynamicInt8Linear
+from autoslim.techniques.quantize._kernels import DynamicInt8Linear
 
 # picojoules, Horowitz ISSCC 2014 (45 nm)
 PJ_MULT = {torch.float32: 3.7, torch.float16: 1.1, torch.bfloat16: 1.1, torch.int8: 0.2}
@@ -28,7 +28,9 @@ PJ_SRAM_PER_BYTE = 5.0 / 4  # 32-bit read from an 8 KB SRAM
 
 def _macs(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, SparseLinear) and module.kernel == "csr":
-        return output.numel() // module.out_features * module.matrix.values.numel()  # only non-zeros
+        return (
+            output.numel() // module.out_features * module.matrix.values.numel()
+        )  # only non-zeros
     if isinstance(module, (nn.Linear, DynamicInt8Linear, SparseLinear)):
         return output.numel() * module.in_features
     kernel = module.weight[0].numel()  # in_channels/groups × kernel size
@@ -41,7 +43,11 @@ def _weight_and_dtype(module: nn.Module) -> tuple[int, int, torch.dtype]:
         return module.in_features * module.out_features, 1, torch.int8
     if isinstance(module, SparseLinear) and module.kernel == "csr":
         matrix = module.matrix  # value + int64 column index per non-zero; row pointers ignored
-        return matrix.values.numel(), matrix.values.element_size() + matrix.col_indices.element_size(), torch.float32
+        return (
+            matrix.values.numel(),
+            matrix.values.element_size() + matrix.col_indices.element_size(),
+            torch.float32,
+        )
     return module.weight.numel(), module.weight.element_size(), module.weight.dtype
 
 
@@ -54,7 +60,9 @@ def estimate_energy_mj(model: nn.Module, batch: torch.Tensor) -> float:
         numel, size, dtype = _weight_and_dtype(module)
         total_pj += _macs(module, output) * (PJ_MULT.get(dtype, 3.7) + PJ_ADD.get(dtype, 0.9))
         total_pj += numel * size * PJ_DRAM_PER_BYTE
-        moved = inputs[0].numel() * inputs[0].element_size() + output.numel() * output.element_size()
+        moved = (
+            inputs[0].numel() * inputs[0].element_size() + output.numel() * output.element_size()
+        )
         total_pj += moved * PJ_SRAM_PER_BYTE
 
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, DynamicInt8Linear, SparseLinear)
@@ -68,7 +76,9 @@ def estimate_energy_mj(model: nn.Module, batch: torch.Tensor) -> float:
     return total_pj * 1e-9
 
 
-def nvml_energy_mj(fn: Callable[[], object], *, min_seconds: float = 3.0, device_index: int = 0) -> float:
+def nvml_energy_mj(
+    fn: Callable[[], object], *, min_seconds: float = 3.0, device_index: int = 0
+) -> float:
     """Measured GPU energy per call of ``fn`` from NVML's total-energy counter.
 
     The counter updates every 20-100 ms, so calls are repeated for ``min_seconds``.

@@ -18,7 +18,9 @@ class LatencyStats:
     repeats: int
 
 
-def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int, sync: Callable[[], None] | None = None) -> LatencyStats:
+def time_calls(
+    fn: Callable[[], object], *, warmup: int, repeats: int, sync: Callable[[], None] | None = None
+) -> LatencyStats:
     """Time ``fn`` ``repeats`` times after ``warmup`` untimed calls.
 
     The median resists the scheduler noise of shared machines; p10/p90 show the spread.
@@ -38,7 +40,9 @@ def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int, sync: Cal
     return LatencyStats(statistics.median(samples), deciles[0], deciles[-1], repeats)
 
 
-def model_latency(model: torch.nn.Module, batch: torch.Tensor, *, warmup: int, repeats: int) -> LatencyStats:
+def model_latency(
+    model: torch.nn.Module, batch: torch.Tensor, *, warmup: int, repeats: int
+) -> LatencyStats:
     """Latency of one forward pass of ``batch`` (threads are set by the caller)."""
     sync = torch.cuda.synchronize if batch.is_cuda else None
     with torch.inference_mode():

@@ -43,16 +43,26 @@ def _warm_up_runtime(device: str) -> None:
     torch.nn.functional.conv2d(x, torch.randn(4, 4, 3, 3, device=device))
     torch.nn.functional.linear(x.flatten(1), torch.randn(4, 256, device=device))
     if device == "cpu":
-        from autoslim.techniques.kernels import int8_engine_warm_up
+        from autoslim.techniques.quantize._kernels import int8_engine_warm_up
 
         int8_engine_warm_up()
 
 
-def measure_artifact(path: str | Path, target: Target, *, splits: tuple[str, ...] = ("val",)) -> dict:
+def measure_artifact(
+    path: str | Path,
+    target: Target,
+    *,
+    splits: tuple[str, ...] = ("val",),
+    reference: str | Path | None = None,
+) -> dict:
     """Load the artifact at ``path`` and measure it under ``target``.
 
     Returns ``{metric}`` (validation), ``test_{metric}`` if asked, ``size_bytes``,
     ``latency_ms`` (+ p10/p90), ``peak_memory_bytes``, ``energy_mj`` and ``energy_source``.
+    With a ``reference`` artifact (the fp32 baseline), latency is timed in interleaved
+    rounds against it (:mod:`autoslim.measure.paired`) and the values add the paired
+    ``latency_ratio`` with its interval, rounds, ``latency_noisy`` and the reference's
+    own median, ``reference_latency_ms``.
     """
     from autoslim.artifact import load_artifact
     from autoslim.measure.energy import estimate_energy_mj, nvml_energy_mj
@@ -79,14 +89,18 @@ def measure_artifact(path: str | Path, target: Target, *, splits: tuple[str, ...
     peak = peak_memory_bytes(load_and_run, device=target.device)
     artifact = loaded["artifact"]
     model = artifact.model
-    latency = model_latency(model, batch, warmup=target.warmup, repeats=target.repeats)
-    values = {
-        "size_bytes": artifact.size_bytes,
-        "latency_ms": latency.median_ms,
-        "latency_p10_ms": latency.p10_ms,
-        "latency_p90_ms": latency.p90_ms,
-        "peak_memory_bytes": peak,
-    }
+    values = {"size_bytes": artifact.size_bytes, "peak_memory_bytes": peak}
+    if reference is None:
+        latency = model_latency(model, batch, warmup=target.warmup, repeats=target.repeats)
+        values |= {
+            "latency_ms": latency.median_ms,
+            "latency_p10_ms": latency.p10_ms,
+            "latency_p90_ms": latency.p90_ms,
+        }
+    else:
+        values |= _paired_values(
+            model, load_artifact(reference, task=task).model.to(target.device), batch, target
+        )
     if target.device == "cuda":
         with torch.inference_mode():
             values["energy_mj"] = nvml_energy_mj(lambda: model(batch))
@@ -101,8 +115,40 @@ def measure_artifact(path: str | Path, target: Target, *, splits: tuple[str, ...
     return values
 
 
+def _paired_values(
+    model: torch.nn.Module, reference: torch.nn.Module, batch: torch.Tensor, target: Target
+) -> dict:
+    from autoslim.measure.paired import paired_latency
+
+    sync = torch.cuda.synchronize if batch.is_cuda else None
+    with torch.inference_mode():
+        paired = paired_latency(
+            lambda: model(batch),
+            lambda: reference(batch),
+            warmup=target.warmup,
+            rounds=target.repeats,
+            sync=sync,
+        )
+    return {
+        "latency_ms": paired.latency_ms,
+        "latency_p10_ms": paired.p10_ms,
+        "latency_p90_ms": paired.p90_ms,
+        "reference_latency_ms": paired.reference_ms,
+        "latency_ratio": paired.ratio,
+        "latency_ratio_lo": paired.ratio_lo,
+        "latency_ratio_hi": paired.ratio_hi,
+        "latency_rounds": paired.rounds,
+        "latency_noisy": paired.noisy,
+    }
+
+
 def measure_in_subprocess(
-    path: str | Path, target: Target, *, splits: tuple[str, ...] = ("val",), timeout: float = 900
+    path: str | Path,
+    target: Target,
+    *,
+    splits: tuple[str, ...] = ("val",),
+    timeout: float = 900,
+    reference: str | Path | None = None,
 ) -> dict:
     """Run :func:`measure_artifact` in a fresh process and return its values.
 
@@ -114,9 +160,9 @@ def measure_in_subprocess(
 
     env = {**os.environ, **child_environment(), "OMP_NUM_THREADS": str(target.threads)}
     if multiprocessing.current_process().daemon:
-        code, out = _run_in_new_interpreter(path, target, splits, env, timeout)
+        code, out = _run_in_new_interpreter(path, target, splits, env, timeout, reference)
     else:
-        code, out = _run_in_forked_child(path, target, splits, env, timeout)
+        code, out = _run_in_forked_child(path, target, splits, env, timeout, reference)
     if code != 0:
         reason = out or f"exit status {code}"
         if code < 0:
@@ -146,17 +192,30 @@ class _MeasureServer:
     def _ensure_started(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
             # -c, not -m: runpy would warn that autoslim.measure already imported this module
-            self.proc = subprocess.Popen([sys.executable, "-c", _CHILD_CODE.format(call="serve()")],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_CODE.format(call="serve()")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+            )
             atexit.register(self.proc.kill)
         return self.proc
 
-    def measure(self, path, target: Target, splits, env: dict, timeout: float) -> tuple[int, str]:
+    def measure(
+        self, path, target: Target, splits, env: dict, timeout: float, reference=None
+    ) -> tuple[int, str]:
         with self.lock, tempfile.TemporaryDirectory(prefix="autoslim-measure-") as tmp:
             reply_file = Path(tmp) / "reply"
             server = self._ensure_started()
-            request = {"path": str(path), "target": target.model_dump_json(), "splits": list(splits),
-                       "env": env, "reply": str(reply_file)}
+            request = {
+                "path": str(path),
+                "target": target.model_dump_json(),
+                "splits": list(splits),
+                "env": env,
+                "reply": str(reply_file),
+                "reference": _optional_str(reference),
+            }
             server.stdin.write(json.dumps(request) + "\n")
             server.stdin.flush()
             pid = json.loads(server.stdout.readline())["pid"]
@@ -183,19 +242,29 @@ _SERVER = _MeasureServer()
 
 # ``python -c`` puts the current folder first on sys.path (as ''): drop it, so a module
 # lying beside an artifact (``cd artifact && autoslim evaluate .``) can never be imported.
-_CHILD_CODE = ("import sys\nif sys.path and sys.path[0] == '': del sys.path[0]\n"
-               "from autoslim.measure.runner import main, serve\nsys.exit({call})")
+_CHILD_CODE = (
+    "import sys\nif sys.path and sys.path[0] == '': del sys.path[0]\n"
+    "from autoslim.measure.runner import main, serve\nsys.exit({call})"
+)
 
 
-def _run_in_forked_child(path, target: Target, splits, env: dict, timeout: float) -> tuple[int, str]:
+def _optional_str(path) -> str | None:
+    return None if path is None else str(path)
+
+
+def _run_in_forked_child(
+    path, target: Target, splits, env: dict, timeout: float, reference=None
+) -> tuple[int, str]:
     """(exit code, JSON values or the one-line reason), from a child of the measuring server."""
     try:
-        return _SERVER.measure(path, target, splits, env, timeout)
+        return _SERVER.measure(path, target, splits, env, timeout, reference)
     except (OSError, ValueError, KeyError) as exc:  # the server itself broke: use a new interpreter
         _SERVER.proc = None
-        print(f"warning: the measuring server failed ({type(exc).__name__}: {exc}); using a new interpreter",
-              file=sys.stderr)
-        return _run_in_new_interpreter(path, target, splits, env, timeout)
+        print(
+            f"warning: the measuring server failed ({type(exc).__name__}: {exc}); using a new interpreter",
+            file=sys.stderr,
+        )
+        return _run_in_new_interpreter(path, target, splits, env, timeout, reference)
 
 
 def serve() -> int:
@@ -206,7 +275,12 @@ def serve() -> int:
         if pid == 0:  # the child: measure, write the reply, exit without the parent's cleanup
             os.environ.clear()
             os.environ.update(request["env"])
-            code, text = _measure_to_text(request["path"], request["target"], tuple(request["splits"]))
+            code, text = _measure_to_text(
+                request["path"],
+                request["target"],
+                tuple(request["splits"]),
+                request.get("reference"),
+            )
             Path(request["reply"]).write_text(text)
             os._exit(code)
         try:
@@ -218,9 +292,21 @@ def serve() -> int:
     return 0
 
 
-def _run_in_new_interpreter(path, target: Target, splits, env: dict, timeout: float) -> tuple[int, str]:
-    cmd = [sys.executable, "-c", _CHILD_CODE.format(call="main(sys.argv[1:])"), str(path),
-           "--target", target.model_dump_json(), "--splits", ",".join(splits)]
+def _run_in_new_interpreter(
+    path, target: Target, splits, env: dict, timeout: float, reference=None
+) -> tuple[int, str]:
+    cmd = [
+        sys.executable,
+        "-c",
+        _CHILD_CODE.format(call="main(sys.argv[1:])"),
+        str(path),
+        "--target",
+        target.model_dump_json(),
+        "--splits",
+        ",".join(splits),
+    ]
+    if reference is not None:
+        cmd += ["--reference", str(reference)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -231,11 +317,15 @@ def _run_in_new_interpreter(path, target: Target, splits, env: dict, timeout: fl
     return 0, proc.stdout.strip().splitlines()[-1]
 
 
-def _measure_to_text(path: str, target_json: str, splits: tuple[str, ...]) -> tuple[int, str]:
+def _measure_to_text(
+    path: str, target_json: str, splits: tuple[str, ...], reference: str | None = None
+) -> tuple[int, str]:
     """(exit code, one JSON line of values or a one-line reason): what both ways report."""
     try:
         target = Target.model_validate_json(target_json)
-        return 0, json.dumps(measure_artifact(path, target, splits=tuple(splits)))
+        return 0, json.dumps(
+            measure_artifact(path, target, splits=tuple(splits), reference=reference)
+        )
     except AutoslimError as exc:
         return 2, f"error: {exc}"
     except Exception as exc:  # noqa: BLE001 — the parent records the reason, not a traceback
@@ -247,8 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("artifact")
     parser.add_argument("--target", default="{}")
     parser.add_argument("--splits", default="val")
+    parser.add_argument("--reference", default=None)
     args = parser.parse_args(argv)
-    code, text = _measure_to_text(args.artifact, args.target, tuple(args.splits.split(",")))
+    code, text = _measure_to_text(
+        args.artifact, args.target, tuple(args.splits.split(",")), args.reference
+    )
     print(text, file=sys.stdout if code == 0 else sys.stderr)
     return code
 

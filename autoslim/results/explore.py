@@ -170,7 +170,9 @@ def parallel_frame(
         if np.isnan(values).all():
             continue
         low, high = np.nanmin(values), np.nanmax(values)
-        scaled = (values - low) / (high - low) if high > low else np.where(np.isnan(values), np.nan, 0.5)
+        scaled = (
+            (values - low) / (high - low) if high > low else np.where(np.isnan(values), np.nan, 0.5)
+        )
         frame[column.removeprefix(PARAM_PREFIX)] = scaled
     frame["group"] = np.where(frame.index.isin(list(front_trials)), "front", "other")
     return frame
@@ -198,16 +200,21 @@ def layer_plan(recipe: Recipe, layer_names: Sequence[str]) -> pd.DataFrame:
             per_layer = resolve_layer_map(stage.layers, names) if stage.scope == "layer" else {}
             sparsity = {n: float(per_layer.get(n, stage.sparsity)) for n in names}
     return pd.DataFrame(
-        {"bits": [bits[n] for n in names], "sparsity": [sparsity[n] for n in names],
-         "sparsity_scope": scope},
+        {
+            "bits": [bits[n] for n in names],
+            "sparsity": [sparsity[n] for n in names],
+            "sparsity_scope": scope,
+        },
         index=pd.Index(names, name="layer"),
     )
 
 
 def front_layer_plans(recipes: Mapping[int, Recipe], layer_names: Sequence[str]) -> pd.DataFrame:
     """:func:`layer_plan` of several trials in one long frame (trial, layer, ...)."""
-    frames = [layer_plan(recipe, layer_names).reset_index().assign(trial=int(number))
-              for number, recipe in recipes.items()]
+    frames = [
+        layer_plan(recipe, layer_names).reset_index().assign(trial=int(number))
+        for number, recipe in recipes.items()
+    ]
     columns = ["trial", "layer", "bits", "sparsity", "sparsity_scope"]
     if not frames:
         return pd.DataFrame(columns=columns)
@@ -259,7 +266,9 @@ def run_task_ref(run: Run) -> TaskRef:
     return TaskRef.model_validate(spec)
 
 
-def open_or_search(run_dir: str | Path, experiment: str | Path, *, trials: int | None = None) -> Run:
+def open_or_search(
+    run_dir: str | Path, experiment: str | Path, *, trials: int | None = None
+) -> Run:
     """Open a run folder, or first run a search into it when it holds no run yet.
 
     This is how a notebook works both on a finished ``autoslim search`` and on a fresh
@@ -267,7 +276,7 @@ def open_or_search(run_dir: str | Path, experiment: str | Path, *, trials: int |
     experiment's budget only for that first search; an existing run is never extended.
     """
     from autoslim.run import RUN_FILE, load_run
-    from autoslim.search.local import Overrides, search
+    from autoslim.searching.driver import Overrides, search
 
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).is_file():
@@ -283,13 +292,17 @@ def recipe_with_provenance(run: Run, number: int) -> Recipe:
     """
     from autoslim.cli import package_versions
     from autoslim.recipe import Provenance
+    from autoslim.searching.record import BASELINE_SHA_ATTR, TrialRecord
 
     recipe = run.recipe(number)
     trial = next(t for t in run.study.get_trials(deepcopy=False) if t.number == number)
-    measured = trial.user_attrs.get("measured", {})
+    measured = TrialRecord.from_trial(trial).measured or {}
     provenance = Provenance(
-        experiment=run.info["experiment"], trial=number, seed=recipe.seed, versions=package_versions(),
-        baseline_sha=run.study.user_attrs.get("autoslim.baseline_sha"),
+        experiment=run.info["experiment"],
+        trial=number,
+        seed=recipe.seed,
+        versions=package_versions(),
+        baseline_sha=run.study.user_attrs.get(BASELINE_SHA_ATTR),
         values={k: v for k, v in measured.items() if isinstance(v, int | float)},
     )
     return recipe.model_copy(update={"provenance": provenance})

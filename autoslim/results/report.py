@@ -24,8 +24,12 @@ from autoslim.results.select import select_named_points
 from autoslim.run import Run
 
 STAGE_COLUMNS = ("size_bytes", "latency_ms", "peak_memory_bytes", "energy_mj")
-POINT_TITLES = {"knee": "knee point", "most_accurate_within_1pt": "most accurate within 1 pt",
-                "smallest": "smallest", "fastest": "fastest"}
+POINT_TITLES = {
+    "knee": "knee point",
+    "most_accurate_within_1pt": "most accurate within 1 pt",
+    "smallest": "smallest",
+    "fastest": "fastest",
+}
 
 
 @dataclass
@@ -50,8 +54,14 @@ def stage_breakdown(run: Run, trial_number: int) -> pd.DataFrame:
             label = "fp32 baseline" if count == 0 else f"+ {recipe.stages[count - 1].kind}"
             out = save_artifact(apply_recipe(prefix), prefix, Path(tmp) / f"stage_{count}")
             values = measure_in_subprocess(out, prefix.target, splits=("val", "test"))
-            rows.append({"stage": label, metric: values[metric], f"test_{metric}": values[f"test_{metric}"],
-                         **{k: values[k] for k in STAGE_COLUMNS}})
+            rows.append(
+                {
+                    "stage": label,
+                    metric: values[metric],
+                    f"test_{metric}": values[f"test_{metric}"],
+                    **{k: values[k] for k in STAGE_COLUMNS},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -77,7 +87,9 @@ def points_table(report: Report) -> pd.DataFrame:
     rows = [{"point": "fp32 baseline", "trial": "", **{c: run.baseline.get(c) for c in columns}}]
     for key, number in report.points.items():
         row = table.loc[number]
-        rows.append({"point": POINT_TITLES[key], "trial": number, **{c: row.get(c) for c in columns}})
+        rows.append(
+            {"point": POINT_TITLES[key], "trial": number, **{c: row.get(c) for c in columns}}
+        )
     frame = pd.DataFrame(rows)
     base = run.baseline
     frame["size ×"] = frame["size_bytes"] / base["size_bytes"]
@@ -94,7 +106,7 @@ def _png_data_uri(draw) -> str:
 
 def _plots(run: Run) -> list[tuple[str, str]]:
     from autoslim.results.plot import plot_front
-    from autoslim.search.outputs import hypervolume_summary
+    from autoslim.searching.outputs import hypervolume_summary
 
     table = run.table()
     done = table[table["state"] == "COMPLETE"]
@@ -102,7 +114,9 @@ def _plots(run: Run) -> list[tuple[str, str]]:
         return []
     _, _, history = hypervolume_summary(run, table)
     front = run.front()["trial"].tolist()
-    uri = _png_data_uri(lambda buf: plot_front(done, run.objectives, run.baseline, front, buf, hv_history=history))
+    uri = _png_data_uri(
+        lambda buf: plot_front(done, run.objectives, run.baseline, front, buf, hv_history=history)
+    )
     return [("Pareto front (projections) and hypervolume over trials", uri)]
 
 
@@ -126,10 +140,17 @@ def render_html(report: Report) -> str:
     parts += ["<h2>Baseline and selected points</h2>", _html_table(points_table(report))]
     for name, number in report.points.items():
         if number in report.stages:
-            parts += [f"<h3>Per-stage breakdown: {POINT_TITLES[name]} (trial {number})</h3>",
-                      _html_table(report.stages[number].rename(columns={"energy_mj": _energy_label(run)}))]
+            parts += [
+                f"<h3>Per-stage breakdown: {POINT_TITLES[name]} (trial {number})</h3>",
+                _html_table(
+                    report.stages[number].rename(columns={"energy_mj": _energy_label(run)})
+                ),
+            ]
     for caption, uri in _plots(run):
-        parts += [f"<h2>{html.escape(caption)}</h2>", f'<img class="plot" alt="{html.escape(caption)}" src="{uri}">']
+        parts += [
+            f"<h2>{html.escape(caption)}</h2>",
+            f'<img class="plot" alt="{html.escape(caption)}" src="{uri}">',
+        ]
     parts += ["<h2>Pareto front</h2>", _html_table(run.front())]
     return _page(title, "\n".join(parts))
 
@@ -138,9 +159,11 @@ def _summary_paragraph(report: Report, *, markdown: bool) -> str:
     run, table = report.run, report.run.table()
     counts = table["state"].value_counts().to_dict()
     source = run.baseline.get("energy_source", "estimated")
-    text = (f"{len(table)} trials ({counts.get('COMPLETE', 0)} complete, {counts.get('FAIL', 0)} failed); "
-            f"objectives {json.dumps(run.objectives)}; every value measured on the saved artifact; "
-            f"energy is {source}.")
+    text = (
+        f"{len(table)} trials ({counts.get('COMPLETE', 0)} complete, {counts.get('FAIL', 0)} failed); "
+        f"objectives {json.dumps(run.objectives)}; every value measured on the saved artifact; "
+        f"energy is {source}."
+    )
     return text if markdown else f"<p>{html.escape(text)}</p>"
 
 
@@ -175,12 +198,23 @@ def _md_table(frame: pd.DataFrame) -> str:
 
 def render_markdown(report: Report) -> str:
     run = report.run
-    lines = [f"# autoslim report: {run.info['experiment']}", "", _summary_paragraph(report, markdown=True), "",
-             "## Baseline and selected points", "", _md_table(points_table(report))]
+    lines = [
+        f"# autoslim report: {run.info['experiment']}",
+        "",
+        _summary_paragraph(report, markdown=True),
+        "",
+        "## Baseline and selected points",
+        "",
+        _md_table(points_table(report)),
+    ]
     for name, number in report.points.items():
         if number in report.stages:
-            lines += ["", f"### Per-stage breakdown: {POINT_TITLES[name]} (trial {number})", "",
-                      _md_table(report.stages[number])]
+            lines += [
+                "",
+                f"### Per-stage breakdown: {POINT_TITLES[name]} (trial {number})",
+                "",
+                _md_table(report.stages[number]),
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""Sparse weight storage and execution: formats, pattern features, format choice, kernels."""
+"""Sparse weight storage and execution: formats, format choice, checks, kernels."""
 
 from __future__ import annotations
 

@@ -2,13 +2,12 @@
 
 Size is decided by encoding every candidate and keeping the smallest payload: encoding
 a 768x3072 matrix takes milliseconds, so there is no reason to trust a model of the
-bytes when the bytes themselves are at hand. The pattern features
-(:mod:`.features`) explain the choice; they never overrule it.
+bytes when the bytes themselves are at hand.
 
 Speed is decided by the kernel that will actually run, which the runtime picks by
 measurement (:func:`autoslim.sparse.runtime.planned_kernels`). On CPU the only sparse kernel
 worth having is torch's CSR matmul (ELLPACK, DIA and N:M have none; COO, CSC and BSR are
-slower than CSR, see ``benchmarks/SPARSE_RESULTS.md``). On CUDA the candidate is 2:4
+slower than CSR, see BENCHMARKS.md). On CUDA the candidate is 2:4
 semi-structured. :func:`fastest_format` stores a weight in the layout its kernel reads.
 Every other weight is decoded to dense once at load, so for those the formats tie on
 speed and the smallest wins (see :mod:`.policy`).
@@ -25,8 +24,8 @@ import numpy as np
 import torch
 
 from autoslim.errors import AutoslimError
-from autoslim.sparse.features import nm_holds
 from autoslim.sparse.formats import FORMATS, Encoded, encode
+from autoslim.sparse.layouts import nm_holds
 from autoslim.sparse.policy import FASTEST, POLICIES, SMALLEST
 from autoslim.sparse.values import key_matrix
 
@@ -36,7 +35,9 @@ FORMAT_CHOICES = (AUTO, *POLICIES, *FORMATS)
 KERNEL_FORMATS = {"csr": "csr", "semi_structured": "nm"}
 
 
-def feasible_formats(matrix: np.ndarray | torch.Tensor, candidates: Sequence[str], nm: tuple[int, int]) -> list[str]:
+def feasible_formats(
+    matrix: np.ndarray | torch.Tensor, candidates: Sequence[str], nm: tuple[int, int]
+) -> list[str]:
     """The candidates that can encode ``matrix`` (N:M only where the pattern holds)."""
     keys, _ = key_matrix(matrix)
     return [f for f in candidates if f != "nm" or nm_holds(keys != 0, nm)]
@@ -101,5 +102,7 @@ def choose_format(
     if choice == FASTEST:
         return fastest_format(matrix, kernel, value_bits=value_bits, block=block, nm=nm)
     if choice not in FORMATS:
-        raise AutoslimError(f"unknown format choice {choice!r}; choose one of {', '.join(FORMAT_CHOICES)}")
+        raise AutoslimError(
+            f"unknown format choice {choice!r}; choose one of {', '.join(FORMAT_CHOICES)}"
+        )
     return choice, encode(matrix, choice, block=block, nm=nm, value_bits=value_bits)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from autoslim.train import fixed_threads
+from autoslim._threads import fixed_threads
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 CACHE_FILE = "crossover_cache.json"
@@ -89,7 +89,9 @@ def crossover_from_ratios(ratios: dict[float, float]) -> float | None:
     return crossover
 
 
-def random_sparse(rows: int, cols: int, sparsity: float, generator: torch.Generator) -> torch.Tensor:
+def random_sparse(
+    rows: int, cols: int, sparsity: float, generator: torch.Generator
+) -> torch.Tensor:
     """A float32 matrix with exactly ``round(sparsity * rows * cols)`` zeros."""
     weight = torch.randn(rows, cols, generator=generator)
     zeros = round(sparsity * rows * cols)
@@ -102,25 +104,34 @@ def to_csr(matrix: torch.Tensor) -> torch.Tensor:
 
     Indices are int32 where they fit: torch's CPU CSR matmul (MKL) ran faster with
     them than with the default int64 on a 768x3072 weight at 80 % and 95 % sparsity
-    (7-14 %, device lease Xeon, ``benchmarks/csr_indices.py``), and take half the memory.
+    (7-14 % on a 16-core Xeon), and take half the memory.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
         csr = matrix.to_sparse_csr()
         if csr.values().numel() < 2**31 - 1 and max(matrix.shape) < 2**31 - 1:
-            csr = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
-                                          csr.values(), csr.shape, check_invariants=False)
+            csr = torch.sparse_csr_tensor(
+                csr.crow_indices().to(torch.int32),
+                csr.col_indices().to(torch.int32),
+                csr.values(),
+                csr.shape,
+                check_invariants=False,
+            )
         return csr
 
 
-def csr_linear(x: torch.Tensor, csr: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def csr_linear(
+    x: torch.Tensor, csr: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """``x @ W.T + bias`` with ``W`` in CSR; a single row uses the faster matrix-vector kernel."""
     out = torch.mv(csr, x[0]).unsqueeze(0) if x.shape[0] == 1 else torch.sparse.mm(csr, x.t()).t()
     return out if bias is None else out + bias
 
 
-def linear_kernels(out_features: int, in_features: int, batch: int, sparsity: float, seed: int = 0) -> Kernels:
+def linear_kernels(
+    out_features: int, in_features: int, batch: int, sparsity: float, seed: int = 0
+) -> Kernels:
     generator = torch.Generator().manual_seed(seed)
     weight = random_sparse(out_features, in_features, sparsity, generator)
     x = torch.randn(batch, in_features, generator=generator)
@@ -128,7 +139,9 @@ def linear_kernels(out_features: int, in_features: int, batch: int, sparsity: fl
     return (lambda: F.linear(x, weight)), (lambda: csr_linear(x, csr))
 
 
-def measure_ratios(make_kernels: Callable[[float], Kernels], sparsities, threads: int, repeats: int) -> dict[float, float]:
+def measure_ratios(
+    make_kernels: Callable[[float], Kernels], sparsities, threads: int, repeats: int
+) -> dict[float, float]:
     """sparse/dense median time at each sparsity, with ``threads`` fixed."""
     ratios = {}
     with fixed_threads(threads), torch.inference_mode():
@@ -138,14 +151,20 @@ def measure_ratios(make_kernels: Callable[[float], Kernels], sparsities, threads
     return ratios
 
 
-def cached_crossover(key: str, make_kernels, sparsities, threads: int, repeats: int, use_cache: bool) -> float | None:
+def cached_crossover(
+    key: str, make_kernels, sparsities, threads: int, repeats: int, use_cache: bool
+) -> float | None:
     """The cached crossover for ``key``, measured (and stored) only when missing or refused."""
-    full_key = f"{key}|threads={threads}|torch={torch.__version__}|{device_name()}|s={list(sparsities)}"
+    full_key = (
+        f"{key}|threads={threads}|torch={torch.__version__}|{device_name()}|s={list(sparsities)}"
+    )
     if use_cache and full_key in (cache := read_cache()):
         return cache[full_key]["crossover"]
     ratios = measure_ratios(make_kernels, sparsities, threads, repeats)
     crossover = crossover_from_ratios(ratios)
-    write_cache_entry(full_key, {"crossover": crossover, "ratios": {str(s): r for s, r in ratios.items()}})
+    write_cache_entry(
+        full_key, {"crossover": crossover, "ratios": {str(s): r for s, r in ratios.items()}}
+    )
     return crossover
 
 

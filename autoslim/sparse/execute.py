@@ -63,8 +63,9 @@ class _KernelWeight(nn.Module):
         # Built once and reused rather than per forward call; rebuilt if the buffers moved.
         cached = getattr(self, "_csr", None)
         if cached is None or cached.values().data_ptr() != self.values.data_ptr():
-            cached = torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values, self.shape,
-                                             check_invariants=False)
+            cached = torch.sparse_csr_tensor(
+                self.crow_indices, self.col_indices, self.values, self.shape, check_invariants=False
+            )
             self._csr = cached
         return cached
 
@@ -97,7 +98,9 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.matrix = _KernelWeight(weight, kernel)
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        )
 
     @property
     def kernel(self) -> str:
@@ -105,7 +108,13 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_dense(
-        cls, linear: nn.Linear, *, batch: int, threads: int, kernel: str | None = None, device: str = "cpu"
+        cls,
+        linear: nn.Linear,
+        *,
+        batch: int,
+        threads: int,
+        kernel: str | None = None,
+        device: str = "cpu",
     ) -> SparseLinear:
         """Pick the kernel by measured crossover (or take ``kernel``) and convert the layer."""
         weight = linear.weight.detach()
@@ -125,7 +134,6 @@ class SparseLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-
 @dataclass(frozen=True)
 class ConvGeometry:
     """What unfold needs from a Conv2d, without its weight."""
@@ -137,7 +145,9 @@ class ConvGeometry:
 
     @classmethod
     def of(cls, conv: nn.Conv2d) -> ConvGeometry:
-        return cls(tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
+        return cls(
+            tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation)
+        )
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
@@ -159,12 +169,18 @@ def unfolded_conv(x: torch.Tensor, matrix: _KernelWeight, geometry: ConvGeometry
     return out.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
-def conv_kernels(conv: nn.Conv2d, input_size: tuple[int, int], batch: int, sparsity: float) -> xo.Kernels:
+def conv_kernels(
+    conv: nn.Conv2d, input_size: tuple[int, int], batch: int, sparsity: float
+) -> xo.Kernels:
     """Dense ``conv2d`` vs unfold + CSR for this conv's geometry at ``sparsity``."""
     generator = torch.Generator().manual_seed(0)
     weight = xo.random_sparse(conv.weight.shape[0], conv.weight[0].numel(), sparsity, generator)
     x = torch.randn(batch, conv.in_channels, *input_size, generator=generator)
-    dense_weight, matrix, g = weight.reshape(conv.weight.shape), _KernelWeight(weight, "csr"), ConvGeometry.of(conv)
+    dense_weight, matrix, g = (
+        weight.reshape(conv.weight.shape),
+        _KernelWeight(weight, "csr"),
+        ConvGeometry.of(conv),
+    )
     dense = lambda: F.conv2d(x, dense_weight, None, g.stride, g.padding, g.dilation)  # noqa: E731
     return dense, (lambda: unfolded_conv(x, matrix, g))
 
@@ -197,11 +213,17 @@ class SparseConv2d(nn.Module):
         self.matrix = None
         if kernel != "dense":
             if not conv_lowerable(conv):
-                raise AutoslimError("only ungrouped, zero-padded convolutions run sparse; use kernel='dense'")
-            self.matrix = _KernelWeight(conv.weight.detach().reshape(conv.weight.shape[0], -1), kernel)
+                raise AutoslimError(
+                    "only ungrouped, zero-padded convolutions run sparse; use kernel='dense'"
+                )
+            self.matrix = _KernelWeight(
+                conv.weight.detach().reshape(conv.weight.shape[0], -1), kernel
+            )
             self.geometry = ConvGeometry.of(conv)
             bias = conv.bias
-            self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+            self.bias = (
+                None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+            )
 
     @property
     def kernel(self) -> str:
@@ -209,11 +231,21 @@ class SparseConv2d(nn.Module):
 
     @classmethod
     def from_dense(
-        cls, conv: nn.Conv2d, *, batch: int, input_size: tuple[int, int], threads: int, kernel: str | None = None
+        cls,
+        conv: nn.Conv2d,
+        *,
+        batch: int,
+        input_size: tuple[int, int],
+        threads: int,
+        kernel: str | None = None,
     ) -> SparseConv2d:
         """Pick CSR or dense by the measured conv crossover (or take ``kernel``)."""
         if kernel is None:
-            cross = measure_conv_crossover(conv, input_size, batch, threads) if conv_lowerable(conv) else None
+            cross = (
+                measure_conv_crossover(conv, input_size, batch, threads)
+                if conv_lowerable(conv)
+                else None
+            )
             kernel = choose_kernel(sparsity_of(conv.weight.detach()), cross)
         return cls(conv, kernel)
 

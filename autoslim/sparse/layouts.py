@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from autoslim._pack import pack_bits, unpack_bits
 from autoslim.errors import AutoslimError
-from autoslim.pack import pack_bits, unpack_bits
 from autoslim.sparse.values import index_dtype
 
 
@@ -57,7 +57,10 @@ def decode_dense(shape, indices, keys, extra) -> np.ndarray:
 
 def encode_csr(keys: np.ndarray, **_: object) -> Layout:
     rows, cols = np.nonzero(keys)
-    return Layout({"indptr": _indptr(rows, keys.shape[0]), "indices": _ints(cols, keys.shape[1] - 1)}, keys[rows, cols])
+    return Layout(
+        {"indptr": _indptr(rows, keys.shape[0]), "indices": _ints(cols, keys.shape[1] - 1)},
+        keys[rows, cols],
+    )
 
 
 def decode_csr(shape, indices, keys, extra) -> np.ndarray:
@@ -66,7 +69,10 @@ def decode_csr(shape, indices, keys, extra) -> np.ndarray:
 
 def encode_csc(keys: np.ndarray, **_: object) -> Layout:
     cols, rows = np.nonzero(keys.T)
-    return Layout({"indptr": _indptr(cols, keys.shape[1]), "indices": _ints(rows, keys.shape[0] - 1)}, keys[rows, cols])
+    return Layout(
+        {"indptr": _indptr(cols, keys.shape[1]), "indices": _ints(rows, keys.shape[0] - 1)},
+        keys[rows, cols],
+    )
 
 
 def decode_csc(shape, indices, keys, extra) -> np.ndarray:
@@ -75,7 +81,10 @@ def decode_csc(shape, indices, keys, extra) -> np.ndarray:
 
 def encode_coo(keys: np.ndarray, **_: object) -> Layout:
     rows, cols = np.nonzero(keys)
-    return Layout({"rows": _ints(rows, keys.shape[0] - 1), "cols": _ints(cols, keys.shape[1] - 1)}, keys[rows, cols])
+    return Layout(
+        {"rows": _ints(rows, keys.shape[0] - 1), "cols": _ints(cols, keys.shape[1] - 1)},
+        keys[rows, cols],
+    )
 
 
 def decode_coo(shape, indices, keys, extra) -> np.ndarray:
@@ -107,7 +116,10 @@ def _blocked(keys: np.ndarray, block: tuple[int, int]) -> np.ndarray:
 def encode_bsr(keys: np.ndarray, *, block: tuple[int, int], **_: object) -> Layout:
     blocks = _blocked(keys, block)
     brow, bcol = np.nonzero(blocks.any(axis=(2, 3)))
-    indices = {"indptr": _indptr(brow, blocks.shape[0]), "indices": _ints(bcol, blocks.shape[1] - 1)}
+    indices = {
+        "indptr": _indptr(brow, blocks.shape[0]),
+        "indices": _ints(bcol, blocks.shape[1] - 1),
+    }
     return Layout(indices, blocks[brow, bcol].reshape(-1))
 
 
@@ -177,7 +189,9 @@ def encode_nm(keys: np.ndarray, *, nm: tuple[int, int], **_: object) -> Layout:
     n, m = nm
     groups = _groups(keys, m)
     if int((groups != 0).sum(axis=-1).max()) > n:
-        raise AutoslimError(f"matrix is not {n}:{m} sparse (a group of {m} holds more than {n} non-zeros)")
+        raise AutoslimError(
+            f"matrix is not {n}:{m} sparse (a group of {m} holds more than {n} non-zeros)"
+        )
     # Stable sort puts non-zeros first in column order, then distinct zero slots as padding.
     position = np.argsort(groups == 0, axis=-1, kind="stable")[..., :n]
     stored = np.take_along_axis(groups, position, axis=-1)
@@ -190,7 +204,9 @@ def decode_nm(shape, indices, keys, extra) -> np.ndarray:
     groups = -(-shape[1] // m)
     position = unpack_bits(indices["positions"], nm_position_bits(m), len(keys)).astype(np.int64)
     out = np.zeros((shape[0], groups, m), dtype=keys.dtype)
-    np.put_along_axis(out, position.reshape(shape[0], groups, n), keys.reshape(shape[0], groups, n), axis=-1)
+    np.put_along_axis(
+        out, position.reshape(shape[0], groups, n), keys.reshape(shape[0], groups, n), axis=-1
+    )
     return out.reshape(shape[0], groups * m)[:, : shape[1]].copy()
 
 
@@ -205,3 +221,12 @@ ENCODERS = {
     "dia": (encode_dia, decode_dia),
     "nm": (encode_nm, decode_nm),
 }
+
+
+def nm_holds(nonzero: np.ndarray, nm: tuple[int, int]) -> bool:
+    """Whether each group of ``m`` consecutive columns per row has at most ``n`` non-zeros."""
+    n, m = nm
+    groups = -(-nonzero.shape[1] // m)
+    padded = np.zeros((nonzero.shape[0], groups * m), dtype=bool)
+    padded[:, : nonzero.shape[1]] = nonzero
+    return bool(padded.reshape(nonzero.shape[0], groups, m).sum(axis=-1).max() <= n)

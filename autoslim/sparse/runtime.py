@@ -22,14 +22,19 @@ MIN_SPARSITY = 0.5
 def _candidates(model: nn.Module, target: Target) -> list[tuple[str, nn.Linear]]:
     if not target.sparse_kernels or target.device != "cpu":
         return []
-    return [(name, m) for name, m in model.named_modules()
-            if type(m) is nn.Linear and sparsity_of(m.weight.detach()) >= MIN_SPARSITY]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if type(m) is nn.Linear and sparsity_of(m.weight.detach()) >= MIN_SPARSITY
+    ]
 
 
 def warm_crossovers(model: nn.Module, target: Target) -> None:
     """Measure (and cache) the crossovers a later :func:`sparse_runtime` will read."""
     for _, linear in _candidates(model, target):
-        measure_crossover(linear.out_features, linear.in_features, target.batch_size, target.threads)
+        measure_crossover(
+            linear.out_features, linear.in_features, target.batch_size, target.threads
+        )
 
 
 def planned_kernels(model: nn.Module, target: Target) -> dict[str, str]:
@@ -40,7 +45,9 @@ def planned_kernels(model: nn.Module, target: Target) -> dict[str, str]:
     """
     plan = {}
     for name, linear in _candidates(model, target):
-        crossover = measure_crossover(linear.out_features, linear.in_features, target.batch_size, target.threads)
+        crossover = measure_crossover(
+            linear.out_features, linear.in_features, target.batch_size, target.threads
+        )
         plan[name] = choose_kernel(sparsity_of(linear.weight.detach()), crossover)
     return plan
 
@@ -52,6 +59,11 @@ def sparse_runtime(model: nn.Module, target: Target) -> nn.Module:
             linear = model.get_submodule(name)
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, SparseLinear.from_dense(linear, batch=target.batch_size,
-                                                           threads=target.threads, kernel="csr"))
+            setattr(
+                parent,
+                child,
+                SparseLinear.from_dense(
+                    linear, batch=target.batch_size, threads=target.threads, kernel="csr"
+                ),
+            )
     return model

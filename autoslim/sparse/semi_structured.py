@@ -12,7 +12,7 @@ import torch
 
 from autoslim.errors import AutoslimError
 from autoslim.sparse import crossover as xo
-from autoslim.sparse.features import nm_holds
+from autoslim.sparse.layouts import nm_holds
 
 # fp16 constraints of the CUTLASS/cuSPARSELt kernels: weight rows and columns.
 MIN_ROWS_MULTIPLE, MIN_COLS_MULTIPLE = 32, 64
@@ -33,7 +33,9 @@ def fits(weight: torch.Tensor) -> bool:
 def compress(weight: torch.Tensor) -> torch.Tensor:
     """The fp16 2:4 compressed weight on the current CUDA device."""
     if not available():
-        raise AutoslimError("2:4 semi-structured needs a CUDA device and torch.sparse.to_sparse_semi_structured")
+        raise AutoslimError(
+            "2:4 semi-structured needs a CUDA device and torch.sparse.to_sparse_semi_structured"
+        )
     return torch.sparse.to_sparse_semi_structured(weight.detach().to("cuda", torch.float16))
 
 
@@ -44,7 +46,9 @@ def _two_four(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
     return weight * mask
 
 
-def measure_ratio(out_features: int, in_features: int, batch: int, *, repeats: int = 50, use_cache: bool = True) -> float:
+def measure_ratio(
+    out_features: int, in_features: int, batch: int, *, repeats: int = 50, use_cache: bool = True
+) -> float:
     """2:4 / dense fp16 median time for ``x[batch, in] @ W.T`` on this GPU (cached)."""
     key = f"semi_structured|{out_features}x{in_features}|batch={batch}|torch={torch.__version__}|{xo.device_name('cuda')}"
     if use_cache and key in (cache := xo.read_cache()):

@@ -9,7 +9,7 @@ their own key (level 0 is the pruned weight).
 Stored values are written in their own dtype (``float32``, ``float16``, ``int8``...), except
 
 * ``bfloat16``, which numpy lacks: stored as its raw ``uint16`` bit pattern;
-* quantized levels with ``value_bits``: bit-packed with :func:`autoslim.pack.pack_bits`
+* quantized levels with ``value_bits``: bit-packed with :func:`autoslim._pack.pack_bits`
   as ``level + offset``. The offset is ``2**(bits-1) - 1`` for signed input (the symmetric
   levels ``[-qmax, qmax]`` of :mod:`autoslim.techniques.quantize`) and 0 for unsigned input,
   chosen from the dtype so the same tensor always codes the same way.
@@ -22,10 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from autoslim._pack import pack_bits, packed_nbytes, unpack_bits
 from autoslim.errors import AutoslimError
-from autoslim.pack import pack_bits, packed_nbytes, unpack_bits
 
-FLOAT_BITS_VIEW = {"float64": np.uint64, "float32": np.uint32, "float16": np.uint16, "bfloat16": np.uint16}
+FLOAT_BITS_VIEW = {
+    "float64": np.uint64,
+    "float32": np.uint32,
+    "float16": np.uint16,
+    "bfloat16": np.uint16,
+}
 INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 UINT_WIDTHS = (np.uint8, np.uint16, np.uint32, np.uint64)
 
@@ -100,7 +105,9 @@ def _key_dtype(dtype: str) -> np.dtype:
     return np.dtype(FLOAT_BITS_VIEW.get(dtype, dtype))
 
 
-def key_matrix(matrix: np.ndarray | torch.Tensor, value_bits: int | None = None) -> tuple[np.ndarray, ValueCodec]:
+def key_matrix(
+    matrix: np.ndarray | torch.Tensor, value_bits: int | None = None
+) -> tuple[np.ndarray, ValueCodec]:
     """The key matrix (0 = implicit zero) and the codec that stores this matrix's values."""
     if isinstance(matrix, torch.Tensor):
         matrix = matrix.detach().cpu()
@@ -117,7 +124,9 @@ def key_matrix(matrix: np.ndarray | torch.Tensor, value_bits: int | None = None)
 
 def _checked(keys: np.ndarray, codec: ValueCodec) -> tuple[np.ndarray, ValueCodec]:
     if keys.ndim != 2 or 0 in keys.shape:
-        raise AutoslimError(f"expected a non-empty 2-D weight matrix, got shape {tuple(keys.shape)}")
+        raise AutoslimError(
+            f"expected a non-empty 2-D weight matrix, got shape {tuple(keys.shape)}"
+        )
     if codec.value_bits is not None:
         if codec.dtype not in INT_DTYPES:
             raise AutoslimError(f"value_bits needs integer levels, got {codec.dtype} values")

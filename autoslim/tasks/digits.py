@@ -22,12 +22,24 @@ class DigitsCNN(nn.Module):
         super().__init__()
         w1, w2 = width, 2 * width
         self.features = nn.Sequential(
-            nn.Conv2d(1, w1, 3, padding=1), nn.BatchNorm2d(w1), nn.ReLU(),
-            nn.Conv2d(w1, w2, 3, padding=1), nn.BatchNorm2d(w2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w2, w2, 3, padding=1), nn.BatchNorm2d(w2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, w1, 3, padding=1),
+            nn.BatchNorm2d(w1),
+            nn.ReLU(),
+            nn.Conv2d(w1, w2, 3, padding=1),
+            nn.BatchNorm2d(w2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w2, w2, 3, padding=1),
+            nn.BatchNorm2d(w2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(w2 * 4, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, num_classes),
+            nn.Flatten(),
+            nn.Linear(w2 * 4, 128),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(128, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,8 +51,12 @@ def load_splits(split_seed: int = 0) -> Splits:
     x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
     y = torch.tensor(digits.target, dtype=torch.long)
     idx = torch.arange(len(y)).numpy()
-    train_idx, rest = train_test_split(idx, test_size=0.4, stratify=y.numpy(), random_state=split_seed)
-    val_idx, test_idx = train_test_split(rest, test_size=0.5, stratify=y.numpy()[rest], random_state=split_seed)
+    train_idx, rest = train_test_split(
+        idx, test_size=0.4, stratify=y.numpy(), random_state=split_seed
+    )
+    val_idx, test_idx = train_test_split(
+        rest, test_size=0.5, stratify=y.numpy()[rest], random_state=split_seed
+    )
     return Splits(
         train=Split(x[train_idx], y[train_idx]),
         val=Split(x[val_idx], y[val_idx]),

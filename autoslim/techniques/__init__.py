@@ -1,4 +1,11 @@
-"""Technique families. Importing this package registers every stage kind, its handler and
-its search-space component; each family lives in one module (config + suggest + apply)."""
+"""The built-in techniques, one family per package.
 
-from autoslim.techniques import distill, prune, quantize, storage, structured  # noqa: F401
+:func:`autoslim.registry.load_techniques` imports this list once; each family registers
+its stage kinds, search-space components, handlers and weight codecs as it is imported.
+A technique from another package is declared in the ``autoslim.techniques`` entry-point
+group instead (see docs/adding_a_technique.md).
+"""
+
+from autoslim.techniques import distill, prune, quantize, storage, structured
+
+__all__ = ["distill", "prune", "quantize", "storage", "structured"]

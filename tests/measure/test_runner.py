@@ -24,15 +24,22 @@ EXACT = ("size_bytes", "accuracy", "test_accuracy")
 def artifact(tmp_path_factory):
     from tests.conftest import TINY_TASK
 
-    recipe = Recipe.from_dict({"task": TINY_TASK, "target": TARGET.model_dump(),
-                               "stages": [{"kind": "quantize", "default": 4}]})
+    recipe = Recipe.from_dict(
+        {
+            "task": TINY_TASK,
+            "target": TARGET.model_dump(),
+            "stages": [{"kind": "quantize", "default": 4}],
+        }
+    )
     return save_artifact(apply_recipe(recipe), recipe, tmp_path_factory.mktemp("m") / "art")
 
 
 def measure_both_ways(path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return [way(path, TARGET, ("val", "test"), env, 300)
-            for way in (runner._run_in_forked_child, runner._run_in_new_interpreter)]
+    return [
+        way(path, TARGET, ("val", "test"), env, 300)
+        for way in (runner._run_in_forked_child, runner._run_in_new_interpreter)
+    ]
 
 
 def test_a_forked_child_and_a_new_interpreter_measure_the_same_exact_values(artifact):
@@ -63,12 +70,16 @@ def test_a_measurement_past_its_timeout_is_killed_and_the_server_serves_the_next
 def test_a_script_without_a_main_guard_measures_once(artifact, tmp_path):
     # multiprocessing's forkserver would re-run this script's top level in the child
     script = tmp_path / "unguarded.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         from autoslim.measure import measure_in_subprocess
         from autoslim.recipe import Target
         print("top level ran")
         print(measure_in_subprocess({str(artifact)!r}, Target(threads=1, batch_size=8, warmup=1, repeats=3))["size_bytes"])
-    """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-1000:]
     assert proc.stdout.count("top level ran") == 1

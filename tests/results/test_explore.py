@@ -28,7 +28,7 @@ from autoslim.results.explore import (
     width_bits,
 )
 from autoslim.results.select import NoTrialSatisfies
-from autoslim.search.outputs import hypervolume_summary
+from autoslim.searching.outputs import hypervolume_summary
 
 TASK = {"entry": "autoslim.tasks.digits:make_task", "params": {"width": 4}}
 TWO = {"accuracy": "maximize", "size_bytes": "minimize"}
@@ -50,7 +50,9 @@ def table() -> pd.DataFrame:
 
 
 def test_relative_columns_follow_the_rule_language(table):
-    out = relative_columns(table, {**TWO, "latency_ms": "minimize"}, {"accuracy": 0.9, "size_bytes": 16.0})
+    out = relative_columns(
+        table, {**TWO, "latency_ms": "minimize"}, {"accuracy": 0.9, "size_bytes": 16.0}
+    )
     np.testing.assert_allclose(out["accuracy_drop"], [0.1, 0.0, np.nan, 0.2])
     np.testing.assert_allclose(out["accuracy_ratio"], [0.8 / 0.9, 1.0, np.nan, 0.7 / 0.9])
     np.testing.assert_allclose(out["size_bytes_drop"], [-12.0, -8.0, np.nan, -14.0])
@@ -101,7 +103,10 @@ def test_projection_axes_fill_with_measured_extras(table):
     assert projection_axes(no_latency, TWO) == {**TWO, "peak_memory_bytes": "minimize"}
     assert projection_axes(table, TWO, count=2) == TWO
     assert list(projection_axes(table, {"accuracy": "maximize"}, count=3)) == [
-        "accuracy", "size_bytes", "latency_ms"]
+        "accuracy",
+        "size_bytes",
+        "latency_ms",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -117,17 +122,26 @@ def test_width_bits_unknown(value):
 
 
 def test_parallel_frame_scales_every_column(table):
-    table = table.assign(**{
-        "param:quant.bits": [2, 8, "fp32", "fp32"],
-        "param:prune.scope": ["global", np.nan, "layer", "layer"],
-        "param:prune.enabled": [True, False, True, True],
-        "param:unused": [np.nan] * 4,
-        "param:fixed": [0.3] * 4,
-    })
+    table = table.assign(
+        **{
+            "param:quant.bits": [2, 8, "fp32", "fp32"],
+            "param:prune.scope": ["global", np.nan, "layer", "layer"],
+            "param:prune.enabled": [True, False, True, True],
+            "param:unused": [np.nan] * 4,
+            "param:fixed": [0.3] * 4,
+        }
+    )
     frame = parallel_frame(table, TWO, front_trials=[1, 3])
     assert frame.index.tolist() == [0, 1, 3]
-    assert list(frame.columns) == ["quant.bits", "prune.scope", "prune.enabled", "fixed",
-                                   "accuracy", "size_bytes", "group"]
+    assert list(frame.columns) == [
+        "quant.bits",
+        "prune.scope",
+        "prune.enabled",
+        "fixed",
+        "accuracy",
+        "size_bytes",
+        "group",
+    ]
     np.testing.assert_allclose(frame["quant.bits"], [0.0, 0.2, 1.0])  # 2, 8, 32 bits
     np.testing.assert_allclose(frame["prune.scope"], [0.0, np.nan, 1.0])  # off: a gap
     np.testing.assert_allclose(frame["prune.enabled"], [1.0, 0.0, 1.0])
@@ -185,9 +199,11 @@ def test_front_layer_plans_and_matrices_keep_model_order():
 
 
 def test_measured_vs_recorded():
-    frame = measured_vs_recorded({"size_bytes": 100, "latency_ms": 2.0, "accuracy": 0.0},
-                                 {"size_bytes": 100, "latency_ms": 3.0, "accuracy": 0.5},
-                                 ["size_bytes", "latency_ms", "accuracy", "energy_mj"])
+    frame = measured_vs_recorded(
+        {"size_bytes": 100, "latency_ms": 2.0, "accuracy": 0.0},
+        {"size_bytes": 100, "latency_ms": 3.0, "accuracy": 0.5},
+        ["size_bytes", "latency_ms", "accuracy", "energy_mj"],
+    )
     assert frame.loc["size_bytes"].tolist() == [100.0, 100.0, 1.0]
     assert frame.loc["latency_ms", "ratio"] == 1.5
     assert math.isnan(frame.loc["accuracy", "ratio"])  # no ratio against zero
@@ -196,13 +212,16 @@ def test_measured_vs_recorded():
 
 def test_recipe_with_provenance_matches_what_export_records():
     recipe = _recipe({"kind": "quantize", "default": 8})
-    trial = SimpleNamespace(number=5, user_attrs={"measured": {
-        "size_bytes": 123, "accuracy": 0.9, "energy_source": "estimated"}})
+    trial = SimpleNamespace(
+        number=5,
+        user_attrs={"measured": {"size_bytes": 123, "accuracy": 0.9, "energy_source": "estimated"}},
+    )
     run = SimpleNamespace(
         recipe=lambda n: recipe,
         info={"experiment": "tiny"},
-        study=SimpleNamespace(get_trials=lambda deepcopy: [trial],
-                              user_attrs={"autoslim.baseline_sha": "abc"}),
+        study=SimpleNamespace(
+            get_trials=lambda deepcopy: [trial], user_attrs={"autoslim.baseline_sha": "abc"}
+        ),
     )
     out = recipe_with_provenance(run, 5)
     assert out.core() == recipe
@@ -217,14 +236,23 @@ def test_run_task_ref_and_its_layers():
     run = SimpleNamespace(path="runs/x", info={"experiment_spec": {"task": TASK}})
     ref = run_task_ref(run)
     assert ref.entry == TASK["entry"] and ref.params == {"width": 4}
-    assert layer_names(ref) == ["features.0", "features.3", "features.7", "classifier.1", "classifier.4"]
+    assert layer_names(ref) == [
+        "features.0",
+        "features.3",
+        "features.7",
+        "classifier.1",
+        "classifier.4",
+    ]
     with pytest.raises(AutoslimError, match="does not record its experiment's task"):
         run_task_ref(SimpleNamespace(path="runs/x", info={}))
 
 
 def test_stage_counts_of_completed_trials(table):
-    recipes = {0: _recipe(), 1: _recipe({"kind": "prune", "sparsity": 0.5}, {"kind": "quantize"}),
-               3: _recipe({"kind": "quantize"})}
+    recipes = {
+        0: _recipe(),
+        1: _recipe({"kind": "prune", "sparsity": 0.5}, {"kind": "quantize"}),
+        3: _recipe({"kind": "quantize"}),
+    }
     run = SimpleNamespace(table=lambda: table, recipe=recipes.__getitem__)
     counts = stage_counts(run)
     assert counts.to_dict() == {0: 0, 1: 2, 3: 1}  # the failed trial 2 has no recipe

@@ -79,6 +79,25 @@ def test_non_dominated_mask_keeps_duplicates_and_handles_empty() -> None:
     assert non_dominated_mask(np.empty((0, 3))).shape == (0,)
 
 
+def test_non_dominated_mask_nan_rows_neither_dominate_nor_are_dominated() -> None:
+    points = np.array([[np.nan, 0.0], [0.0, 0.0], [1.0, np.nan], [1.0, 1.0]])
+    np.testing.assert_array_equal(non_dominated_mask(points), [True, True, True, False])
+
+
+@pytest.mark.parametrize("d", [2, 3, 4, 5])
+def test_non_dominated_mask_with_infinities_matches_brute_force(d: int) -> None:
+    # Equal infinite coordinates must still compare equal (inf - inf is NaN).
+    rng = np.random.default_rng(4321 + d)
+    for n in range(1, 30):
+        points = rng.integers(0, 3, size=(n, d)).astype(float)
+        draw = rng.random((n, d))
+        points[draw < 0.15] = np.inf
+        points[draw > 0.9] = -np.inf
+        np.testing.assert_array_equal(non_dominated_mask(points), brute_force_mask(points))
+    pair = np.array([[np.inf, 0.0, 0.0, 0.0], [np.inf, 1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(non_dominated_mask(pair), [True, False])
+
+
 def test_pareto_front_respects_directions_feasibility_and_nan() -> None:
     values = np.array(
         [
@@ -102,6 +121,55 @@ def test_hypervolume_hand_computed() -> None:
     # Boxes 3*2*1 = 6 and 2*3*2 = 12 overlap in 2*2*1 = 4.
     assert hypervolume(np.array([[1, 2, 3], [2, 1, 2]]), np.array([4, 4, 4])) == 14.0
     assert hypervolume(np.array([[2.0], [0.5]]), np.array([3.0])) == 2.5
+
+
+def inclusion_exclusion_hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """Union of the boxes [p, reference] by inclusion-exclusion (fine for <= 6 points)."""
+    total = 0.0
+    for size in range(1, len(points) + 1):
+        for subset in itertools.combinations(points, size):
+            corner = np.max(subset, axis=0)
+            total += (-1) ** (size + 1) * np.prod(np.clip(reference - corner, 0.0, None))
+    return total
+
+
+def test_hypervolume_2d_hand_computed_staircase() -> None:
+    # Sweep on x: 0.5 * (4 - 3) + 1.5 * (4 - 2) + 1.5 * (4 - 0.5) = 0.5 + 3 + 5.25.
+    front = np.array([[0.5, 3.0], [1.0, 2.0], [2.5, 0.5]])
+    reference = np.array([4.0, 4.0])
+    assert hypervolume(front, reference) == pytest.approx(8.75, rel=1e-15)
+    # A dominated point, a duplicate, and points outside or on the reference box add nothing.
+    extra = np.array([[3.0, 3.0], [1.0, 2.0], [5.0, 0.0], [4.0, 0.1], [0.1, 4.0]])
+    assert hypervolume(np.vstack([front, extra]), reference) == pytest.approx(8.75, rel=1e-15)
+    # NaN rows are dropped rather than poisoning the volume.
+    with_nan = np.vstack([front, [[np.nan, 0.0]]])
+    assert hypervolume(with_nan, reference) == pytest.approx(8.75, rel=1e-15)
+
+
+def test_hypervolume_3d_hand_computed_three_boxes() -> None:
+    # Boxes: a 3*2*1 = 6, b 2*3*2 = 12, c 1*1*3 = 3; pairwise overlaps a&b 2*2*1 = 4,
+    # a&c 1*1*1 = 1, b&c 1*1*2 = 2; triple overlap 1*1*1 = 1. 21 - 7 + 1 = 15.
+    points = np.array([[1.0, 2.0, 3.0], [2.0, 1.0, 2.0], [3.0, 3.0, 1.0]])
+    assert hypervolume(points, np.array([4.0, 4.0, 4.0])) == 15.0
+    # Shifting the reference out by 0.5 along z adds a 0.5-thick slab of the 2-D union
+    # of a, b and c in (x, y) up to (4, 4): 3*2 + 2*3 + 1*1 - (2*2 + 1*1 + 1*1) + 1*1 = 8.
+    assert hypervolume(points, np.array([4.0, 4.0, 4.5])) == 15.0 + 0.5 * 8.0
+
+
+def test_hypervolume_minus_infinity_is_unbounded() -> None:
+    assert hypervolume(np.array([[-np.inf, 1.0, 1.0]]), np.array([2.0, 2.0, 2.0])) == np.inf
+    # ... but only for points inside the reference box.
+    assert hypervolume(np.array([[-np.inf, 3.0], [1.0, 1.0]]), np.array([2.0, 2.0])) == 1.0
+
+
+@pytest.mark.parametrize("d", [2, 3, 4, 5])
+def test_hypervolume_matches_inclusion_exclusion(d: int) -> None:
+    rng = np.random.default_rng(2024 + d)
+    for _ in range(40):
+        points = rng.random((int(rng.integers(1, 7)), d))
+        reference = np.full(d, 0.9)
+        expected = inclusion_exclusion_hypervolume(points, reference)
+        assert hypervolume(points, reference) == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
 def test_hypervolume_ignores_dominated_and_out_of_reference_points() -> None:
@@ -178,6 +246,46 @@ def test_hypervolume_history_hand_computed() -> None:
         values, ["minimize", "minimize"], [True, True, True, False], np.array([4.0, 4.0])
     )
     np.testing.assert_allclose(history, [3.0, 5.0, 6.0, 6.0])
+
+
+@pytest.mark.parametrize("d", [2, 3, 4])
+def test_hypervolume_history_matches_brute_force_prefixes(d: int) -> None:
+    """Every prefix's front volume, recomputed from scratch by inclusion-exclusion."""
+    rng = np.random.default_rng(77 + d)
+    directions = ["minimize", "maximize", "minimize", "maximize"][:d]
+    for _ in range(30):
+        n = int(rng.integers(1, 7))
+        values = rng.integers(0, 4, size=(n, d)).astype(float)  # ties and duplicates
+        values[rng.random(n) < 0.3] += rng.random(d)  # and some off-grid trials
+        if rng.random() < 0.3:
+            values[rng.integers(n), rng.integers(d)] = np.nan
+        feasible = rng.random(n) > 0.25
+        reference = np.full(d, 3.5) * np.where(np.array(directions) == "maximize", -0.2, 1.0)
+        history = hypervolume_history(values, directions, feasible, reference)
+        mins = to_minimization(values, directions)
+        ok = feasible & ~np.isnan(mins).any(axis=1)
+        expected = [
+            inclusion_exclusion_hypervolume(mins[: k + 1][ok[: k + 1]], reference) for k in range(n)
+        ]
+        np.testing.assert_allclose(history, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_hypervolume_history_default_reference_and_no_usable_rows() -> None:
+    values = np.array([[1.0, 2.0], [2.0, 1.0], [np.nan, 0.0]])
+    mins = to_minimization(values, ["minimize", "maximize"])
+    reference = reference_point(mins[:2])
+    history = hypervolume_history(values, ["minimize", "maximize"])
+    expected = [
+        inclusion_exclusion_hypervolume(mins[:1], reference),
+        inclusion_exclusion_hypervolume(mins[:2], reference),
+    ]
+    np.testing.assert_allclose(history, [*expected, expected[-1]])
+    # With nothing usable the curve is flat zero and the reference is never consulted.
+    np.testing.assert_array_equal(
+        hypervolume_history(values, ["minimize", "maximize"], [False] * 3, np.full(2, np.nan)),
+        np.zeros(3),
+    )
+    assert hypervolume_history(np.empty((0, 2)), ["minimize", "minimize"]).shape == (0,)
 
 
 def test_attainment_surfaces_hand_computed() -> None:

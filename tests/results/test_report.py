@@ -10,10 +10,12 @@ import pytest
 
 from autoslim.cli import main
 from autoslim.results.report import _md_table, points_table
-from autoslim.search.local import search
+from autoslim.searching.driver import search
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMIUM = (
+    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,9 @@ def run(tmp_path_factory):
     experiment = {
         "name": "tiny",
         "task": {"entry": "autoslim.tasks.digits:make_task", "params": {"width": 4, "epochs": 3}},
-        "space": [{"type": "quantize.weight", "bits": [2, 8], "per_layer": False, "optional": False}],
+        "space": [
+            {"type": "quantize.weight", "bits": [2, 8], "per_layer": False, "optional": False}
+        ],
         "objectives": {"accuracy": "maximize", "size_bytes": "minimize"},
         "search": {"trials": 2, "seed": 0, "startup_trials": 2},
         "target": {"threads": 1, "batch_size": 16, "warmup": 1, "repeats": 3},
@@ -52,10 +56,21 @@ def test_report_html_and_markdown_hold_points_stages_and_plots(run, tmp_path):
 
 
 def _check_in_browser(path, tmp_path):
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=5000", "--dump-dom",
-           path.resolve().as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        path.resolve().as_uri(),
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     assert 'data-plots="1"' in dom, dom[-500:]
     assert 'data-plots-loaded="1"' in dom  # the embedded PNG decoded, not just present
@@ -69,7 +84,9 @@ def test_points_table_ratios_against_the_baseline(run):
     assert frame.iloc[0]["point"] == "fp32 baseline" and frame.iloc[0]["size ×"] == 1.0
     for _, row in frame.iloc[1:].iterrows():
         assert row["size ×"] == pytest.approx(row["size_bytes"] / run.baseline["size_bytes"])
-        assert row["accuracy drop (pt)"] == pytest.approx(100 * (run.baseline["accuracy"] - row["accuracy"]))
+        assert row["accuracy drop (pt)"] == pytest.approx(
+            100 * (run.baseline["accuracy"] - row["accuracy"])
+        )
 
 
 def test_markdown_table_formats_bytes_exactly():

@@ -25,12 +25,17 @@ _refused: set[str] = set()
 def build_model() -> nn.Module:
     """Conv, BatchNorm and Linear layers: every kind of tensor an artifact stores."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)
+    )
 
 
 def _splits() -> Splits:
     generator = torch.Generator().manual_seed(0)
-    split = Split(torch.randn(32, 1, 8, 8, generator=generator), torch.randint(0, 10, (32,), generator=generator))
+    split = Split(
+        torch.randn(32, 1, 8, 8, generator=generator),
+        torch.randint(0, 10, (32,), generator=generator),
+    )
     return Splits(split, split, split)
 
 
@@ -48,23 +53,46 @@ def registered_model():
 # One stage list per stored encoding: sparse formats of signed levels, packed asymmetric
 # levels (dense and bitmap), a codebook, float16 in a sparse format, raw float32.
 RECIPES = {
-    "sym4_sparse": [{"kind": "prune", "scope": "global", "sparsity": 0.8}, {"kind": "quantize", "default": 4}],
-    "asym3_bitmap": [{"kind": "prune", "scope": "global", "sparsity": 0.8},
-                     {"kind": "quantize", "default": 3, "symmetric": False}],
-    "asym5_dense": [{"kind": "quantize", "default": 5, "symmetric": False, "granularity": "per_tensor"}],
+    "sym4_sparse": [
+        {"kind": "prune", "scope": "global", "sparsity": 0.8},
+        {"kind": "quantize", "default": 4},
+    ],
+    "asym3_bitmap": [
+        {"kind": "prune", "scope": "global", "sparsity": 0.8},
+        {"kind": "quantize", "default": 3, "symmetric": False},
+    ],
+    "asym5_dense": [
+        {"kind": "quantize", "default": 5, "symmetric": False, "granularity": "per_tensor"}
+    ],
     "codebook": [{"kind": "quantize", "default": 3, "grid_kind": "kmeans"}],
-    "fp16_sparse": [{"kind": "prune", "scope": "global", "sparsity": 0.9}, {"kind": "quantize", "default": "fp16"}],
+    "fp16_sparse": [
+        {"kind": "prune", "scope": "global", "sparsity": 0.9},
+        {"kind": "quantize", "default": "fp16"},
+    ],
     "fp32": [],
-    "csr_int4": [{"kind": "prune", "scope": "global", "sparsity": 0.9}, {"kind": "quantize", "default": 4},
-                 {"kind": "storage", "default": "csr"}],
-    **{f"{fmt}_fp32": [{"kind": "prune", "scope": "global", "sparsity": 0.9}, {"kind": "storage", "default": fmt}]
-       for fmt in ("csr", "csc", "coo", "bsr", "ellpack", "dia")},
+    "csr_int4": [
+        {"kind": "prune", "scope": "global", "sparsity": 0.9},
+        {"kind": "quantize", "default": 4},
+        {"kind": "storage", "default": "csr"},
+    ],
+    **{
+        f"{fmt}_fp32": [
+            {"kind": "prune", "scope": "global", "sparsity": 0.9},
+            {"kind": "storage", "default": fmt},
+        ]
+        for fmt in ("csr", "csc", "coo", "bsr", "ellpack", "dia")
+    },
 }
 
 
 def recipe_for(stages: list[dict]) -> Recipe:
-    return Recipe.from_dict({"task": {"entry": ENTRY}, "stages": stages,
-                             "target": {"threads": 1, "batch_size": 4, "warmup": 1, "repeats": 3}})
+    return Recipe.from_dict(
+        {
+            "task": {"entry": ENTRY},
+            "stages": stages,
+            "target": {"threads": 1, "batch_size": 4, "warmup": 1, "repeats": 3},
+        }
+    )
 
 
 @pytest.fixture(scope="session")

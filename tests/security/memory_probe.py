@@ -40,34 +40,51 @@ def _cases(root: Path) -> dict:
 
     def artifact(name: str) -> Path:
         recipe = recipe_for(RECIPES[name])
-        return save_artifact(apply_recipe(recipe, task=task, model=build_model()), recipe, root / name, task=task)
+        return save_artifact(
+            apply_recipe(recipe, task=task, model=build_model()), recipe, root / name, task=task
+        )
 
-    sources = {name: artifact(name) for name in ("asym3_bitmap", "csr_fp32", "bsr_fp32", "ellpack_fp32")}
+    sources = {
+        name: artifact(name) for name in ("asym3_bitmap", "csr_fp32", "bsr_fp32", "ellpack_fp32")
+    }
 
     def layout_edit(source, name, key, value, where=None):
         def mutate(tensors, layout):
             (layout[name] if where is None else layout[name][where])[key] = value
+
         return sources[source], mutate
 
     return {
         "levels 20000x20000": layout_edit("asym3_bitmap", "4.weight", "shape", [20000, 20000]),
         "levels 100000x100000": layout_edit("asym3_bitmap", "4.weight", "shape", [100000, 100000]),
-        "nnz 10^12": layout_edit("asym3_bitmap", "4.weight", "nnz", 10 ** 12),
-        "sparse meta 100000x100000": layout_edit("csr_fp32", "4.weight", "shape", [100000, 100000], "meta"),
-        "stored 10^12": layout_edit("csr_fp32", "4.weight", "stored", 10 ** 12, "meta"),
+        "nnz 10^12": layout_edit("asym3_bitmap", "4.weight", "nnz", 10**12),
+        "sparse meta 100000x100000": layout_edit(
+            "csr_fp32", "4.weight", "shape", [100000, 100000], "meta"
+        ),
+        "stored 10^12": layout_edit("csr_fp32", "4.weight", "stored", 10**12, "meta"),
         "bsr block 100000": layout_edit("bsr_fp32", "4.weight", "block", [100000, 100000], "meta"),
-        "ellpack width 10^9": layout_edit("ellpack_fp32", "4.weight", "width", 10 ** 9, "meta"),
-        "indptr 60000": (sources["csr_fp32"], lambda t, lay: t.update({"4.weight::indptr": t["4.weight::indptr"].clone().fill_(60000)})),
+        "ellpack width 10^9": layout_edit("ellpack_fp32", "4.weight", "width", 10**9, "meta"),
+        "indptr 60000": (
+            sources["csr_fp32"],
+            lambda t, lay: t.update(
+                {"4.weight::indptr": t["4.weight::indptr"].clone().fill_(60000)}
+            ),
+        ),
     }
 
 
 def _yaml_bombs(root: Path) -> dict:
     laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 10) + "]\n" for i in range(9))
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 10) + "]\n"
+        for i in range(9)
+    )
     entry = "{entry: 'autoslim.tasks.digits:make_task', params: {width: 4, junk: *i}}"
-    bombs = {"alias bomb in task params": laughs + f"task: {entry}\nstages: []\n",
-             "a 2 MB recipe": "task: {entry: 'autoslim.tasks.digits:make_task'}\nextra: {"
-                              + ", ".join(f"k{i}: 1" for i in range(250_000)) + "}\n"}
+    bombs = {
+        "alias bomb in task params": laughs + f"task: {entry}\nstages: []\n",
+        "a 2 MB recipe": "task: {entry: 'autoslim.tasks.digits:make_task'}\nextra: {"
+        + ", ".join(f"k{i}: 1" for i in range(250_000))
+        + "}\n",
+    }
     paths = {}
     for name, text in bombs.items():
         paths[name] = root / f"{len(paths)}.yaml"

@@ -31,7 +31,9 @@ def tampered_copy(source: Path, dest: Path, mutate: Mutation) -> Path:
     tensors, layout = dict(tensors), copy.deepcopy(layout)
     mutate(tensors, layout)
     metadata = {LAYOUT_KEY: layout if isinstance(layout, str) else json.dumps(layout)}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest / WEIGHTS_FILE), metadata=metadata)
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(dest / WEIGHTS_FILE), metadata=metadata
+    )
     return dest
 
 
@@ -40,8 +42,8 @@ def rewrite_header(folder: Path, edit: Callable[[dict], None]) -> None:
     path = folder / WEIGHTS_FILE
     raw = path.read_bytes()
     (size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + size])
+    header = json.loads(raw[8 : 8 + size])
     edit(header)
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size:])
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])

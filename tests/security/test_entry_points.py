@@ -100,8 +100,19 @@ def test_a_teacher_or_sensitivity_entry_is_refused_too(capsys, attacked, command
         _one_line(capsys, ["sensitivity", str(path), "--out", "s"])
         return
     recipe = attacked / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"task": dict(TINY_TASK), "stages": [
-        {"kind": "distill", "teacher": {"entry": "os:system", "params": ATTACKS["os:system"]}}]}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "task": dict(TINY_TASK),
+                "stages": [
+                    {
+                        "kind": "distill",
+                        "teacher": {"entry": "os:system", "params": ATTACKS["os:system"]},
+                    }
+                ],
+            }
+        )
+    )
     _one_line(capsys, ["apply", str(recipe), "-o", "out"])
 
 
@@ -113,9 +124,13 @@ def _artifact_with_module(tmp_path: Path, artifacts: dict) -> Path:
     folder = tmp_path / "artifact"
     shutil.copytree(artifacts["fp32"], folder)
     (folder / "evilmod.py").write_text(
-        f"open({MARKER!r}, 'w').close()\n"
-        "from tests.security.conftest import make_task\n")
-    text = (folder / "recipe.yaml").read_text().replace("autoslim_security_model:make_task", "evilmod:make_task")
+        f"open({MARKER!r}, 'w').close()\nfrom tests.security.conftest import make_task\n"
+    )
+    text = (
+        (folder / "recipe.yaml")
+        .read_text()
+        .replace("autoslim_security_model:make_task", "evilmod:make_task")
+    )
     (folder / "recipe.yaml").write_text(text)
     return folder
 
@@ -126,8 +141,14 @@ def test_a_module_beside_the_artifact_is_never_imported(tmp_path, artifacts, tru
     """``cd artifact && autoslim evaluate .``, as a user would type it, in a new process:
     refused untrusted; trusted, the folder is still not on sys.path, so nothing runs."""
     folder = _artifact_with_module(tmp_path, artifacts)
-    cmd = [sys.executable, "-c", "import sys; from autoslim.cli import main; sys.exit(main(sys.argv[1:]))",
-           "evaluate", ".", *(["--trust-task"] if trust else [])]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from autoslim.cli import main; sys.exit(main(sys.argv[1:]))",
+        "evaluate",
+        ".",
+        *(["--trust-task"] if trust else []),
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     # The console script's sys.path[0] is its bin folder; -c stands in for it once '' is gone.
     cmd[2] = "import sys; del sys.path[0]; " + cmd[2]
@@ -146,7 +167,11 @@ def test_a_registered_factory_loads_with_nothing_imported(artifacts):
 
     folder = Path(tempfile.mkdtemp()) / "a"
     shutil.copytree(artifacts["fp32"], folder)
-    text = (folder / "recipe.yaml").read_text().replace("autoslim_security_model", "not_installed_anywhere")
+    text = (
+        (folder / "recipe.yaml")
+        .read_text()
+        .replace("autoslim_security_model", "not_installed_anywhere")
+    )
     (folder / "recipe.yaml").write_text(text)
     with pytest.raises(AutoslimError, match="is not trusted"):
         autoslim.load(folder)
@@ -161,8 +186,11 @@ def test_trust_task_lets_a_trusted_entry_run(tmp_path, artifacts):
 
     folder = tmp_path / "a"
     shutil.copytree(artifacts["fp32"], folder)
-    text = (folder / "recipe.yaml").read_text().replace("autoslim_security_model:make_task",
-                                                       "tests.security.conftest:make_task")
+    text = (
+        (folder / "recipe.yaml")
+        .read_text()
+        .replace("autoslim_security_model:make_task", "tests.security.conftest:make_task")
+    )
     (folder / "recipe.yaml").write_text(text)
     with pytest.raises(AutoslimError, match="is not trusted"):
         autoslim.load(folder)

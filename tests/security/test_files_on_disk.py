@@ -19,7 +19,9 @@ from tests.security.conftest import RECIPES, build_model, make_task, recipe_for
 def _save(folder, **kwargs):
     recipe = recipe_for(RECIPES["asym5_dense"])
     task = make_task()
-    return save_artifact(apply_recipe(recipe, task=task, model=build_model()), recipe, folder, task=task, **kwargs)
+    return save_artifact(
+        apply_recipe(recipe, task=task, model=build_model()), recipe, folder, task=task, **kwargs
+    )
 
 
 def _user_folder(tmp_path):
@@ -41,7 +43,11 @@ def test_apply_refuses_a_folder_holding_user_files(capsys, tmp_path, artifacts):
     recipe = artifacts["asym5_dense"] / "recipe.yaml"
     code = main(["apply", str(recipe), "-o", str(folder)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "holds files autoslim did not write (figures, thesis.tex)" in err[0]
+    assert (
+        code == 2
+        and len(err) == 1
+        and "holds files autoslim did not write (figures, thesis.tex)" in err[0]
+    )
     assert (folder / "thesis.tex").exists() and (folder / "figures" / "plot.pdf").exists()
     assert (folder / "recipe.yaml").read_text() == "mine\n"
 
@@ -70,7 +76,9 @@ def test_a_previous_artifact_is_replaced_in_place(tmp_path):
     folder = _save(tmp_path / "a")
     before = sorted(p.name for p in folder.iterdir())
     _save(folder)
-    assert sorted(p.name for p in folder.iterdir()) == before == ["recipe.yaml", "weights.safetensors"]
+    assert (
+        sorted(p.name for p in folder.iterdir()) == before == ["recipe.yaml", "weights.safetensors"]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
@@ -88,6 +96,8 @@ def test_links_inside_an_artifact_are_refused_and_not_counted(tmp_path, artifact
         shutil.move(folder / linked, tmp_path / linked)
         os.symlink(tmp_path / linked, folder / linked)
     # a link is never counted, nor its target read
-    assert artifact_bytes(folder) == (size if linked == "extra" else size - (tmp_path / linked).stat().st_size)
+    assert artifact_bytes(folder) == (
+        size if linked == "extra" else size - (tmp_path / linked).stat().st_size
+    )
     with pytest.raises(AutoslimError, match="symbolic link"):
         autoslim.load(folder)

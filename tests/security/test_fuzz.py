@@ -20,17 +20,57 @@ from autoslim.recipe import Recipe
 from tests.security.tamper import read, tampered_copy
 
 pytestmark = pytest.mark.hostile
-FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
-WORDS = ["task", "entry", "params", "stages", "kind", "prune", "quantize", "storage", "distill", "default",
-         "layers", "sparsity", "scope", "global", "bits", "granularity", "group", "group_size", "symmetric",
-         "target", "threads", "schema_version", "seed", "re:.*", "autoslim.tasks.digits:make_task", "fp16"]
-HOSTILE = (st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True) | st.booleans()
-           | st.none() | st.sampled_from(WORDS) | st.text(max_size=30))
-TREES = st.recursive(HOSTILE, lambda inner: st.lists(inner, max_size=4)
-                     | st.dictionaries(st.sampled_from(WORDS) | st.text(max_size=8), inner, max_size=5),
-                     max_leaves=25)
+WORDS = [
+    "task",
+    "entry",
+    "params",
+    "stages",
+    "kind",
+    "prune",
+    "quantize",
+    "storage",
+    "distill",
+    "default",
+    "layers",
+    "sparsity",
+    "scope",
+    "global",
+    "bits",
+    "granularity",
+    "group",
+    "group_size",
+    "symmetric",
+    "target",
+    "threads",
+    "schema_version",
+    "seed",
+    "re:.*",
+    "autoslim.tasks.digits:make_task",
+    "fp16",
+]
+HOSTILE = (
+    st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.booleans()
+    | st.none()
+    | st.sampled_from(WORDS)
+    | st.text(max_size=30)
+)
+TREES = st.recursive(
+    HOSTILE,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(WORDS) | st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=25,
+)
 
 
 @FUZZ
@@ -81,7 +121,9 @@ def _replace(layout: dict, path: tuple, value) -> None:
     node[last] = value
 
 
-@pytest.mark.parametrize("source", ["sym4_sparse", "asym3_bitmap", "codebook", "csr_int4", "bsr_fp32"])
+@pytest.mark.parametrize(
+    "source", ["sym4_sparse", "asym3_bitmap", "codebook", "csr_int4", "bsr_fp32"]
+)
 def test_fuzzed_layout_loads_or_is_one_line(tmp_path_factory, artifacts, source):
     _, layout = read(artifacts[source])
     paths = [p for p in _leaves(layout) if p]

@@ -17,8 +17,14 @@ PEAK_LIMIT_MB = 800  # importing torch and autoslim takes about 250 MB here
 @pytest.fixture(scope="module")
 def probe() -> dict:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "tests.security.memory_probe"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.security.memory_probe"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -27,7 +33,10 @@ def test_every_bomb_is_refused_with_one_line(probe):
     assert len(probe["outcomes"]) == 10
     for name, outcome in probe["outcomes"].items():
         assert outcome.startswith("error: ") and "\n" not in outcome, (name, outcome)
-        assert "MemoryError" not in outcome, (name, outcome)  # refused by a check, not by running out
+        assert "MemoryError" not in outcome, (
+            name,
+            outcome,
+        )  # refused by a check, not by running out
 
 
 def test_no_bomb_costs_memory(probe):

@@ -19,36 +19,42 @@ W0, W4 = "0.weight", "4.weight"
 def _set(name: str, key: str, value):
     def mutate(tensors, layout):
         layout[name][key] = value
+
     return mutate
 
 
 def _grid(name: str, key: str, value):
     def mutate(tensors, layout):
         layout[name]["grid"][key] = value
+
     return mutate
 
 
 def _meta(name: str, key: str, value):
     def mutate(tensors, layout):
         layout[name]["meta"][key] = value
+
     return mutate
 
 
 def _tensor(key: str, change):
     def mutate(tensors, layout):
         tensors[key] = change(tensors[key].clone())
+
     return mutate
 
 
 def _drop(key: str):
     def mutate(tensors, layout):
         del tensors[key]
+
     return mutate
 
 
 def _add(key: str, value: torch.Tensor):
     def mutate(tensors, layout):
         tensors[key] = value
+
     return mutate
 
 
@@ -66,6 +72,7 @@ def _set_first(value):
     def change(t: torch.Tensor) -> torch.Tensor:
         t.view(-1)[0] = value
         return t
+
     return change
 
 
@@ -85,10 +92,13 @@ CASES = {
     "bits as float": ("asym5_dense", _grid(W0, "bits", 5.0)),
     "unknown grid kind": ("asym5_dense", _grid(W0, "kind", "fractal")),
     "unknown granularity": ("asym5_dense", _grid(W0, "granularity", "per_atom")),
-    "group size of zero": ("asym5_dense", lambda t, lay: lay[W0]["grid"].update(granularity="group", group_size=0)),
+    "group size of zero": (
+        "asym5_dense",
+        lambda t, lay: lay[W0]["grid"].update(granularity="group", group_size=0),
+    ),
     "grid record not a mapping": ("asym5_dense", _set(W0, "grid", [3])),
     "negative nnz": ("asym3_bitmap", _set(W4, "nnz", -5)),
-    "nnz past the weight": ("asym3_bitmap", _set(W4, "nnz", 10 ** 12)),
+    "nnz past the weight": ("asym3_bitmap", _set(W4, "nnz", 10**12)),
     "nnz as text": ("asym3_bitmap", _set(W4, "nnz", "many")),
     "unknown encoding": ("asym5_dense", _set(W0, "enc", "zip")),
     "levels without a grid": ("asym5_dense", lambda t, lay: lay[W0].pop("grid")),
@@ -100,22 +110,34 @@ CASES = {
     "object meta dtype": ("csr_fp32", _meta(W4, "dtype", "object")),
     "value bits on floats": ("csr_fp32", _meta(W4, "value_bits", 4)),
     "negative stored": ("csr_fp32", _meta(W4, "stored", -1)),
-    "stored past the matrix": ("csr_fp32", _meta(W4, "stored", 10 ** 9)),
+    "stored past the matrix": ("csr_fp32", _meta(W4, "stored", 10**9)),
     "negative meta nnz": ("csr_fp32", _meta(W4, "nnz", -3)),
     "huge bsr block": ("bsr_fp32", _meta(W4, "block", [100000, 100000])),
     "zero bsr block": ("bsr_fp32", _meta(W4, "block", [0, 4])),
-    "huge ellpack width": ("ellpack_fp32", _meta(W4, "width", 10 ** 9)),
+    "huge ellpack width": ("ellpack_fp32", _meta(W4, "width", 10**9)),
     "quantized values as floats": ("csr_int4", _meta(W4, "dtype", "float32")),
     "quantized values wider than the grid": ("csr_int4", _meta(W4, "value_bits", 8)),
     "meta not a mapping": ("csr_fp32", _set(W4, "meta", "csr")),
     # index arrays
     "indptr that does not start at 0": ("csr_fp32", _tensor(f"{W4}::indptr", _set_first(3))),
-    "indptr pointing past the values": ("csr_fp32", _tensor(f"{W4}::indptr", lambda t: t.fill_(60000))),
-    "decreasing indptr": ("csc_fp32", _tensor(f"{W4}::indptr", lambda t: torch.from_numpy(t.numpy()[::-1].copy()))),
-    "column index past the matrix": ("csr_fp32", _tensor(f"{W4}::indices", lambda t: t.fill_(65535))),
+    "indptr pointing past the values": (
+        "csr_fp32",
+        _tensor(f"{W4}::indptr", lambda t: t.fill_(60000)),
+    ),
+    "decreasing indptr": (
+        "csc_fp32",
+        _tensor(f"{W4}::indptr", lambda t: torch.from_numpy(t.numpy()[::-1].copy())),
+    ),
+    "column index past the matrix": (
+        "csr_fp32",
+        _tensor(f"{W4}::indices", lambda t: t.fill_(65535)),
+    ),
     "coo row past the matrix": ("coo_fp32", _tensor(f"{W4}::rows", lambda t: t.fill_(255))),
     "dia offset past the matrix": ("dia_fp32", _tensor(f"{W4}::offsets", lambda t: t.fill_(65535))),
-    "bsr block column past the matrix": ("bsr_fp32", _tensor(f"{W4}::indices", lambda t: t.fill_(255))),
+    "bsr block column past the matrix": (
+        "bsr_fp32",
+        _tensor(f"{W4}::indices", lambda t: t.fill_(255)),
+    ),
     "signed index dtype": ("csr_fp32", _tensor(f"{W4}::indices", lambda t: t.to(torch.int32))),
     "short bitmap": ("fp16_sparse", _tensor(f"{W4}::bitmap", lambda t: t[:-1])),
     "short packed levels": ("asym3_bitmap", _tensor(f"{W4}::q", lambda t: t[:-1])),
@@ -137,8 +159,14 @@ CASES = {
     "orphan encoded part": ("fp32", _add("nowhere.weight::q", torch.zeros(4, dtype=torch.uint8))),
     "missing bias": ("fp32", _drop("4.bias")),
     # the layout record itself
-    "layout naming a missing tensor": ("asym5_dense", lambda t, lay: lay.update({"9.weight": lay[W0]})),
-    "layout naming a bias": ("fp32", lambda t, lay: lay.update({"4.bias": {"enc": "int_dense", "shape": [10]}})),
+    "layout naming a missing tensor": (
+        "asym5_dense",
+        lambda t, lay: lay.update({"9.weight": lay[W0]}),
+    ),
+    "layout naming a bias": (
+        "fp32",
+        lambda t, lay: lay.update({"4.bias": {"enc": "int_dense", "shape": [10]}}),
+    ),
     "layout entry not a mapping": ("asym5_dense", lambda t, lay: lay.update({W0: 7})),
     "layout as a list": ("asym5_dense", lambda t, lay: (lay.clear(), lay.update({"x": [1, 2]}))),
 }
@@ -161,17 +189,31 @@ def _relabel(dtype_from: str, dtype_to: str):
             if key != "__metadata__" and info["dtype"] == dtype_from:
                 info["dtype"] = dtype_to
                 return
+
     return edit
 
 
 HEADER_CASES = {
     "U8 relabelled I8": ("asym5_dense", _relabel("U8", "I8")),
     "F32 relabelled I32": ("fp32", _relabel("F32", "I32")),
-    "layout not JSON": ("asym5_dense", lambda h: h["__metadata__"].update({"autoslim.layout": "{oops"})),
-    "layout a JSON list": ("asym5_dense", lambda h: h["__metadata__"].update({"autoslim.layout": "[1, 2]"})),
-    "offsets past the file": ("fp32", lambda h: next(v for k, v in h.items() if k != "__metadata__")
-                              .update(data_offsets=[0, 10 ** 9])),
-    "shape that disagrees with the bytes": ("fp32", lambda h: h["0.weight"].update(shape=[100000, 100000])),
+    "layout not JSON": (
+        "asym5_dense",
+        lambda h: h["__metadata__"].update({"autoslim.layout": "{oops"}),
+    ),
+    "layout a JSON list": (
+        "asym5_dense",
+        lambda h: h["__metadata__"].update({"autoslim.layout": "[1, 2]"}),
+    ),
+    "offsets past the file": (
+        "fp32",
+        lambda h: next(v for k, v in h.items() if k != "__metadata__").update(
+            data_offsets=[0, 10**9]
+        ),
+    ),
+    "shape that disagrees with the bytes": (
+        "fp32",
+        lambda h: h["0.weight"].update(shape=[100000, 100000]),
+    ),
 }
 
 

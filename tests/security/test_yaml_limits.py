@@ -14,17 +14,25 @@ TASK = f"task: {{entry: '{TINY_TASK['entry']}', params: {{width: 4, epochs: 3}}}
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
-    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+    for i in range(9)
+)
 
 BAD_TEXTS = {
-    "alias bomb in task params": lambda: TASK.replace("epochs: 3}", "epochs: 3, junk: *j}").replace(
-        "task:", "j: &j [1]\ntask:") + "stages: []\n",
+    "alias bomb in task params": lambda: (
+        TASK.replace("epochs: 3}", "epochs: 3, junk: *j}").replace("task:", "j: &j [1]\ntask:")
+        + "stages: []\n"
+    ),
     "billion laughs": lambda: BOMB + TASK + "stages: []\n",
-    "python object tag": lambda: "task: !!python/object/apply:os.system ['touch pwned']\nstages: []\n",
+    "python object tag": lambda: (
+        "task: !!python/object/apply:os.system ['touch pwned']\nstages: []\n"
+    ),
     "python name tag": lambda: "task: {entry: !!python/name:os.system , params: {}}\nstages: []\n",
     "nesting too deep": lambda: "task: " + "[" * 20000 + "]" * 20000 + "\n",
     "oversize file": lambda: TASK + "stages: []\n#" + "x" * (MAX_YAML_BYTES + 1) + "\n",
-    "two hundred thousand keys": lambda: TASK + "stages: []\nextra: {" + ", ".join(f"k{i}: 1" for i in range(200_000)) + "}\n",
+    "two hundred thousand keys": lambda: (
+        TASK + "stages: []\nextra: {" + ", ".join(f"k{i}: 1" for i in range(200_000)) + "}\n"
+    ),
     "tab indentation": lambda: "task:\n\t- 1\n",
     "unclosed bracket": lambda: TASK + "stages: [\n",
     "duplicate document": lambda: TASK + "stages: []\n---\n" + TASK,
@@ -39,8 +47,11 @@ BAD_TEXTS = {
 def test_bad_yaml_is_one_line(capsys, tmp_path, case, as_what):
     path = tmp_path / "file.yaml"
     path.write_text(BAD_TEXTS[case]())
-    argv = ["apply", str(path), "-o", str(tmp_path / "out")] if as_what == "recipe" else \
-        ["search", str(path), "--out", str(tmp_path / "run")]
+    argv = (
+        ["apply", str(path), "-o", str(tmp_path / "out")]
+        if as_what == "recipe"
+        else ["search", str(path), "--out", str(tmp_path / "run")]
+    )
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
@@ -57,8 +68,11 @@ def test_non_utf8_is_one_line(capsys, tmp_path, as_what):
         argv = ["search", str(path), "--out", str(tmp_path / "run")]
     else:
         path.write_bytes(TASK.encode() + b"stages: []\nname: \xff\xfe\n")
-        argv = ["apply", str(path), "-o", str(tmp_path / "out")] if as_what == "recipe" else \
-            ["search", str(path), "--out", str(tmp_path / "run")]
+        argv = (
+            ["apply", str(path), "-o", str(tmp_path / "out")]
+            if as_what == "recipe"
+            else ["search", str(path), "--out", str(tmp_path / "run")]
+        )
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not UTF-8" in err[0], err

@@ -25,7 +25,9 @@ def _levels(seed: int, shape: tuple[int, int], density: float) -> np.ndarray:
     st.lists(st.sampled_from(FORMATS), min_size=1, unique=True),
     st.sampled_from([None, 4]),
 )
-def test_chooser_is_never_larger_than_the_smallest_candidate(seed, shape, density, candidates, bits):
+def test_chooser_is_never_larger_than_the_smallest_candidate(
+    seed, shape, density, candidates, bits
+):
     matrix = _levels(seed, shape, density)
     if bits is None:
         matrix = matrix.astype(np.float32)
@@ -57,8 +59,20 @@ def test_ninety_percent_sparse_layer_meets_the_byte_targets():
 
 
 def test_format_choices_offer_auto_the_policies_and_every_format():
-    assert choose.FORMAT_CHOICES == ("auto", "smallest", "fastest", "dense", "bitmap", "csr", "csc", "coo", "bsr",
-                                     "ellpack", "dia", "nm")
+    assert choose.FORMAT_CHOICES == (
+        "auto",
+        "smallest",
+        "fastest",
+        "dense",
+        "bitmap",
+        "csr",
+        "csc",
+        "coo",
+        "bsr",
+        "ellpack",
+        "dia",
+        "nm",
+    )
     matrix = np.eye(16, dtype=np.float32)
     assert choose.choose_format(matrix, "auto")[0] == "dia"
     assert choose.choose_format(matrix, "smallest")[0] == "dia"
@@ -68,7 +82,9 @@ def test_format_choices_offer_auto_the_policies_and_every_format():
         choose.choose_format(matrix, "hybrid")
 
 
-@pytest.mark.parametrize(("kernel", "expected"), [("csr", "csr"), ("dense", "bitmap"), ("semi_structured", "bitmap")])
+@pytest.mark.parametrize(
+    ("kernel", "expected"), [("csr", "csr"), ("dense", "bitmap"), ("semi_structured", "bitmap")]
+)
 def test_fastest_format_is_the_layout_the_kernel_reads_else_the_smallest(kernel, expected):
     # ~90 % zeros in 512x512 (2-byte CSR and CSC indices): the bitmap is smallest. A dense
     # kernel decodes any format at load, so storing dense would add bytes for no speed.

@@ -44,12 +44,19 @@ def test_sparse_linear_equals_the_dense_masked_layer(masked_linear, kernel, shap
 def test_csr_kernel_keeps_no_dense_weight(masked_linear):
     sparse = SparseLinear.from_dense(masked_linear, batch=8, threads=1, kernel="csr")
     nnz = int(torch.count_nonzero(masked_linear.weight))
-    assert sorted(sparse.state_dict()) == ["bias", "matrix.col_indices", "matrix.crow_indices", "matrix.values"]
+    assert sorted(sparse.state_dict()) == [
+        "bias",
+        "matrix.col_indices",
+        "matrix.crow_indices",
+        "matrix.values",
+    ]
     assert sparse.state_dict()["matrix.values"].numel() == nnz
 
 
 @pytest.mark.parametrize(("crossover", "expected"), [(0.8, "csr"), (0.9, "dense"), (None, "dense")])
-def test_from_dense_falls_back_to_dense_below_the_crossover(masked_linear, monkeypatch, crossover, expected):
+def test_from_dense_falls_back_to_dense_below_the_crossover(
+    masked_linear, monkeypatch, crossover, expected
+):
     sparsity = 1 - int(torch.count_nonzero(masked_linear.weight)) / masked_linear.weight.numel()
     assert 0.8 < sparsity < 0.9
     monkeypatch.setattr(xo, "measure_crossover", lambda *a, **k: crossover)
@@ -59,7 +66,10 @@ def test_from_dense_falls_back_to_dense_below_the_crossover(masked_linear, monke
 
 @pytest.mark.parametrize(
     "conv",
-    [nn.Conv2d(3, 8, 3), nn.Conv2d(4, 6, (3, 2), stride=2, padding=(1, 2), dilation=(2, 1), bias=False)],
+    [
+        nn.Conv2d(3, 8, 3),
+        nn.Conv2d(4, 6, (3, 2), stride=2, padding=(1, 2), dilation=(2, 1), bias=False),
+    ],
 )
 def test_sparse_conv_equals_the_dense_masked_conv(conv):
     torch.manual_seed(1)
@@ -74,7 +84,9 @@ def test_sparse_conv_equals_the_dense_masked_conv(conv):
 
 def test_grouped_conv_stays_dense_without_measuring(monkeypatch):
     conv = nn.Conv2d(4, 4, 3, groups=2)
-    monkeypatch.setattr(xo, "cached_crossover", lambda *a, **k: pytest.fail("measured a dense-only conv"))
+    monkeypatch.setattr(
+        xo, "cached_crossover", lambda *a, **k: pytest.fail("measured a dense-only conv")
+    )
     assert SparseConv2d.from_dense(conv, batch=1, input_size=(8, 8), threads=1).kernel == "dense"
     with pytest.raises(AutoslimError, match="ungrouped"):
         SparseConv2d(conv, "csr")
@@ -94,7 +106,9 @@ def test_crossover_is_measured_once_then_read_from_the_cache(monkeypatch, privat
     entry = next(iter(json.loads(private_cache.read_text()).values()))
     assert entry == {"crossover": 0.9, "ratios": {"0.5": 2.0, "0.9": 0.5, "0.95": 0.3}}
 
-    monkeypatch.setattr(xo, "median_ms", lambda *a, **k: pytest.fail("re-measured a cached crossover"))
+    monkeypatch.setattr(
+        xo, "median_ms", lambda *a, **k: pytest.fail("re-measured a cached crossover")
+    )
     assert xo.measure_crossover(16, 32, 4, 1, sparsities=(0.5, 0.9, 0.95)) == 0.9
 
     answers = iter([1.0, 2.0] * 3)  # a different batch is a different key: measured afresh

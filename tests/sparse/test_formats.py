@@ -30,7 +30,9 @@ def _matrix(rng, shape, density, kind, bits):
     mask = _mask(rng, shape, density)
     if kind == "levels":
         qmax = 2 ** (bits - 1) - 1
-        levels = rng.integers(-qmax, qmax + 1, size=shape) if qmax else np.ones(shape, dtype=np.int64)
+        levels = (
+            rng.integers(-qmax, qmax + 1, size=shape) if qmax else np.ones(shape, dtype=np.int64)
+        )
         return np.where(mask, levels, 0).astype(np.int8)
     values = rng.standard_normal(shape).astype(np.float32)
     values[rng.random(shape) < 0.05] = -0.0  # a stored non-zero that must stay negative zero
@@ -64,11 +66,19 @@ def _counts(matrix, block, nm) -> dict:
 
 def _nm_holds(matrix, nm) -> bool:
     nonzero = _bits(matrix) != 0
-    return all(nonzero[r, c : c + nm[1]].sum() <= nm[0] for r in range(nonzero.shape[0]) for c in range(0, nonzero.shape[1], nm[1]))
+    return all(
+        nonzero[r, c : c + nm[1]].sum() <= nm[0]
+        for r in range(nonzero.shape[0])
+        for c in range(0, nonzero.shape[1], nm[1])
+    )
 
 
 matrices = st.builds(
-    lambda seed, rows, cols, density, kind, bits: (_matrix(np.random.default_rng(seed), (rows, cols), density, kind, bits), kind, bits),
+    lambda seed, rows, cols, density, kind, bits: (
+        _matrix(np.random.default_rng(seed), (rows, cols), density, kind, bits),
+        kind,
+        bits,
+    ),
     st.integers(0, 2**32 - 1),
     st.integers(1, 12),
     st.integers(1, 12),
@@ -79,7 +89,11 @@ matrices = st.builds(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(matrices, st.tuples(st.integers(1, 5), st.integers(1, 5)), st.sampled_from([(2, 4), (1, 2), (3, 8), (1, 1)]))
+@given(
+    matrices,
+    st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    st.sampled_from([(2, 4), (1, 2), (3, 8), (1, 1)]),
+)
 def test_every_format_round_trips_exactly_and_matches_its_byte_formula(case, block, nm):
     matrix, kind, bits = case
     value_bits = bits if kind == "levels" else None
@@ -94,7 +108,9 @@ def test_every_format_round_trips_exactly_and_matches_its_byte_formula(case, blo
         back = decode_tensor(encoded) if kind == "bfloat16" else decode(encoded)
         assert back.dtype == matrix.dtype and tuple(back.shape) == tuple(matrix.shape), fmt
         assert np.array_equal(_bits(back), _bits(matrix)), fmt
-        expected = formula_nbytes(fmt, matrix.shape, block=block, nm=nm, value_bits=value_bits, dtype=dtype, **counts)
+        expected = formula_nbytes(
+            fmt, matrix.shape, block=block, nm=nm, value_bits=value_bits, dtype=dtype, **counts
+        )
         assert encoded.nbytes == expected, fmt
 
 
@@ -114,7 +130,9 @@ def test_csr_bytes_of_a_hand_counted_matrix():
     assert encoded.nbytes == 4 * 1 + 3 * 1 + 3 * 4  # uint8 indptr, uint8 indices, fp32 values
 
 
-@pytest.mark.parametrize(("cols", "expected"), [(256, np.uint8), (257, np.uint16), (65537, np.uint32)])
+@pytest.mark.parametrize(
+    ("cols", "expected"), [(256, np.uint8), (257, np.uint16), (65537, np.uint32)]
+)
 def test_column_indices_use_the_smallest_sufficient_width(cols, expected):
     matrix = np.zeros((1, cols), dtype=np.float16)
     matrix[0, -1] = 1.0

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from autoslim.recipe import Recipe, Target
-from autoslim.search.evaluate import suggest_recipe
+from autoslim.searching.evaluate import suggest_recipe
 from autoslim.sparse.policy import policy_of, settle_storage_policy
 
 
@@ -24,7 +24,10 @@ def test_a_recipe_without_a_policy_reads_as_smallest_and_dumps_as_before():
     assert policy_of(Target()) == "smallest"
     # Unset stays out of dumps: experiment fingerprints and old recipes are unchanged.
     assert "storage_policy" not in Target().model_dump(mode="json")
-    assert "storage_policy" not in Target.model_validate_json(Target().model_dump_json()).model_fields_set
+    assert (
+        "storage_policy"
+        not in Target.model_validate_json(Target().model_dump_json()).model_fields_set
+    )
 
 
 def test_the_policy_round_trips_through_recipe_yaml(tiny_task_ref):
@@ -36,10 +39,17 @@ def test_the_policy_round_trips_through_recipe_yaml(tiny_task_ref):
 
 
 def test_each_trial_recipe_records_the_settled_policy(tiny_task_ref):
-    experiment = SimpleNamespace(task=Recipe.from_dict({"task": tiny_task_ref}).task, target=Target(threads=1),
-                                 objectives={"accuracy": "maximize", "latency_ms": "minimize"})
-    ctx = SimpleNamespace(experiment=experiment, seed=3, info=None,
-                          space=SimpleNamespace(suggest=lambda trial, info: []))
+    experiment = SimpleNamespace(
+        task=Recipe.from_dict({"task": tiny_task_ref}).task,
+        target=Target(threads=1),
+        objectives={"accuracy": "maximize", "latency_ms": "minimize"},
+    )
+    ctx = SimpleNamespace(
+        experiment=experiment,
+        seed=3,
+        info=None,
+        space=SimpleNamespace(suggest=lambda trial, info: []),
+    )
     recipe = suggest_recipe(trial=None, ctx=ctx)
     assert recipe.target == Target(threads=1, storage_policy="smallest")
     assert recipe.to_dict()["target"]["storage_policy"] == "smallest"

@@ -25,12 +25,16 @@ def test_only_layers_past_the_measured_crossover_run_csr(monkeypatch):
         return 0.8
 
     monkeypatch.setattr(runtime, "measure_crossover", fake_crossover)
-    model = nn.Sequential(pruned(64, 32, 0.9), nn.ReLU(), pruned(32, 16, 0.6), nn.ReLU(), pruned(16, 4, 0.2))
+    model = nn.Sequential(
+        pruned(64, 32, 0.9), nn.ReLU(), pruned(32, 16, 0.6), nn.ReLU(), pruned(16, 4, 0.2)
+    )
     x = torch.randn(5, 64)
     expected = model(x)
     out = runtime.sparse_runtime(model, Target(batch_size=5, threads=1))
     assert isinstance(out[0], SparseLinear) and out[0].kernel == "csr"
-    assert type(out[2]) is nn.Linear and type(out[4]) is nn.Linear  # 0.6 < crossover; 0.2 never timed
+    assert (
+        type(out[2]) is nn.Linear and type(out[4]) is nn.Linear
+    )  # 0.6 < crossover; 0.2 never timed
     assert calls == [(32, 64, 5, 1), (16, 32, 5, 1)]
     torch.testing.assert_close(out(x), expected, rtol=1e-5, atol=1e-5)
 
@@ -43,9 +47,13 @@ def test_sparse_kernels_can_be_switched_off(monkeypatch):
 
 def test_the_plan_names_the_kernel_each_swapped_layer_runs(monkeypatch):
     monkeypatch.setattr(runtime, "measure_crossover", lambda *a: 0.8)
-    model = nn.Sequential(pruned(64, 32, 0.9), nn.ReLU(), pruned(32, 16, 0.6), nn.ReLU(), pruned(16, 4, 0.2))
+    model = nn.Sequential(
+        pruned(64, 32, 0.9), nn.ReLU(), pruned(32, 16, 0.6), nn.ReLU(), pruned(16, 4, 0.2)
+    )
     target = Target(batch_size=5, threads=1)
     plan = runtime.planned_kernels(model, target)
     assert plan == {"0": "csr", "2": "dense"}  # the 20 % layer is no candidate: it runs as it is
     out = runtime.sparse_runtime(model, target)
-    assert {n: m.kernel for n, m in out.named_modules() if isinstance(m, SparseLinear)} == {"0": "csr"}
+    assert {n: m.kernel for n, m in out.named_modules() if isinstance(m, SparseLinear)} == {
+        "0": "csr"
+    }

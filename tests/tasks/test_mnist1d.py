@@ -13,7 +13,11 @@ from autoslim.train import train
 
 def test_splits_have_the_papers_shapes_and_are_deterministic():
     a, b = load_splits(500, seed=0), load_splits(500, seed=0)
-    assert a.train.inputs.shape == (320, 40) and a.val.inputs.shape == (80, 40) and a.test.inputs.shape == (100, 40)
+    assert (
+        a.train.inputs.shape == (320, 40)
+        and a.val.inputs.shape == (80, 40)
+        and a.test.inputs.shape == (100, 40)
+    )
     assert a.train.inputs.dtype == torch.float32 and a.train.targets.dtype == torch.long
     assert torch.equal(a.train.inputs, b.train.inputs) and torch.equal(a.val.targets, b.val.targets)
     other = load_splits(500, seed=1)

@@ -9,9 +9,9 @@ from torch import nn
 
 from autoslim.space import compressible_layers
 from autoslim.tasks.digits import make_task
-from autoslim.techniques import precision
-from autoslim.techniques.hessian import hessian_vector_products, hutchinson_diagonal
-from autoslim.techniques.importance import collect_stats, element_scores, get_criterion
+from autoslim.techniques._hessian import hessian_vector_products, hutchinson_diagonal
+from autoslim.techniques.prune.importance import collect_stats, element_scores, get_criterion
+from autoslim.techniques.quantize import _mixed_precision as precision
 
 # A least-squares layer: L(w) = mean_n (w·x_n − y_n)², so H = 2/N · XᵀX exactly.
 X = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0], [2.0, 0.0, 1.0], [-1.0, 1.0, 1.0]])
@@ -34,16 +34,19 @@ def test_all_sign_vectors_give_the_exact_hessian_diagonal_and_trace():
     probes = [[torch.tensor([list(signs)])] for signs in itertools.product([-1.0, 1.0], repeat=3)]
     (diag,) = hutchinson_diagonal(mse(m(X), Y), [m.weight], probes=probes)
     assert diag.flatten().tolist() == pytest.approx(torch.diagonal(H).tolist())
-    trace = sum(float((v[0] * hv[0]).sum()) for v, hv in hessian_vector_products(mse(m(X), Y), [m.weight],
-                                                                                  probes=probes)) / len(probes)
+    trace = sum(
+        float((v[0] * hv[0]).sum())
+        for v, hv in hessian_vector_products(mse(m(X), Y), [m.weight], probes=probes)
+    ) / len(probes)
     assert trace == pytest.approx(float(torch.trace(H)))
 
 
 def test_random_probes_converge_within_the_estimators_spread():
     m = layer([0.3, -0.7, 1.1])
     samples = 1000
-    (diag,) = hutchinson_diagonal(mse(m(X), Y), [m.weight], samples=samples,
-                                  generator=torch.Generator().manual_seed(0))
+    (diag,) = hutchinson_diagonal(
+        mse(m(X), Y), [m.weight], samples=samples, generator=torch.Generator().manual_seed(0)
+    )
     # Var[z_i (Hz)_i] = Σ_{j≠i} H_ij² for Rademacher z: allow four standard errors.
     off = (H**2).sum(1) - torch.diagonal(H) ** 2
     assert (diag.flatten() - torch.diagonal(H)).abs().le(4 * (off / samples).sqrt()).all()
@@ -98,7 +101,9 @@ def _reference_traces(task, model, *, samples, batches, seed):
         weights = [m.weight for m in layers.values()]
         grads = torch.autograd.grad(task.loss(model(x), y), weights, create_graph=True)
         for _ in range(samples):
-            vs = [torch.randint(0, 2, w.shape, generator=generator).float() * 2 - 1 for w in weights]
+            vs = [
+                torch.randint(0, 2, w.shape, generator=generator).float() * 2 - 1 for w in weights
+            ]
             hvs = torch.autograd.grad(grads, weights, grad_outputs=vs, retain_graph=True)
             for name, v, hv in zip(layers, vs, hvs, strict=True):
                 traces[name] += float((v * hv).sum()) / (samples * batches)

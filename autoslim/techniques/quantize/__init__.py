@@ -1,0 +1,355 @@
+"""Per-layer weight quantization: bit width, grid and calibration per layer.
+
+Each compressible layer gets a width from {2, 3, 4, 5, 6, 8} bits, fp16, bf16, or stays
+fp32. Integer widths use the grids of :mod:`autoslim.techniques.quantize._grid` (symmetric
+or asymmetric; per tensor, per output channel or in groups; min-max, percentile or MSE
+calibrated). The quantized model keeps ``weight = dequant(levels)`` in fp32 and the
+grid's ``weight_scale`` / ``weight_zero_point`` buffers; the artifact writer re-derives
+the integer levels and bit-packs them, so the bytes on disk are real.
+
+What runs is decided at load time by :meth:`WeightQuantHandler.runtime`: 8-bit Linear
+layers on a CPU target run on PyTorch's int8 dynamic-quantization kernel (fbgemm/x86,
+activations quantized per batch) when ``int8_kernel`` is on; everything else is decoded
+to fp32 and runs on the fp32 kernels, because no faster kernel exists for it here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import ClassVar, Literal
+
+import optuna
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from autoslim.errors import AutoslimError
+from autoslim.pipeline import ApplyContext
+from autoslim.recipe import Target, resolve_layer_map
+from autoslim.registry import ComponentSpec, StageConfig, StageHandler, register_handler
+from autoslim.space import FloatRange, IntRange, ModelInfo, compressible_layers
+from autoslim.techniques.quantize import _codec  # noqa: F401  (registers the quantized-weight codec)
+from autoslim.techniques.quantize._codebook import (
+    MAX_CODEBOOK_BITS,
+    CodebookSpec,
+    assign,
+    lookup,
+    make_codebook,
+)
+from autoslim.techniques.quantize._grid import (
+    GridSpec,
+    dequantize_levels,
+    fake_quantize,
+    grouped,
+    quantize_levels,
+)
+from autoslim.techniques.quantize._marks import (
+    grid_of,
+    grid_params,
+    mark_codebook,
+    mark_grid,
+)
+from autoslim.techniques.quantize._qat import attach, detach_quantizer, fold_batchnorm
+from autoslim.techniques.storage.codec import FLOAT_ATTR, float_width_of
+
+__all__ = [
+    "FLOAT_ATTR",
+    "FLOAT_WIDTHS",
+    "BitWidth",
+    "QuantizeConfig",
+    "WeightQuantHandler",
+    "WeightQuantSpace",
+    "compact_plan",
+    "float_width_of",
+    "grid_of",
+    "grid_params",
+    "mark_grid",
+]
+
+BitWidth = Literal[2, 3, 4, 5, 6, 8, "fp16", "bf16", "fp32"]
+FLOAT_WIDTHS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def compact_plan(plan: dict[str, BitWidth], all_layers: list[str]) -> dict:
+    """A per-layer plan written as its most common width plus the exceptions.
+
+    The artifact stores its recipe, so this is bytes on disk: a per-layer search that
+    lands on uniform 8-bit gives the very artifact a uniform 8-bit recipe gives. Only a
+    plan that covers every compressible layer can move its width into ``default``
+    (the others must stay fp32).
+    """
+    if not plan or set(plan) != set(all_layers):
+        return {"layers": plan}
+    default = Counter(plan.values()).most_common(1)[0][0]
+    return {
+        "default": default,
+        "layers": {name: bits for name, bits in plan.items() if bits != default},
+    }
+
+
+class QuantizeConfig(StageConfig):
+    """Bit width per layer: ``layers`` maps exact names or ``re:`` regexes to a width,
+    every other compressible layer gets ``default``. The grid settings apply to every
+    integer-quantized layer of the stage."""
+
+    kind: Literal["quantize"] = "quantize"
+    default: BitWidth = "fp32"
+    layers: dict[str, BitWidth] = Field(default_factory=dict)
+    granularity: Literal["per_tensor", "per_channel", "group"] = "per_channel"
+    group_size: int | None = Field(default=None, ge=2)
+    symmetric: bool = True
+    calibration: Literal["minmax", "percentile", "mse", "kl"] = "minmax"
+    percentile: float = Field(default=99.9, gt=50.0, le=100.0)
+    int8_kernel: bool = True
+    fold_bn: bool = False
+    qat_epochs: int = Field(default=0, ge=0)
+    qat_lr: float = Field(default=1e-4, gt=0.0)
+    qat_method: Literal["ste", "lsq"] = "ste"
+    grid_kind: Literal["uniform", "pow2", "log", "kmeans"] = "uniform"
+    codebook_per_channel: bool = True
+
+    # The stored grid (scale, zero point or codebook) is in the weights file; how it was
+    # calibrated or learned is not needed to load it.
+    training_fields: ClassVar[frozenset[str]] = frozenset(
+        {"calibration", "percentile", "qat_epochs", "qat_lr", "qat_method"}
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantizeConfig:
+        if self.grid_kind != "uniform":
+            widths = [self.default, *self.layers.values()]
+            too_wide = sorted({w for w in widths if isinstance(w, int) and w > MAX_CODEBOOK_BITS})
+            if too_wide:
+                raise ValueError(
+                    f"{self.grid_kind} codebooks take 2-{MAX_CODEBOOK_BITS} bits, not {too_wide}"
+                )
+            if self.qat_epochs:
+                raise ValueError("QAT learns uniform grids; use grid_kind: uniform with qat_epochs")
+        if (self.granularity == "group") != (self.group_size is not None):
+            raise ValueError("group_size is required with granularity: group, and only then")
+        if self.qat_method == "lsq" and not self.symmetric:
+            raise ValueError("qat_method lsq learns symmetric grids only (set symmetric: true)")
+        return self
+
+    def widths(self, layer_names: list[str]) -> dict[str, int | str]:
+        """Width per layer, fp32 layers omitted."""
+        resolved = resolve_layer_map(self.layers, layer_names)
+        plan = {name: resolved.get(name, self.default) for name in layer_names}
+        return {name: bits for name, bits in plan.items() if bits != "fp32"}
+
+    def grid(self, bits: int) -> GridSpec | CodebookSpec:
+        if self.grid_kind != "uniform":
+            return CodebookSpec(
+                bits=bits, kind=self.grid_kind, per_channel=self.codebook_per_channel
+            )
+        return GridSpec(
+            bits=bits,
+            symmetric=self.symmetric,
+            granularity=self.granularity,
+            group_size=self.group_size,
+            calibration=self.calibration,
+            percentile=self.percentile,
+        )
+
+
+def _check_groups(module: nn.Module, spec: GridSpec, name: str) -> None:
+    try:
+        grouped(module.weight, spec)
+    except ValueError as exc:
+        raise AutoslimError(f"layer {name}: {exc}") from None
+
+
+@register_handler(QuantizeConfig)
+class WeightQuantHandler(StageHandler[QuantizeConfig]):
+    def apply(self, model: nn.Module, config: QuantizeConfig, ctx: ApplyContext) -> nn.Module:
+        if config.fold_bn:
+            fold_batchnorm(model)
+        layers = compressible_layers(model)
+        specs = {}
+        for name, width in config.widths(list(layers)).items():
+            if width in FLOAT_WIDTHS:
+                with torch.no_grad():
+                    layers[name].weight.copy_(layers[name].weight.to(FLOAT_WIDTHS[width]).float())
+                setattr(layers[name], FLOAT_ATTR, width)
+                continue
+            specs[name] = config.grid(width)
+            if isinstance(specs[name], GridSpec):
+                _check_groups(layers[name], specs[name], name)
+        learned = {}
+        if config.qat_epochs > 0 and specs:
+            learned = _train_aware(model, {n: layers[n] for n in specs}, specs, config, ctx)
+        for name, spec in specs.items():
+            _snap_to_grid(layers[name], spec, learned=learned.get(name))
+        return model
+
+    def rebuild(self, model: nn.Module, config: QuantizeConfig) -> nn.Module:
+        if config.fold_bn:
+            fold_batchnorm(model)
+        layers = compressible_layers(model)
+        for name, width in config.widths(list(layers)).items():
+            module = layers[name]
+            if width in FLOAT_WIDTHS:
+                setattr(module, FLOAT_ATTR, width)
+                continue
+            spec = config.grid(width)
+            if isinstance(spec, CodebookSpec):
+                groups = module.weight.shape[0] if spec.per_channel else 1
+                mark_codebook(module, spec, torch.zeros(groups, spec.entries))
+                continue
+            shape = grouped(module.weight, spec).shape[:2]
+            mark_grid(module, spec, torch.ones(shape), torch.zeros(shape))
+        return model
+
+    def runtime(self, model: nn.Module, config: QuantizeConfig, target: Target) -> nn.Module:
+        """Swap layers onto real low-bit kernels where the target has one."""
+        from autoslim.techniques.quantize._kernels import int8_dynamic_linear, supports_int8_dynamic
+
+        if not (config.int8_kernel and target.device == "cpu" and supports_int8_dynamic()):
+            return model
+        for name, module in list(compressible_layers(model).items()):
+            spec = grid_of(module)
+            if (
+                isinstance(module, nn.Linear)
+                and isinstance(spec, GridSpec)
+                and spec.bits == 8
+                and spec.symmetric
+                and spec.granularity != "group"
+            ):
+                _replace(model, name, int8_dynamic_linear(module, spec))
+        return model
+
+
+def _train_aware(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    specs: dict[str, GridSpec],
+    config: QuantizeConfig,
+    ctx: ApplyContext,
+) -> dict[str, tuple]:
+    """QAT: fake-quantize the layers' weights, fine-tune through the estimator, and
+    return the grids LSQ learned (STE grids are re-calibrated afterwards)."""
+    for name, module in layers.items():
+        attach(module, specs[name], config.qat_method)
+    learned = {}
+    try:
+        ctx.fine_tune(model, epochs=config.qat_epochs, lr=config.qat_lr)
+    finally:
+        for name, module in layers.items():
+            grid = detach_quantizer(module)
+            if grid is not None:
+                learned[name] = grid
+    return learned
+
+
+@torch.no_grad()
+def _snap_to_grid(
+    module: nn.Module, spec: GridSpec | CodebookSpec, *, learned: tuple | None = None
+) -> None:
+    """Put the weight exactly on its grid (PTQ calibration, or LSQ's learned step)."""
+    if isinstance(spec, CodebookSpec):
+        codebook = make_codebook(module.weight, spec)
+        module.weight.copy_(lookup(assign(module.weight, codebook, spec), codebook, spec))
+        mark_codebook(module, spec, codebook)
+        return
+    if learned is None:
+        dequantized, scale, zero = fake_quantize(module.weight, spec)
+    else:
+        scale, zero = learned
+        dequantized = dequantize_levels(
+            quantize_levels(module.weight, scale, zero, spec), scale, zero, spec
+        )
+    module.weight.copy_(dequantized)
+    mark_grid(module, spec, scale, zero)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+class WeightQuantSpace(ComponentSpec):
+    """Search dimensions: one bit width per layer (or one for all), from ``bits``.
+
+    ``layer_bits`` narrows the choices of chosen layers (exact name or ``re:`` regex),
+    e.g. to keep a sensitive first layer at 8 bits or fp32. ``granularity`` and
+    ``calibration`` list the grid settings to search (one entry: fixed).
+    """
+
+    type: Literal["quantize.weight"] = "quantize.weight"
+    name: str = "quant"
+    bits: list[BitWidth] = Field(default=[2, 3, 4, 8, "fp32"], min_length=1)
+    per_layer: bool = True
+    layers: str = ".*"
+    layer_bits: dict[str, list[BitWidth]] = Field(default_factory=dict)
+    granularity: list[Literal["per_tensor", "per_channel"]] = Field(
+        default=["per_channel"], min_length=1
+    )
+    calibration: list[Literal["minmax", "percentile", "mse", "kl"]] = Field(
+        default=["minmax"], min_length=1
+    )
+    symmetric: bool = True
+    fold_bn: list[bool] = Field(default=[False], min_length=1)
+    qat_epochs: IntRange = IntRange(low=0, high=0)
+    qat_lr: FloatRange = FloatRange(low=1e-5, high=1e-3, log=True)
+    qat_method: list[Literal["ste", "lsq"]] = Field(default=["ste"], min_length=1)
+    grid_kind: list[Literal["uniform", "pow2", "log", "kmeans"]] = Field(
+        default=["uniform"], min_length=1
+    )
+
+    def matching_layers(self, names: list[str]) -> list[str]:
+        from autoslim.space import LayerInfo
+
+        return ModelInfo(tuple(LayerInfo(n, "", 0, ()) for n in names), 0).matching(self.layers)
+
+    def _suggest_qat(self, trial: optuna.Trial) -> dict:
+        epochs = self.qat_epochs.suggest(trial, f"{self.name}.qat_epochs")
+        if epochs == 0:
+            return {}
+        return {
+            "qat_epochs": epochs,
+            "qat_lr": self.qat_lr.suggest(trial, f"{self.name}.qat_lr"),
+            "qat_method": self._pick(trial, "qat_method", self.qat_method),
+        }
+
+    def _pick(self, trial: optuna.Trial, key: str, options: list) -> object:
+        return (
+            options[0]
+            if len(options) == 1
+            else trial.suggest_categorical(f"{self.name}.{key}", options)
+        )
+
+    def suggest(self, trial: optuna.Trial, info: ModelInfo) -> QuantizeConfig | None:
+        if not self.enabled(trial):
+            return None
+        grid = {
+            "granularity": self._pick(trial, "granularity", self.granularity),
+            "calibration": self._pick(trial, "calibration", self.calibration),
+            "symmetric": self.symmetric,
+            "fold_bn": self._pick(trial, "fold_bn", self.fold_bn),
+            "grid_kind": self._pick(trial, "grid_kind", self.grid_kind),
+        }
+        uniform = grid["grid_kind"] == "uniform"
+        if uniform:
+            grid |= self._suggest_qat(trial)
+        # Codebook grids allow fewer widths; a separate parameter name keeps each
+        # Optuna distribution's choice set fixed across trials.
+        key, allowed = (
+            ("bits", self.bits) if uniform else ("cbits", self._codebook_widths(self.bits))
+        )
+        if not self.per_layer:
+            return QuantizeConfig(
+                default=trial.suggest_categorical(f"{self.name}.{key}", allowed), **grid
+            )
+        choices = resolve_layer_map(self.layer_bits, info.names)
+        plan = {}
+        for layer in info.matching(self.layers):
+            options = choices.get(layer, self.bits)
+            options = options if uniform else self._codebook_widths(options)
+            plan[layer] = trial.suggest_categorical(f"{self.name}.{key}.{layer}", options)
+        return QuantizeConfig(**compact_plan(plan, info.names), **grid)
+
+    @staticmethod
+    def _codebook_widths(options: list) -> list:
+        kept = [b for b in options if not isinstance(b, int) or b <= MAX_CODEBOOK_BITS]
+        return kept or ["fp32"]

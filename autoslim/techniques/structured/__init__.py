@@ -1,0 +1,593 @@
+"""Structured pruning that physically removes channels, FFN neurons and attention heads.
+
+Channels: built on Torch-Pruning's DepGraph, which finds coupled layers (residual adds,
+BatchNorm, concatenation, grouped convs) and shrinks them together. Writing our own
+tracer would re-derive that graph for every new op; what we add is the policy.
+
+Replay: an artifact's state_dict overwrites every weight, so :meth:`rebuild` only needs
+the same *number* of channels removed per group. Pruning is always local (per group),
+where Torch-Pruning derives that number from ``ratio``/``round_to`` and never from
+importance values; global ranking would make shapes depend on trained weights, which a
+recipe cannot replay, so it is not offered. ``apply`` checks that a structural-only
+rebuild of the same model gives the same shapes, so a recipe that would not load fails
+at apply time.
+
+Heads: Torch-Pruning 1.6.1 cannot remove heads of ``nn.MultiheadAttention``. Measured:
+with ``prune_num_heads=True`` it shrinks ``embed_dim`` (the whole residual stream, 64 → 32)
+and keeps ``num_heads=8`` (head_dim 8 → 4); given ``num_heads={mha: 8}`` and
+``prune_head_dims=False`` it leaves the attention untouched. Its head logic expects q/k/v
+``nn.Linear`` layers, and ``nn.MultiheadAttention`` ties heads × head_dim to
+``embed_dim``. So we replace each attention by :class:`PrunedMultiheadAttention`
+(packed q/k/v ``Linear`` plus ``out_proj``, inner width free of ``embed_dim``) and drop
+whole heads there; Torch-Pruning never touches attention or the residual stream.
+The pruned layer leaves ``nn.TransformerEncoderLayer``'s fused inference kernel (it
+assumes heads × head_dim == embed_dim), so speed is measured, never assumed.
+
+BERT-style ``transformers`` layers (and the FFN of ``nn.TransformerEncoderLayer``): see
+:mod:`autoslim.techniques.structured._heads`. ``heads`` also removes their heads; ``ffn`` removes
+that fraction of FFN neurons per block. With ``ffn`` set, FFN up-projections are kept out
+of Torch-Pruning, so ``ratio`` and ``ffn`` never both shrink one FFN. ``ratio`` on a BERT
+model would have Torch-Pruning shrink the residual stream, which we do not offer: keep it 0.
+
+Skips: a group Torch-Pruning cannot shrink, or one the criterion cannot score (e.g.
+``bn_scale`` without BatchNorm), stays whole and is listed in
+``ctx.records["structured.skipped"]``; only a model that cannot be traced at all is an
+error, since the recipe would then promise removal it cannot deliver.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import optuna
+import torch
+import torch_pruning as tp
+from pydantic import Field, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from autoslim.errors import AutoslimError
+from autoslim.pipeline import ApplyContext
+from autoslim.recipe import resolve_layer_map
+from autoslim.registry import ComponentSpec, StageConfig, StageHandler, register_handler
+from autoslim.space import FloatRange, IntRange, ModelInfo, compressible_layers
+from autoslim.techniques.prune.importance import (
+    CriterionName,
+    GradStats,
+    calibrate,
+    element_scores,
+    get_criterion,
+)
+from autoslim.techniques.prune.importance import channel_scores as element_channel_scores
+from autoslim.techniques.structured._heads import (
+    ffn_up_layers,
+    prune_bert_heads,
+    prune_ffn,
+    transformer_scores,
+)
+
+log = logging.getLogger(__name__)
+ATTENTION = (nn.MultiheadAttention,)
+
+
+class StructuredPruneConfig(StageConfig):
+    """Remove ``ratio`` of each prunable group's channels (``group_ratios`` sets a group's
+    ratio outright, ``group_multipliers`` scales ``ratio``; keys are the group's layer
+    names or ``re:`` regexes), ``heads`` of each attention's heads (``nn.MultiheadAttention``
+    and BERT-style layers) and ``ffn`` of each transformer block's FFN neurons, then fine-tune."""
+
+    kind: Literal["prune_structured"] = "prune_structured"
+    ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    group_ratios: dict[str, float] = Field(default_factory=dict)
+    group_multipliers: dict[str, float] = Field(default_factory=dict)
+    round_to: int | None = Field(default=None, ge=1)
+    importance: CriterionName = "l1"
+    heads: float = Field(default=0.0, ge=0.0, lt=1.0)
+    ffn: float = Field(default=0.0, ge=0.0, lt=1.0)
+    ignore: list[str] = Field(default_factory=list)
+    ignore_output: bool = True
+    input_shape: list[int] | None = None
+    calibration_samples: int = Field(default=64, ge=1)
+    fine_tune_epochs: int = Field(default=0, ge=0)
+    lr: float = Field(default=1e-3, gt=0.0)
+
+    # ``importance`` is not listed: ``bn_scale`` rebuilds along other groups than l1 does
+    # (see ``rebuild``); :meth:`StructuredPruneHandler.shortest_form` drops it where it can.
+    training_fields: ClassVar[frozenset[str]] = frozenset(
+        {"calibration_samples", "fine_tune_epochs", "lr"}
+    )
+
+    def milder(self, fraction: float) -> StructuredPruneConfig:
+        """Every removed share (channels, group ratios, heads, FFN neurons) scaled by ``fraction``."""
+        return self.model_validate(
+            {
+                **self.model_dump(),
+                "ratio": self.ratio * fraction,
+                "heads": self.heads * fraction,
+                "ffn": self.ffn * fraction,
+                "group_ratios": {
+                    name: value * fraction for name, value in self.group_ratios.items()
+                },
+            }
+        )
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> StructuredPruneConfig:
+        for name, value in self.group_ratios.items():
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"group ratio for {name!r} must be in [0, 1), got {value}")
+        for name, value in self.group_multipliers.items():
+            if value < 0.0:
+                raise ValueError(f"group multiplier for {name!r} must be >= 0, got {value}")
+        return self
+
+
+class PrunedMultiheadAttention(nn.Module):
+    """Self-attention whose inner width (heads × head_dim) is free of ``embed_dim``.
+
+    A drop-in for ``nn.MultiheadAttention`` inside ``nn.TransformerEncoderLayer``.
+    ``_qkv_same_embed_dim = False`` turns off the layer's fused inference path, which
+    assumes heads × head_dim == embed_dim; the slow path calls our ``forward``.
+    """
+
+    _qkv_same_embed_dim = False
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        batch_first: bool = True,
+    ) -> None:
+        super().__init__()
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
+        self.dropout, self.batch_first = dropout, batch_first
+        self.in_proj = nn.Linear(embed_dim, 3 * num_heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(num_heads * head_dim, embed_dim, bias=bias)
+
+    @property
+    def in_proj_bias(self) -> torch.Tensor | None:
+        return self.in_proj.bias
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, None]:
+        if need_weights:
+            raise AutoslimError("PrunedMultiheadAttention does not return attention weights")
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        (b, lq, _), ls = query.shape, key.shape[1]
+        wq, wk, wv = self.in_proj.weight.chunk(3)
+        bq, bk, bv = self.in_proj.bias.chunk(3) if self.in_proj.bias is not None else (None,) * 3
+        q, k, v = (
+            F.linear(t, w, bb).view(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
+            for t, w, bb in ((query, wq, bq), (key, wk, bk), (value, wv, bv))
+        )
+        mask = _additive_mask(attn_mask, key_padding_mask, b, lq, ls, query.dtype)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and mask is None,
+        )
+        out = self.out_proj(out.transpose(1, 2).reshape(b, lq, self.num_heads * self.head_dim))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def _additive_mask(
+    attn_mask: torch.Tensor | None,
+    padding: torch.Tensor | None,
+    b: int,
+    lq: int,
+    ls: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """nn.MultiheadAttention's masks (bool: True = blocked, or additive float) as one float mask."""
+
+    def as_float(m: torch.Tensor) -> torch.Tensor:
+        return (
+            torch.zeros(m.shape, dtype=dtype).masked_fill(m, float("-inf"))
+            if m.dtype == torch.bool
+            else m.to(dtype)
+        )
+
+    mask = None
+    if attn_mask is not None:
+        mask = (
+            as_float(attn_mask).view(-1, 1, lq, ls)
+            if attn_mask.dim() == 2
+            else as_float(attn_mask).view(b, -1, lq, ls)
+        )
+    if padding is not None:
+        pad = as_float(padding).view(b, 1, 1, ls)
+        mask = pad if mask is None else mask + pad
+    return mask
+
+
+def to_pruned_attention(mha: nn.MultiheadAttention) -> PrunedMultiheadAttention:
+    """An exact copy of a standard self-attention in the prunable layout."""
+    if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+        raise AutoslimError(
+            "only plain self-attention (no kdim/vdim, bias_k, add_zero_attn) can lose heads"
+        )
+    new = PrunedMultiheadAttention(
+        mha.embed_dim,
+        mha.num_heads,
+        mha.head_dim,
+        bias=mha.in_proj_bias is not None,
+        dropout=mha.dropout,
+        batch_first=mha.batch_first,
+    )
+    with torch.no_grad():
+        new.in_proj.weight.copy_(mha.in_proj_weight)
+        new.out_proj.weight.copy_(mha.out_proj.weight)
+        if mha.in_proj_bias is not None:
+            new.in_proj.bias.copy_(mha.in_proj_bias)
+            new.out_proj.bias.copy_(mha.out_proj.bias)
+    return new.train(mha.training)
+
+
+def keep_heads(attn: PrunedMultiheadAttention, keep: list[int]) -> PrunedMultiheadAttention:
+    """A smaller attention holding only the heads in ``keep`` (in their original order)."""
+    d, inner = attn.head_dim, attn.num_heads * attn.head_dim
+    cols = torch.cat([torch.arange(h * d, (h + 1) * d) for h in sorted(keep)])
+    rows = torch.cat([cols + part * inner for part in range(3)])
+    new = PrunedMultiheadAttention(
+        attn.embed_dim,
+        len(keep),
+        d,
+        bias=attn.in_proj.bias is not None,
+        dropout=attn.dropout,
+        batch_first=attn.batch_first,
+    )
+    with torch.no_grad():
+        new.in_proj.weight.copy_(attn.in_proj.weight[rows])
+        new.out_proj.weight.copy_(attn.out_proj.weight[:, cols])
+        if attn.in_proj.bias is not None:
+            new.in_proj.bias.copy_(attn.in_proj.bias[rows])
+            new.out_proj.bias.copy_(attn.out_proj.bias)
+    return new.train(attn.training)
+
+
+def head_scores(attn: nn.Module, criterion_name: str, stats: GradStats) -> torch.Tensor:
+    """Sum of element scores over each head's q/k/v rows and out_proj columns."""
+    criterion = get_criterion("l1" if criterion_name == "bn_scale" else criterion_name)
+    w_in = attn.in_proj_weight if isinstance(attn, nn.MultiheadAttention) else attn.in_proj.weight
+    rows = (
+        element_channel_scores(w_in, criterion, stats, dim=0)
+        .view(3, attn.num_heads, -1)
+        .sum(dim=(0, 2))
+    )
+    cols = (
+        element_channel_scores(attn.out_proj.weight, criterion, stats, dim=1)
+        .view(attn.num_heads, -1)
+        .sum(1)
+    )
+    return rows + cols
+
+
+def heads_to_remove(num_heads: int, fraction: float) -> int:
+    return min(int(round(fraction * num_heads)), num_heads - 1)
+
+
+def prune_heads(
+    model: nn.Module, fraction: float, scores: dict[str, torch.Tensor] | None
+) -> dict[str, str]:
+    """Drop the lowest-scoring heads of every attention (the last ones without scores)."""
+    skipped: dict[str, str] = {}
+    for name, attn in [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, (*ATTENTION, PrunedMultiheadAttention))
+    ]:
+        k = heads_to_remove(attn.num_heads, fraction)
+        if k == 0:
+            skipped[name] = f"{fraction:.0%} of {attn.num_heads} heads rounds to none"
+            continue
+        try:
+            pruned = to_pruned_attention(attn) if isinstance(attn, ATTENTION) else attn
+        except AutoslimError as exc:
+            skipped[name] = str(exc)
+            continue
+        order = (
+            torch.argsort(scores[name], stable=True)
+            if scores
+            else torch.arange(attn.num_heads).flip(0)
+        )
+        keep = sorted(set(range(attn.num_heads)) - set(order[:k].tolist()))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, keep_heads(pruned, keep))
+    return skipped
+
+
+class GroupImportance(tp.importance.Importance):
+    """Torch-Pruning importance from our element criteria: the mean over a group's layers.
+
+    ``bn_scale`` scores only BatchNorm scales; a group without one gets ``None`` and
+    Torch-Pruning leaves it whole (reported as skipped). Which groups get ``None``
+    depends on structure only, which keeps :meth:`StructuredPruneHandler.rebuild` exact.
+    """
+
+    def __init__(self, criterion_name: str, stats: GradStats) -> None:
+        self.criterion, self.stats = get_criterion(criterion_name), stats
+
+    def _layer_scores(self, layer: nn.Module, fn: object, idxs: list[int]) -> torch.Tensor | None:
+        crit = self.criterion
+        if fn == tp.prune_batchnorm_out_channels:
+            return element_scores(layer.weight, crit, self.stats)[idxs] if layer.affine else None
+        if crit.bn_only:
+            return None
+        transposed = getattr(layer, "transposed", False)
+        if fn in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
+            return element_channel_scores(layer.weight, crit, self.stats, dim=int(transposed))[idxs]
+        if fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+            scores = element_channel_scores(layer.weight, crit, self.stats, dim=1 - int(transposed))
+            groups = getattr(layer, "groups", 1)
+            if groups > 1 and groups != layer.in_channels:
+                scores = scores.repeat(groups)
+            return scores[idxs]
+        return None
+
+    @torch.no_grad()
+    def __call__(self, group: tp.dependency.Group) -> torch.Tensor | None:
+        total, count = torch.zeros(len(group[0].idxs)), 0
+        for i, (dep, idxs) in enumerate(group):
+            root_idxs = group[i].root_idxs
+            scores = self._layer_scores(dep.layer, dep.pruning_fn, idxs)
+            if scores is None or any(r is None for r in root_idxs):
+                continue
+            total.scatter_add_(0, torch.tensor(root_idxs), scores.float())
+            count += 1
+        return total / count if count else None
+
+
+def example_input(model: nn.Module, config: StructuredPruneConfig) -> torch.Tensor:
+    """A tracing input from the recipe or the model; never from data, which rebuild lacks."""
+    shape = config.input_shape or getattr(model, "example_input_shape", None)
+    if shape is None:
+        raise AutoslimError(
+            "structured pruning needs the model's input shape: set input_shape "
+            "(without the batch dimension) or give the model an example_input_shape"
+        )
+    return torch.ones(1, *shape)
+
+
+def _ignored(model: nn.Module, config: StructuredPruneConfig) -> list[nn.Module]:
+    layers = compressible_layers(model)
+    names = set(resolve_layer_map(dict.fromkeys(config.ignore, True), layers, what="layer to keep"))
+    if config.ignore_output and layers:
+        names.add(list(layers)[-1])
+    attention = [
+        m for m in model.modules() if isinstance(m, (*ATTENTION, PrunedMultiheadAttention))
+    ]
+    ffn = ffn_up_layers(model) if config.ffn > 0 else []
+    return [layers[n] for n in names] + attention + ffn
+
+
+def group_ratios(config: StructuredPruneConfig, layer_names: list[str]) -> dict[str, float]:
+    """Per-layer ratios: explicit ``group_ratios`` win over ``ratio`` × ``group_multipliers``."""
+    scaled = {
+        n: min(config.ratio * m, 0.95)
+        for n, m in resolve_layer_map(config.group_multipliers, layer_names).items()
+    }
+    return scaled | resolve_layer_map(config.group_ratios, layer_names, what="layer group")
+
+
+def prune_channels(
+    model: nn.Module, config: StructuredPruneConfig, importance: GroupImportance
+) -> list:
+    """Remove channels group by group with Torch-Pruning (in eval mode: tracing must not
+    update BatchNorm statistics). Returns Torch-Pruning's history: (root layer, is-output,
+    removed indices) per group, in the original numbering."""
+    layers = compressible_layers(model)
+    ratios = group_ratios(config, list(layers))
+    if config.ratio == 0.0 and not any(ratios.values()):
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pruner = tp.pruner.MetaPruner(
+                model,
+                example_input(model, config),
+                importance=importance,
+                pruning_ratio=config.ratio,
+                pruning_ratio_dict={layers[n]: r for n, r in ratios.items()},
+                ignored_layers=_ignored(model, config),
+                round_to=config.round_to,
+                global_pruning=False,
+            )
+            pruner.step()
+            return pruner.pruning_history()
+    except AutoslimError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — tracing failures become one-line user errors
+        raise AutoslimError(
+            f"structured pruning failed on this model: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def prune_transformer(
+    model: nn.Module, config: StructuredPruneConfig, scores: dict[str, torch.Tensor] | None
+) -> dict[str, str]:
+    """Heads (MHA and BERT-style) then FFN neurons; ``scores=None`` is the structural
+    replay, which keeps the same counts. Returns what was skipped and why."""
+    skipped: dict[str, str] = {}
+    if config.heads > 0:
+        skipped |= prune_heads(model, config.heads, scores)
+        skipped |= prune_bert_heads(model, config.heads, scores)
+    if config.ffn > 0:
+        skipped |= prune_ffn(model, config.ffn, scores, config.round_to)
+    return skipped
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@register_handler(StructuredPruneConfig)
+class StructuredPruneHandler(StageHandler[StructuredPruneConfig]):
+    def apply(
+        self, model: nn.Module, config: StructuredPruneConfig, ctx: ApplyContext
+    ) -> nn.Module:
+        expected = _shapes(self.rebuild(copy.deepcopy(model), config))
+        before = {n: m.weight.shape[0] for n, m in compressible_layers(model).items()}
+        stats = GradStats(
+            generator=torch.Generator().manual_seed(ctx.seed + 7919 * ctx.stage_index)
+        )
+        if get_criterion(config.importance).needs_grad:
+            train = ctx.task.data.train
+            n = config.calibration_samples
+            stats = calibrate(model, train.inputs[:n], train.targets[:n], ctx.task.loss)
+            stats.generator = torch.Generator().manual_seed(ctx.seed)
+        scores = {
+            name: head_scores(m, config.importance, stats)
+            for name, m in model.named_modules()
+            if isinstance(m, (*ATTENTION, PrunedMultiheadAttention))
+        }
+        if config.heads > 0 or config.ffn > 0:
+            scores |= transformer_scores(model, config.importance, stats)
+        prune_channels(model, config, GroupImportance(config.importance, stats))
+        skipped = prune_transformer(model, config, scores)
+        if _shapes(model) != expected:
+            raise AutoslimError(
+                "structured pruning is not replayable for this model (rebuild gives other shapes)"
+            )
+        after = compressible_layers(model)
+        ignored = {n for n, m in after.items() if m in _ignored(model, config)}
+        wanted = {n: config.ratio for n in before} | group_ratios(config, list(before))
+        for name, width in before.items():
+            if (
+                name in after
+                and name not in ignored
+                and after[name].weight.shape[0] == width
+                and wanted[name] > 0
+            ):
+                skipped[name] = "no channels removed (unprunable group or rounding)"
+        if skipped:
+            log.info("structured pruning skipped: %s", skipped)
+        ctx.records["structured.skipped"] = skipped
+        ctx.fine_tune(model, epochs=config.fine_tune_epochs, lr=config.lr)
+        return model
+
+    def rebuild(self, model: nn.Module, config: StructuredPruneConfig) -> nn.Module:
+        structural = "bn_scale" if config.importance == "bn_scale" else "l1"
+        prune_channels(model, config, GroupImportance(structural, GradStats()))
+        prune_transformer(model, config, None)
+        return model
+
+    def shortest_form(
+        self, config: StructuredPruneConfig, same_structure: Callable[[StructuredPruneConfig], bool]
+    ) -> StructuredPruneConfig:
+        """The config an artifact ships: the default criterion and the fewest digits per
+        fraction that still rebuild the same shapes (``same_structure`` checks a candidate).
+
+        Why: a search draws ratios such as 0.7073 and 0.7085 that remove the same channels;
+        their artifacts should be the same size, so the shipped text must not carry the digits
+        that did not matter, nor the criterion that only chose which channels went.
+        """
+        default = StructuredPruneConfig.model_fields["importance"].default
+        if config.importance != default and same_structure(
+            config.model_copy(update={"importance": default})
+        ):
+            config = config.model_copy(update={"importance": default})
+        for field in ("ratio", "heads", "ffn"):
+            for shorter in _fewer_digits(getattr(config, field)):
+                if same_structure(candidate := config.model_copy(update={field: shorter})):
+                    config = candidate
+                    break
+        for field in ("group_ratios", "group_multipliers"):
+            for key, value in getattr(config, field).items():
+                for shorter in _fewer_digits(value):
+                    values = getattr(config, field) | {key: shorter}
+                    if same_structure(candidate := config.model_copy(update={field: values})):
+                        config = candidate
+                        break
+        return config
+
+
+def _fewer_digits(value: float) -> list[float]:
+    """``value`` rounded to 1, 2 and 3 decimals, where that changes it (shortest first)."""
+    shorter = []
+    for digits in (1, 2, 3):
+        rounded = round(value, digits)
+        if rounded == value:
+            break
+        shorter.append(rounded)
+    return shorter
+
+
+class StructuredPruneSpace(ComponentSpec):
+    """Search dimensions: channel ratio, per-group multipliers, head and FFN fractions, criterion,
+    channel rounding, fine-tune epochs and learning rate."""
+
+    type: Literal["prune.structured"] = "prune.structured"
+    name: str = "structured"
+    ratio: FloatRange = FloatRange(low=0.0, high=0.7)
+    group_multipliers: dict[str, FloatRange] = Field(default_factory=dict)
+    heads: FloatRange = FloatRange(low=0.0, high=0.0)
+    ffn: FloatRange = FloatRange(low=0.0, high=0.0)
+    importance: list[CriterionName] = Field(default=["l1"], min_length=1)
+    round_to: list[int] = Field(default=[1], min_length=1)
+    ignore: list[str] = Field(default_factory=list)
+    input_shape: list[int] | None = None
+    fine_tune_epochs: IntRange = IntRange(low=0, high=3)
+    lr: FloatRange = FloatRange(low=1e-4, high=3e-3, log=True)
+
+    def _pick(self, trial: optuna.Trial, key: str, choices: list) -> object:
+        return (
+            choices[0]
+            if len(choices) == 1
+            else trial.suggest_categorical(f"{self.name}.{key}", choices)
+        )
+
+    def suggest(self, trial: optuna.Trial, info: ModelInfo) -> StructuredPruneConfig | None:
+        if "bn_scale" in self.importance and not (
+            info.has_module("BatchNorm") or info.has_module("Attention")
+        ):
+            # bn_scale scores channels by BatchNorm scales (heads fall back to L1): here it
+            # scores nothing, so every bn_scale trial would ship the unpruned model.
+            raise AutoslimError(
+                f"{self.name}: importance bn_scale scores BatchNorm scales, and the model "
+                "has no BatchNorm layer (drop bn_scale from importance)"
+            )
+        if not self.enabled(trial):
+            return None
+        n = self.name
+        multipliers = {
+            key: rng.suggest(trial, f"{n}.mult.{key}")
+            for key, rng in self.group_multipliers.items()
+        }
+        epochs = self.fine_tune_epochs.suggest(trial, f"{n}.fine_tune_epochs")
+        return StructuredPruneConfig(
+            ratio=self.ratio.suggest(trial, f"{n}.ratio"),
+            group_multipliers=multipliers,
+            heads=self.heads.suggest(trial, f"{n}.heads"),
+            ffn=self.ffn.suggest(trial, f"{n}.ffn"),
+            importance=self._pick(trial, "importance", self.importance),
+            round_to=self._pick(trial, "round_to", self.round_to),
+            ignore=self.ignore,
+            input_shape=self.input_shape,
+            fine_tune_epochs=epochs,
+            lr=self.lr.suggest(trial, f"{n}.lr") if epochs > 0 else StructuredPruneConfig().lr,
+        )
