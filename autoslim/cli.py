@@ -75,6 +75,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_front(run, *, as_json: bool) -> int:
+    from autoslim.results.report import latency_ratio_text
+    from autoslim.searching.outputs import latency_interval
+
     front = run.front()
     names = list(run.objectives)
     if as_json:
@@ -83,15 +86,23 @@ def _print_front(run, *, as_json: bool) -> int:
             "labels": run.labels,
             "baseline": {n: run.baseline[n] for n in names if n in run.baseline},
             "front": [
-                {"trial": int(r["trial"]), "values": {n: float(r[n]) for n in names}}
+                {
+                    "trial": int(r["trial"]),
+                    "values": {n: float(r[n]) for n in names},
+                    **latency_interval(r),
+                }
                 for _, r in front.iterrows()
             ],
         }
         print(json.dumps(payload))
         return 0
-    rows = [{"trial": "baseline", **run.baseline}]
-    rows += [{**r.to_dict(), "trial": int(r["trial"])} for _, r in front.iterrows()]
+    rows = [{"trial": "baseline", **run.baseline, "latency ×": ""}]
+    rows += [
+        {**r.to_dict(), "trial": int(r["trial"]), "latency ×": latency_ratio_text(r, run.baseline)}
+        for _, r in front.iterrows()
+    ]
     extras = [c for c in ("latency_ms", "peak_memory_bytes", "energy_mj") if c not in names]
+    extras.append("latency ×")
     print(f"Pareto front of {run.info['experiment']}: {len(front)} of {len(run.table())} trials")
     print_table(
         rows, ["trial", *names, *extras], labels={**run.labels, "energy_mj": _energy_label(run)}

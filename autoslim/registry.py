@@ -26,6 +26,25 @@ if TYPE_CHECKING:  # annotations only: these modules import this one
     import torch
     from torch import nn
 
+__all__ = [
+    "ComponentSpec",
+    "Encoded",
+    "RegistryError",
+    "StageConfig",
+    "StageHandler",
+    "StrictModel",
+    "WeightCodec",
+    "codec_for",
+    "component_types",
+    "handler_for",
+    "load_techniques",
+    "parse_stage",
+    "register_codec",
+    "register_handler",
+    "stage_kinds",
+    "weight_codecs",
+]
+
 BUILTIN_TECHNIQUES = "autoslim.techniques"
 ENTRY_POINT_GROUP = "autoslim.techniques"
 

@@ -29,6 +29,10 @@ from scipy.stats import binom
 # The interval's half-width, relative to the ratio, beyond which a measurement is wide
 # (the load test, benchmarks/latency_noise.py, shows what quiet and loaded machines give).
 WIDE = 0.15
+# Two runs of the same model differ by up to a few per cent in one process (memory
+# layout, which side runs first): paired intervals of an fp32 artifact against itself
+# were as tight as [1.009, 1.029]. An interval reaching into 1 ± SAME is no gain.
+SAME = 0.03
 # Re-measuring a wide interval stops once another doubling would pass this many seconds.
 TIME_CAP_S = 20.0
 CONFIDENCE = 0.95
@@ -51,17 +55,21 @@ class PairedLatency:
 
     @property
     def verdict(self) -> str:
-        """``faster``/``slower`` only where the whole interval says so."""
-        if self.noisy:
-            return "noisy"
-        if self.ratio_hi < 1.0:
-            return "faster"
-        if self.ratio_lo > 1.0:
-            return "slower"
-        return "no gain"
+        """``faster``/``slower`` only where the whole interval clears 1 ± :data:`SAME`."""
+        return verdict_of(self.ratio_lo, self.ratio_hi, self.noisy)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "verdict": self.verdict}
+
+
+def verdict_of(lo: float, hi: float, noisy: bool = False) -> str:
+    if noisy:
+        return "noisy"
+    if hi < 1.0 - SAME:
+        return "faster"
+    if lo > 1.0 + SAME:
+        return "slower"
+    return "no gain"
 
 
 def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -180,3 +188,52 @@ def paired_latency(
         ref += extra_ref
         result = summarise(cand, ref, wide=wide)
     return result
+
+
+def time_rounds_many(
+    candidates: Sequence[Callable[[], object]],
+    reference: Callable[[], object],
+    rounds: int,
+    *,
+    sync: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[list[float]], list[float]]:
+    """Rounds in which the reference and every candidate run once, in an order that
+    rotates round by round; per candidate its times, and the reference's, in ms. Each
+    candidate's ratio is then taken against the reference of the same round."""
+    sync = sync or (lambda: None)
+    fns = [reference, *candidates]
+    times: list[list[float]] = [[] for _ in fns]
+    for index in range(rounds):
+        shift = index % len(fns)
+        for position in [*range(shift, len(fns)), *range(shift)]:
+            start = clock()
+            fns[position]()
+            sync()
+            times[position].append((clock() - start) * 1e3)
+    return times[1:], times[0]
+
+
+def objective_ratio(values: dict) -> float:
+    """The ratio a search compares trials by: 1.0 where the verdict is no gain (no
+    measurable difference from the baseline, so neither a gain nor a loss is claimed),
+    the interval's upper end where the measurement stayed noisy (unknown, never a gain),
+    and the paired ratio otherwise."""
+    verdict = verdict_of(
+        values["latency_ratio_lo"], values["latency_ratio_hi"], bool(values.get("latency_noisy"))
+    )
+    if verdict == "noisy":
+        return float(values["latency_ratio_hi"])
+    return 1.0 if verdict == "no gain" else float(values["latency_ratio"])
+
+
+def objective_latency(values: dict, baseline_latency_ms: float) -> float:
+    """:func:`objective_ratio` times the baseline's latency measured when the search
+    began. Load during one trial's measurement cancels out of its ratio, and a constant
+    scale changes no Pareto comparison."""
+    return objective_ratio(values) * baseline_latency_ms
+
+
+def inside(value: float, lo: float, hi: float) -> bool:
+    """Whether a re-measured ratio lies in a recorded interval."""
+    return lo <= value <= hi

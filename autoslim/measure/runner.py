@@ -142,6 +142,56 @@ def _paired_values(
     }
 
 
+def confirm_latencies(paths: list[str | Path], reference: str | Path, target: Target) -> list[dict]:
+    """Re-time several artifacts against ``reference`` in one process, interleaved with
+    each other round by round (:func:`autoslim.measure.paired.time_rounds_many`), so
+    every point of a front is timed under the same load. One paired summary per path."""
+    from autoslim.artifact import load_artifact
+    from autoslim.measure.paired import summarise, time_rounds_many
+
+    torch.set_num_threads(target.threads)
+    ref = load_artifact(reference)
+    batch = ref.task.example_batch(target.batch_size).to(target.device)
+    models = [load_artifact(p, task=ref.task).model.to(target.device) for p in paths]
+    ref_model = ref.model.to(target.device)
+    calls = [(lambda m=m: m(batch)) for m in models]
+    sync = torch.cuda.synchronize if batch.is_cuda else None
+    with torch.inference_mode():
+        for call in [*calls, lambda: ref_model(batch)] * max(target.warmup, 1):
+            call()
+        cand, refs = time_rounds_many(calls, lambda: ref_model(batch), target.repeats, sync=sync)
+    return [summarise(times, refs).as_dict() for times in cand]
+
+
+def confirm_in_subprocess(
+    paths: list[str | Path], reference: str | Path, target: Target, *, timeout: float = 900
+) -> list[dict]:
+    """:func:`confirm_latencies` in a new interpreter, so the caller's threads and caches
+    stay out of the timings."""
+    from autoslim.trust import child_environment
+
+    env = {**os.environ, **child_environment(), "OMP_NUM_THREADS": str(target.threads)}
+    request = json.dumps(
+        {
+            "paths": [str(p) for p in paths],
+            "reference": str(reference),
+            "target": target.model_dump_json(),
+        }
+    )
+    cmd = [sys.executable, "-c", _CHILD_CODE.format(call="confirm_main(sys.argv[1])"), request]
+    code, text = _run_child(cmd, env, timeout, "re-measuring the front")
+    if code != 0:
+        raise TrialFailed(f"re-measuring the front failed: {text or code}")
+    return json.loads(text)
+
+
+def confirm_main(request_json: str) -> int:
+    request = json.loads(request_json)
+    target = Target.model_validate_json(request["target"])
+    print(json.dumps(confirm_latencies(request["paths"], request["reference"], target)))
+    return 0
+
+
 def measure_in_subprocess(
     path: str | Path,
     target: Target,
@@ -244,7 +294,7 @@ _SERVER = _MeasureServer()
 # lying beside an artifact (``cd artifact && autoslim evaluate .``) can never be imported.
 _CHILD_CODE = (
     "import sys\nif sys.path and sys.path[0] == '': del sys.path[0]\n"
-    "from autoslim.measure.runner import main, serve\nsys.exit({call})"
+    "from autoslim.measure.runner import confirm_main, main, serve\nsys.exit({call})"
 )
 
 
@@ -307,14 +357,18 @@ def _run_in_new_interpreter(
     ]
     if reference is not None:
         cmd += ["--reference", str(reference)]
+    return _run_child(cmd, env, timeout, f"measuring {path}")
+
+
+def _run_child(cmd: list[str], env: dict, timeout: float, what: str) -> tuple[int, str]:
+    """(exit code, the last line of stdout, or of stderr on failure) of a new interpreter."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        raise TrialFailed(f"measuring {path} took longer than {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        return proc.returncode, lines[-1] if lines else ""
-    return 0, proc.stdout.strip().splitlines()[-1]
+        raise TrialFailed(f"{what} took longer than {timeout:.0f} s") from None
+    stream = proc.stdout if proc.returncode == 0 else proc.stderr
+    lines = [ln for ln in stream.strip().splitlines() if ln.strip()]
+    return proc.returncode, lines[-1] if lines else ""
 
 
 def _measure_to_text(

@@ -13,12 +13,14 @@ import base64
 import html
 import io
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from autoslim.measure.paired import verdict_of
 from autoslim.recipe import write_text_atomic
 from autoslim.results.select import select_named_points
 from autoslim.run import Run
@@ -85,17 +87,33 @@ def points_table(report: Report) -> pd.DataFrame:
     metric = run.metric_name
     columns = [metric, *STAGE_COLUMNS]
     rows = [{"point": "fp32 baseline", "trial": "", **{c: run.baseline.get(c) for c in columns}}]
+    latency = [""]
     for key, number in report.points.items():
         row = table.loc[number]
         rows.append(
             {"point": POINT_TITLES[key], "trial": number, **{c: row.get(c) for c in columns}}
         )
+        latency.append(latency_ratio_text(row, run.baseline))
     frame = pd.DataFrame(rows)
     base = run.baseline
     frame["size ×"] = frame["size_bytes"] / base["size_bytes"]
-    frame["latency ×"] = frame["latency_ms"] / base["latency_ms"]
+    frame["latency ×"] = latency
     frame[f"{metric} drop (pt)"] = 100 * (base[metric] - frame[metric])
     return frame.rename(columns={"energy_mj": _energy_label(run)})
+
+
+def latency_ratio_text(row: pd.Series, baseline: dict) -> str:
+    """A point's latency against the baseline as the report shows it: the paired ratio
+    with its interval, and a gain only where the whole interval is below 1.0."""
+    ratio = row.get("latency_ratio")
+    if not isinstance(ratio, float) or math.isnan(ratio):  # measured without a reference
+        return f"{row['latency_ms'] / baseline['latency_ms']:.2f} (unpaired)"
+    lo, hi = row["latency_ratio_lo"], row["latency_ratio_hi"]
+    span = f"{lo:.2f}–{hi:.2f}"
+    verdict = verdict_of(lo, hi, bool(row.get("latency_noisy")))
+    if verdict in ("noisy", "no gain"):
+        return f"{verdict} ({span})"
+    return f"{ratio:.2f} ({span})"
 
 
 def _png_data_uri(draw) -> str:

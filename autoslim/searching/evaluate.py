@@ -23,9 +23,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from autoslim.artifact import artifact_bytes, save_artifact
+from autoslim.artifact import artifact_bytes, is_artifact, save_artifact
 from autoslim.errors import TrialFailed
 from autoslim.measure import measure_in_subprocess
+from autoslim.measure.paired import objective_latency
 from autoslim.pipeline import CURRENT_STAGE, PLANNED_FINE_TUNES, apply_recipe, realised_recipe
 from autoslim.recipe import Recipe, Target
 from autoslim.searching.early_stop import ParetoStopper, Stop, StopTrial, horizon
@@ -56,7 +57,25 @@ class SearchContext:
     def measure_artifact(
         self, path: Path, target: Target, splits: tuple[str, ...] = ("val",)
     ) -> dict:
-        return (self.measure or measure_in_subprocess)(path, target, splits=splits)
+        """Every objective of the artifact at ``path``. Once the run has its baseline
+        artifact, latency is timed in rounds paired with it, and the ``latency_ms`` the
+        search compares is the paired ratio times the baseline's own latency
+        (:func:`autoslim.measure.paired.objective_latency`)."""
+        measure = self.measure or measure_in_subprocess
+        reference = self.reference
+        if reference is None or "latency_ms" not in self.baseline_values:
+            return measure(path, target, splits=splits)
+        values = measure(path, target, splits=splits, reference=reference)
+        if "latency_ratio" in values:
+            values["latency_measured_ms"] = values["latency_ms"]
+            values["latency_ms"] = objective_latency(values, self.baseline_values["latency_ms"])
+        return values
+
+    @property
+    def reference(self) -> Path | None:
+        """The run's fp32 baseline artifact, once measured and published."""
+        folder = self.run_dir / "baseline"
+        return folder if is_artifact(folder) else None
 
     @cached_property
     def info(self) -> ModelInfo:

@@ -20,8 +20,10 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from autoslim.artifact import is_artifact, load_artifact, save_artifact
+from autoslim.measure.paired import inside
+from autoslim.measure.runner import confirm_in_subprocess
 from autoslim.pipeline import apply_recipe
-from autoslim.recipe import write_text_atomic
+from autoslim.recipe import Target, write_text_atomic
 from autoslim.results.pareto import (
     hypervolume,
     hypervolume_history,
@@ -154,20 +156,65 @@ def refresh_tables(run_dir: Path, study: optuna.Study) -> None:
     write_tables(run, lambda number: cache.get(str(number), math.nan))
 
 
-def write_tables(run: Run, test_value: Callable[[int], float]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """trials.csv and pareto.csv, the front's test metric from ``test_value(trial number)``."""
+def write_tables(
+    run: Run, test_value: Callable[[int], float], target: Target | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials.csv and pareto.csv, the front's test metric from ``test_value(trial number)``;
+    with a ``target``, the front's latencies re-measured too (:func:`confirm_front`)."""
     table = run.table()
     write_text_atomic(run.path / "trials.csv", table.to_csv(index=False))
     front = run.front()
     if not front.empty:
         front[f"test_{run.metric_name}"] = [test_value(int(n)) for n in front["trial"]]
+        if target is not None:
+            front = confirm_front(run, front, target)
     write_text_atomic(run.path / "pareto.csv", front.to_csv(index=False))
     return table, front
 
 
+def confirm_front(run: Run, front: pd.DataFrame, target: Target) -> pd.DataFrame:
+    """Re-time the front's kept artifacts against the baseline, interleaved with each
+    other, and mark each point whose re-measured ratio falls outside the interval it was
+    recorded with (``latency_confirmed`` False). Points without an artifact on disk or
+    without a recorded interval are left unmarked."""
+    reference = run.path / "baseline"
+    folders = {int(n): run.path / "artifacts" / f"trial_{int(n)}" for n in front["trial"]}
+    kept = {n: f for n, f in folders.items() if is_artifact(f)}
+    if "latency_ratio_lo" not in front or not kept or not is_artifact(reference):
+        return front
+    remeasured = dict(
+        zip(kept, confirm_in_subprocess(list(kept.values()), reference, target), strict=True)
+    )
+    ratios, confirmed = [], []
+    for _, row in front.iterrows():
+        again = remeasured.get(int(row["trial"]))
+        ratios.append(math.nan if again is None else again["ratio"])
+        recorded = (row.get("latency_ratio_lo"), row.get("latency_ratio_hi"))
+        known = again is not None and all(
+            isinstance(v, float) and math.isfinite(v) for v in recorded
+        )
+        confirmed.append(inside(again["ratio"], *recorded) if known else None)
+    return front.assign(confirmed_latency_ratio=ratios, latency_confirmed=confirmed)
+
+
+def latency_interval(row: pd.Series) -> dict:
+    """A front point's paired latency ratio with its interval and confirmation, if measured."""
+    if not isinstance(row.get("latency_ratio"), float) or math.isnan(row["latency_ratio"]):
+        return {}
+    entry = {
+        "latency_ratio": [
+            float(row[k]) for k in ("latency_ratio_lo", "latency_ratio", "latency_ratio_hi")
+        ],
+        "latency_noisy": bool(row.get("latency_noisy", False)),
+    }
+    if row.get("latency_confirmed") is not None and not pd.isna(row.get("latency_confirmed")):
+        entry["latency_confirmed"] = bool(row["latency_confirmed"])
+    return entry
+
+
 def write_outputs(run: Run, experiment: Experiment) -> dict:
     """Write trials.csv, pareto.csv, pareto.png and summary.json; return the summary."""
-    table, front = write_tables(run, lambda number: test_metric(run, number))
+    table, front = write_tables(run, lambda number: test_metric(run, number), experiment.target)
     metric = run.metric_name
     hv, ref, history = hypervolume_summary(run, table)
     if len(table) and not table[table["state"] == "COMPLETE"].empty:
@@ -209,6 +256,7 @@ def write_outputs(run: Run, experiment: Experiment) -> dict:
                 "trial": int(row["trial"]),
                 "values": {n: float(row[n]) for n in run.objectives},
                 f"test_{metric}": float(row[f"test_{metric}"]),
+                **latency_interval(row),
             }
             for _, row in front.iterrows()
         ],

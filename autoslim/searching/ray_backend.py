@@ -460,19 +460,37 @@ def _start_measurer(resource: str):
 class Measurer:
     """A Ray actor on the target node: measures one shipped artifact at a time."""
 
-    def measure(self, files: dict[str, bytes], target: dict, splits: list[str]) -> dict | str:
-        folder = Path(tempfile.mkdtemp(prefix="autoslim-measure-"))
+    def measure(
+        self,
+        files: dict[str, bytes],
+        target: dict,
+        splits: list[str],
+        reference_files: dict[str, bytes] | None = None,
+    ) -> dict | str:
+        folder = _write_files(files)
+        reference = None if reference_files is None else _write_files(reference_files)
         try:
-            for name, data in files.items():
-                (folder / name).parent.mkdir(parents=True, exist_ok=True)
-                (folder / name).write_bytes(data)
             return measure_in_subprocess(
-                folder, Target.model_validate(target), splits=tuple(splits)
+                folder, Target.model_validate(target), splits=tuple(splits), reference=reference
             )
         except TrialFailed as exc:
             return str(exc)  # a reason, not a remote traceback
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            for written in (folder, reference):
+                if written is not None:
+                    shutil.rmtree(written, ignore_errors=True)
+
+
+def _write_files(files: dict[str, bytes]) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="autoslim-measure-"))
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _read_files(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
 
 
 class RemoteMeasure:
@@ -481,13 +499,21 @@ class RemoteMeasure:
     def __init__(self, actor) -> None:
         self.actor = actor
 
-    def __call__(self, path: Path, target: Target, splits: tuple[str, ...] = ("val",)) -> dict:
-        path = Path(path)
-        files = {
-            p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()
-        }
+    def __call__(
+        self,
+        path: Path,
+        target: Target,
+        splits: tuple[str, ...] = ("val",),
+        reference: Path | None = None,
+    ) -> dict:
+        reference_files = None if reference is None else _read_files(Path(reference))
         values = ray.get(
-            self.actor.measure.remote(files, target.model_dump(mode="json"), list(splits))
+            self.actor.measure.remote(
+                _read_files(Path(path)),
+                target.model_dump(mode="json"),
+                list(splits),
+                reference_files,
+            )
         )
         if isinstance(values, str):
             raise TrialFailed(values)

@@ -9,11 +9,15 @@ import pytest
 from scipy.stats import binom
 
 from autoslim.measure.paired import (
+    inside,
     median_interval,
+    objective_latency,
+    objective_ratio,
     paired_latency,
     relative_half_width,
     summarise,
     time_rounds,
+    verdict_of,
 )
 
 
@@ -150,3 +154,28 @@ def test_a_tight_measurement_takes_no_more_rounds():
         clock=machine.clock,
     )
     assert result.rounds == 10 and result.ratio == 0.5 and not math.isnan(result.ratio_lo)
+
+
+def values(ratio, lo, hi, noisy=False):
+    return {
+        "latency_ratio": ratio,
+        "latency_ratio_lo": lo,
+        "latency_ratio_hi": hi,
+        "latency_noisy": noisy,
+    }
+
+
+def test_the_search_objective_claims_a_gain_only_where_the_interval_excludes_one():
+    assert objective_ratio(values(0.4, 0.38, 0.43)) == 0.4  # int8-like: a real gain
+    assert objective_ratio(values(1.3, 1.2, 1.4)) == 1.3  # a real loss
+    assert objective_ratio(values(0.93, 0.85, 1.02)) == 1.0  # 4-bit decoded: no gain claimed
+    assert objective_ratio(values(0.5, 0.2, 1.9, noisy=True)) == 1.9  # noisy: its worst case
+    assert objective_latency(values(0.4, 0.38, 0.43), 10.0) == pytest.approx(4.0)
+    assert inside(0.41, 0.38, 0.43) and not inside(0.5, 0.38, 0.43)
+
+
+def test_an_interval_within_three_per_cent_of_one_is_no_gain():
+    # two runs of one model, tight but a little apart: not a speed-up or a slow-down
+    assert verdict_of(1.009, 1.029) == "no gain" and verdict_of(0.975, 0.99) == "no gain"
+    assert verdict_of(0.5, 0.96) == "faster" and verdict_of(1.04, 1.2) == "slower"
+    assert objective_ratio(values(1.02, 1.009, 1.029)) == 1.0

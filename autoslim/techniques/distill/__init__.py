@@ -62,6 +62,19 @@ from autoslim.techniques.distill._teacher import (
 )
 from autoslim.train import TrainHooks
 
+__all__ = [
+    "DistillConfig",
+    "DistillHandler",
+    "DistillSpace",
+    "Distiller",
+    "RecoverConfig",
+    "RecoverHandler",
+    "RecoverSpace",
+    "TeacherRef",
+    "intermediate_recipe",
+    "resolve_teacher",
+]
+
 
 class TeacherRef(StrictModel):
     """Another teacher: a task entry's fp32 baseline, or a saved artifact directory."""

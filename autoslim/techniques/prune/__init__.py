@@ -61,6 +61,16 @@ from autoslim.techniques.prune.importance import (
 )
 from autoslim.train import TrainHooks
 
+__all__ = [
+    "MagnitudePruneHandler",
+    "MagnitudePruneSpace",
+    "PruneConfig",
+    "apply_masks",
+    "fold_pruning_masks",
+    "planned_fine_tunes",
+    "prune_count",
+]
+
 Sparsity = float
 Schedule = Literal["oneshot", "cubic", "polynomial", "iterative", "lottery", "adaptive"]
 UnstructuredCriterion = Literal["l1", "l2", "taylor", "fisher", "hutchinson", "random"]

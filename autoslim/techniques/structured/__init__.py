@@ -70,6 +70,16 @@ from autoslim.techniques.structured._heads import (
     transformer_scores,
 )
 
+__all__ = [
+    "PrunedMultiheadAttention",
+    "StructuredPruneConfig",
+    "StructuredPruneHandler",
+    "StructuredPruneSpace",
+    "prune_channels",
+    "prune_heads",
+    "prune_transformer",
+]
+
 log = logging.getLogger(__name__)
 ATTENTION = (nn.MultiheadAttention,)
 
