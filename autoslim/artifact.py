@@ -42,6 +42,7 @@ from autoslim.pipeline import deploy_runtime, handler_for, rebuild_structure
 from autoslim.recipe import Recipe
 from autoslim.registry import codec_for, weight_codecs
 from autoslim.space import compressible_layers
+from autoslim.sparse.runtime import example_input, task_example
 from autoslim.task import Task, load_task, model_only_task
 from autoslim.trust import trusted
 
@@ -136,7 +137,12 @@ def save_artifact(
     out_dir = Path(out_dir)
     check_output_folder(out_dir, force=force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tensors, layout = encode_state(model, storage_plan(model, recipe))
+    # A ``fastest`` plan times crossovers at the rows each layer multiplies on the task's
+    # example batch, as loading does (the task is only loaded if some layer needs it).
+    example = task_example(task or (lambda: load_task(recipe.task)), recipe.target.batch_size)
+    with example_input(example):
+        plan = storage_plan(model, recipe)
+    tensors, layout = encode_state(model, plan)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (tmp / RECIPE_FILE).write_text(artifact_recipe_text(recipe, task))
@@ -301,7 +307,7 @@ def load_artifact(
         ) from None
     model = model.eval()
     if runtime:
-        model = deploy_runtime(model, recipe)
+        model = deploy_runtime(model, recipe, task_example(task, recipe.target.batch_size))
     return LoadedArtifact(model, recipe, task, artifact_bytes(path))
 
 

@@ -212,6 +212,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from autoslim.deploy import export_model, integer_quantized
+
+    written = export_model(
+        args.artifact,
+        args.output,
+        format=args.format,
+        quantize=args.quantize,
+        calibration_batches=args.calibration_batches,
+        force=args.force,
+    )
+    files, source = sum(f.stat().st_size for f in written.files), written.artifact_bytes
+    print(f"wrote {', '.join(str(f) for f in written.files)} ({written.summary})")
+    print(f"{files} bytes; artifact {source} bytes ({files / source:.2f}× the artifact)")
+    if args.quantize == "none" and integer_quantized(args.artifact):
+        print(
+            "note: the artifact's weights are integer-quantized; --quantize static stores them in int8"
+        )
+    return 0
+
+
 def _parse_widths(text: str) -> list[int]:
     try:
         widths = [int(part) for part in text.split(",") if part.strip()]
@@ -339,6 +360,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _trust_flag(p)
     p.set_defaults(func=cmd_apply)
+    p = sub.add_parser(
+        "export-model",
+        help="write an artifact as a model file that runs on ONNX Runtime (or OpenVINO) alone",
+    )
+    p.add_argument("artifact")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
+    p.add_argument("-o", "--output", required=True, help="the file to write (.onnx, .xml)")
+    p.add_argument(
+        "--quantize",
+        choices=("none", "dynamic", "static"),
+        default="none",
+        help="none: the fp32 graph (default); static: int8 weights and activations calibrated "
+        "on the train split; dynamic: int8 weights of MatMul, Gemm and Gather (transformers)",
+    )
+    p.add_argument(
+        "--calibration-batches", type=int, default=8, help="train batches calibrating static"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    _trust_flag(p)
+    p.set_defaults(func=cmd_export_model)
     p = sub.add_parser("evaluate", help="re-measure an artifact")
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")

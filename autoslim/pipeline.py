@@ -17,7 +17,7 @@ from autoslim import registry
 from autoslim.errors import AutoslimError
 from autoslim.recipe import Recipe, Target
 from autoslim.registry import RegistryError, StageConfig, StageHandler
-from autoslim.sparse.runtime import sparse_runtime
+from autoslim.sparse.runtime import Example, sparse_runtime
 from autoslim.task import Task, load_task
 from autoslim.train import TrainHooks, train
 
@@ -155,10 +155,12 @@ def prepare_runtime(model: nn.Module, recipe: Recipe) -> nn.Module:
     return model
 
 
-def deploy_runtime(model: nn.Module, recipe: Recipe) -> nn.Module:
+def deploy_runtime(model: nn.Module, recipe: Recipe, example: Example = None) -> nn.Module:
     """A loaded model as it runs when shipped: each stage's kernels, then pruned Linear
-    layers on the sparse kernel where the measured crossover says it wins."""
-    return sparse_runtime(prepare_runtime(model, recipe), recipe.target)
+    layers on the sparse kernel where the measured crossover says it wins, timed at the
+    rows each layer multiplies on ``example`` (the task's example batch; none: at
+    ``target.batch_size`` rows, see :mod:`autoslim.sparse.runtime`)."""
+    return sparse_runtime(prepare_runtime(model, recipe), recipe.target, example)
 
 
 def rebuild_structure(model: nn.Module, recipe: Recipe) -> nn.Module:

@@ -218,14 +218,14 @@ def test_storage_stage_pins_a_format_and_falls_back_when_it_cannot_hold_the_weig
             "task": tiny_task_ref,
             "stages": [
                 {"kind": "prune", "scope": "global", "sparsity": 0.9},
-                {"kind": "storage", "default": "csr", "layers": {"classifier.4": "nm"}},
+                {"kind": "storage", "default": "csr", "layers": {"classifier.1": "nm"}},
             ],
         }
     )
     model = apply_recipe(recipe)
     tensors, layout = encode_state(model)
-    assert {layout[k]["format"] for k in layout if k != "classifier.4.weight"} == {"csr"}
-    assert layout["classifier.4.weight"]["format"] != "nm"  # 90 % random zeros are not 2:4
+    assert {layout[k]["format"] for k in layout if k != "classifier.1.weight"} == {"csr"}
+    assert layout["classifier.1.weight"]["format"] != "nm"  # 90 % random zeros are not 2:4
     loaded = load_artifact(save_artifact(model, recipe, tmp_path / "a"), runtime=False).model
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
@@ -307,7 +307,8 @@ def test_fastest_policy_stores_csr_exactly_where_the_loaded_model_runs_csr(
         for name, m in loaded.named_modules()
         if isinstance(m, SparseLinear) and m.kernel == "csr"
     }
-    assert runs_csr == {name for name, fmt in formats.items() if fmt == "csr"} == {"classifier.1"}
+    # Only a Linear past its crossover runs CSR (a conv may still be stored CSR, smallest).
+    assert runs_csr == {"classifier.1"}
     # Both Linear shapes were timed once, at save; the load read the cache.
     assert len(timed) == 2 * 2 * len(xo.DEFAULT_SPARSITIES)
     # Every layer that runs dense is stored in its smallest format, never dense for speed.

@@ -33,8 +33,11 @@ WIDE = 0.15
 # layout, which side runs first): paired intervals of an fp32 artifact against itself
 # were as tight as [1.009, 1.029]. An interval reaching into 1 ± SAME is no gain.
 SAME = 0.03
-# Re-measuring a wide interval stops once another doubling would pass this many seconds.
+# Re-measuring a wide interval stops once another doubling would pass this many seconds,
+# or after this many doublings (8× the rounds): a sub-millisecond model on a busy box
+# would otherwise double for the whole time cap.
 TIME_CAP_S = 20.0
+MAX_DOUBLINGS = 3
 CONFIDENCE = 0.95
 MIN_ROUNDS = 10
 
@@ -167,8 +170,9 @@ def paired_latency(
     sync: Callable[[], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> PairedLatency:
-    """Measure, then re-measure with twice the rounds while the interval is wide and the
-    next batch of rounds still fits in ``time_cap_s`` (judged by the time taken so far)."""
+    """Measure, then re-measure with twice the rounds while the interval is wide, at most
+    :data:`MAX_DOUBLINGS` times and while the next batch of rounds still fits in
+    ``time_cap_s`` (judged by the time taken so far)."""
     for _ in range(warmup):
         candidate()
         reference()
@@ -176,10 +180,10 @@ def paired_latency(
     started = clock()
     cand, ref = time_rounds(candidate, reference, rounds, sync=sync, clock=clock)
     result = summarise(cand, ref, wide=wide)
-    while result.noisy:
+    for _ in range(MAX_DOUBLINGS):
         spent = clock() - started
         more = len(cand)  # doubling the rounds
-        if spent * 2 > time_cap_s:
+        if not result.noisy or spent * 2 > time_cap_s:
             break
         extra_cand, extra_ref = time_rounds(
             candidate, reference, more, first_round=len(cand), sync=sync, clock=clock

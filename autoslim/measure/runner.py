@@ -77,7 +77,7 @@ def measure_artifact(
     batch = task.example_batch(target.batch_size).to(target.device)
     _warm_up_runtime(target.device)
     # Crossover timings allocate test matrices; take them (or their cache) before the peak window.
-    warm_crossovers(load_artifact(path, task=task, runtime=False).model, target)
+    warm_crossovers(load_artifact(path, task=task, runtime=False).model, target, example=batch)
     loaded: dict = {}
 
     def load_and_run() -> None:

@@ -57,13 +57,14 @@ class SearchContext:
     def measure_artifact(
         self, path: Path, target: Target, splits: tuple[str, ...] = ("val",)
     ) -> dict:
-        """Every objective of the artifact at ``path``. Once the run has its baseline
-        artifact, latency is timed in rounds paired with it, and the ``latency_ms`` the
-        search compares is the paired ratio times the baseline's own latency
-        (:func:`autoslim.measure.paired.objective_latency`)."""
+        """Every objective of the artifact at ``path``. With latency an objective, once
+        the run has its baseline artifact, latency is timed in rounds paired with it, and
+        the ``latency_ms`` the search compares is the paired ratio times the baseline's
+        own latency (:func:`autoslim.measure.paired.objective_latency`). Otherwise latency
+        is a plain median with its p10/p90, recorded but not compared."""
         measure = self.measure or measure_in_subprocess
         reference = self.reference
-        if reference is None or "latency_ms" not in self.baseline_values:
+        if reference is None or "latency_ms" not in self.experiment.objectives:
             return measure(path, target, splits=splits)
         values = measure(path, target, splits=splits, reference=reference)
         if "latency_ratio" in values:

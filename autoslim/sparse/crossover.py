@@ -5,7 +5,11 @@ wrong both ways (CSR at 90 % is 2.3x faster than dense at batch 64 here, BSR is 
 slower). So the crossover is timed: random matrices at each candidate sparsity, dense vs
 sparse, median of repeats after warm-up. Timing takes seconds, so results are cached
 in ``$AUTOSLIM_CACHE/crossover_cache.json`` (default ``~/.cache/autoslim``), keyed by
-kernel, shape, batch, threads, torch version and device, and reused.
+kernel, shape, rows, threads, torch version and device, and reused.
+
+For a Linear layer the rows are those of the product it computes: ``prod(shape[:-1])``
+of its input, which is the batch for ``[batch, features]`` input but batch x tokens for
+a transformer's ``[batch, tokens, features]`` (see :mod:`autoslim.sparse.runtime`).
 
 The crossover is the lowest measured sparsity from which the sparse kernel is faster at
 *every* higher measured sparsity too, so one noisy fast sample cannot switch a layer
@@ -130,11 +134,12 @@ def csr_linear(
 
 
 def linear_kernels(
-    out_features: int, in_features: int, batch: int, sparsity: float, seed: int = 0
+    out_features: int, in_features: int, rows: int, sparsity: float, seed: int = 0
 ) -> Kernels:
+    """Dense vs CSR ``x @ W.T`` with ``x`` of ``rows`` rows (what the layer multiplies)."""
     generator = torch.Generator().manual_seed(seed)
     weight = random_sparse(out_features, in_features, sparsity, generator)
-    x = torch.randn(batch, in_features, generator=generator)
+    x = torch.randn(rows, in_features, generator=generator)
     csr = to_csr(weight)
     return (lambda: F.linear(x, weight)), (lambda: csr_linear(x, csr))
 
@@ -171,14 +176,17 @@ def cached_crossover(
 def measure_crossover(
     out_features: int,
     in_features: int,
-    batch: int,
+    rows: int,
     threads: int,
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES,
     *,
     repeats: int = 15,
     use_cache: bool = True,
 ) -> float | None:
-    """CPU crossover sparsity of CSR vs dense for a Linear layer; cached unless ``use_cache=False``."""
-    key = f"linear|{out_features}x{in_features}|batch={batch}"
-    kernels = lambda s: linear_kernels(out_features, in_features, batch, s)  # noqa: E731
+    """CPU crossover sparsity of CSR vs dense for a Linear layer multiplying ``rows`` rows
+    (``prod(input.shape[:-1])``, not just the batch); cached unless ``use_cache=False``."""
+    # Keyed by the rows timed; the key keeps its old name, so entries written before
+    # (timed at ``batch`` rows of 2-D input, the same measurement) stay valid.
+    key = f"linear|{out_features}x{in_features}|batch={rows}"
+    kernels = lambda s: linear_kernels(out_features, in_features, rows, s)  # noqa: E731
     return cached_crossover(key, kernels, sparsities, threads, repeats, use_cache)

@@ -34,7 +34,8 @@ row; DIA one row of ``min(R, C)`` slots per occupied diagonal (offset stored as
 column groups of every row, with the position inside the group packed in
 ``p = max(1, ceil(log2 m))`` bits; a matrix where some group holds more than ``n``
 non-zeros is not N:M and :func:`encode` raises :class:`AutoslimError` for it.
-Padding slots store value 0 (a "zero" is a zero bit pattern, so ``-0.0`` is kept).
+Padding slots store value 0. A "zero" is a zero key: ``+0.0`` and ``-0.0`` alike (``-0.0``
+is keyed as ``+0.0``, see :mod:`.values`); NaN payloads and every other value are kept.
 """
 
 from __future__ import annotations

@@ -2,9 +2,14 @@
 
 Every format works on a *key matrix*: an integer view of the weight in which ``0`` means
 "implicit zero, not stored" and anything else must be stored. Floats are viewed as their
-raw bit patterns, so ``-0.0`` and NaN payloads are non-zeros that come back bit-exactly;
-a ``!= 0`` test on floats would silently turn ``-0.0`` into ``+0.0``. Integer levels are
-their own key (level 0 is the pruned weight).
+raw bit patterns, so NaN payloads and every other value come back bit-exactly, with one
+exception: ``-0.0`` is keyed as ``+0.0`` (an implicit zero, decoded as ``+0.0``). A pruned
+weight is ``-0.0`` whenever it was negative (``w * 0``, as ``torch.nn.utils.prune``
+folds its mask), about half of all pruned weights; kept as a stored non-zero, a 90 %
+pruned model was 0.58x its fp32 bytes instead of 0.12x. The two zeros compare equal
+and give equal values in every product and sum a layer computes, so the model's
+outputs keep their values (only an output that is exactly zero may change its sign).
+Integer levels are their own key (level 0 is the pruned weight).
 
 Stored values are written in their own dtype (``float32``, ``float16``, ``int8``...), except
 
@@ -105,6 +110,17 @@ def _key_dtype(dtype: str) -> np.dtype:
     return np.dtype(FLOAT_BITS_VIEW.get(dtype, dtype))
 
 
+def _unsigned_zeros(keys: np.ndarray) -> np.ndarray:
+    """Float bit patterns with ``-0.0`` (the sign bit alone) turned into ``+0.0`` (all zero).
+
+    Returns ``keys`` itself when it holds no ``-0.0``, else a copy: the caller's weight is
+    never written to.
+    """
+    negative_zero = keys.dtype.type(1 << (8 * keys.dtype.itemsize - 1))
+    signed = keys == negative_zero
+    return np.where(signed, keys.dtype.type(0), keys) if signed.any() else keys
+
+
 def key_matrix(
     matrix: np.ndarray | torch.Tensor, value_bits: int | None = None
 ) -> tuple[np.ndarray, ValueCodec]:
@@ -113,13 +129,16 @@ def key_matrix(
         matrix = matrix.detach().cpu()
         if matrix.dtype == torch.bfloat16:
             keys = matrix.contiguous().view(torch.int16).numpy().view(np.uint16)
-            return _checked(keys, ValueCodec("bfloat16", value_bits))
+            return _checked(_unsigned_zeros(keys), ValueCodec("bfloat16", value_bits))
         matrix = matrix.numpy()
     array = np.ascontiguousarray(matrix)
     name = array.dtype.name
     if name not in FLOAT_BITS_VIEW and name not in INT_DTYPES:
         raise AutoslimError(f"unsupported weight dtype {name}")
-    return _checked(array.view(_key_dtype(name)), ValueCodec(name, value_bits))
+    keys = array.view(_key_dtype(name))
+    if name in FLOAT_BITS_VIEW:
+        keys = _unsigned_zeros(keys)
+    return _checked(keys, ValueCodec(name, value_bits))
 
 
 def _checked(keys: np.ndarray, codec: ValueCodec) -> tuple[np.ndarray, ValueCodec]:

@@ -74,8 +74,10 @@ class MiniLMEncoder(nn.Module):
         ids, mask = tokens[:, 0], tokens[:, 1]
         # Cut the batch to its longest sentence: padding is masked out anyway, so the
         # result is the same and a batch of short sentences runs as fast as it really would.
-        length = max(int(mask.sum(dim=1).max()), 1)
-        ids, mask = ids[:, :length], mask[:, :length]
+        # Not while exporting: a length read from the data would be frozen into the graph.
+        if not (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
+            length = max(int(mask.sum(dim=1).max()), 1)
+            ids, mask = ids[:, :length], mask[:, :length]
         hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)

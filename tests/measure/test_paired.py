@@ -179,3 +179,16 @@ def test_an_interval_within_three_per_cent_of_one_is_no_gain():
     assert verdict_of(1.009, 1.029) == "no gain" and verdict_of(0.975, 0.99) == "no gain"
     assert verdict_of(0.5, 0.96) == "faster" and verdict_of(1.04, 1.2) == "slower"
     assert objective_ratio(values(1.02, 1.009, 1.029)) == 1.0
+
+
+def test_a_measurement_that_stays_wide_stops_after_three_doublings():
+    machine = ScriptedMachine([0.3, 2.0] * 10_000, [1.0] * 20_000)
+    result = paired_latency(
+        machine.candidate,
+        machine.reference,
+        warmup=0,
+        rounds=10,
+        time_cap_s=3600,
+        clock=machine.clock,
+    )
+    assert result.noisy and result.rounds == 80

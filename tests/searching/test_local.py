@@ -57,7 +57,7 @@ def test_search_writes_run_folder_and_exported_recipe_replays_exactly(
     payload = json.loads(capsys.readouterr().out)
     assert payload["objectives"] == {"accuracy": "maximize", "size_bytes": "minimize"}
     assert set(payload["baseline"]) == {"accuracy", "size_bytes"}
-    assert payload["front"] and {"trial", "values"} == set(payload["front"][0])
+    assert payload["front"] and {"trial", "values"} <= set(payload["front"][0])
 
     chosen = payload["front"][-1]
     recipe_path = tmp_path / "recipe.yaml"

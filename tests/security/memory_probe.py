@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 HEADROOM = 1 << 30  # bytes of address space beyond what importing torch took
 
 
@@ -67,7 +69,11 @@ def _cases(root: Path) -> dict:
         "indptr 60000": (
             sources["csr_fp32"],
             lambda t, lay: t.update(
-                {"4.weight::indptr": t["4.weight::indptr"].clone().fill_(60000)}
+                {
+                    "4.weight::indptr": t["4.weight::indptr"]
+                    .clone()
+                    .fill_(torch.iinfo(t["4.weight::indptr"].dtype).max)
+                }
             ),
         ),
     }

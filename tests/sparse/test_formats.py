@@ -35,7 +35,7 @@ def _matrix(rng, shape, density, kind, bits):
         )
         return np.where(mask, levels, 0).astype(np.int8)
     values = rng.standard_normal(shape).astype(np.float32)
-    values[rng.random(shape) < 0.05] = -0.0  # a stored non-zero that must stay negative zero
+    values[rng.random(shape) < 0.05] = -0.0  # a pruned weight's signed zero: an implicit zero
     values = np.where(mask, values, np.float32(0.0))
     if kind == "bfloat16":
         return torch.from_numpy(values).to(torch.bfloat16)
@@ -51,9 +51,18 @@ def _bits(array) -> np.ndarray:
     return array
 
 
+def _unsigned(array):
+    """The matrix with ``-0.0`` as ``+0.0``: what every format decodes (values.py)."""
+    if isinstance(array, torch.Tensor):
+        return torch.where(array == 0, torch.zeros_like(array), array)
+    if array.dtype.kind == "f":
+        return np.where(array == 0, array.dtype.type(0), array)
+    return array
+
+
 def _counts(matrix, block, nm) -> dict:
     """Pattern counts computed by plain loops, independent of the encoders."""
-    nonzero = _bits(matrix) != 0
+    nonzero = _bits(_unsigned(matrix)) != 0
     rows, cols = nonzero.shape
     points = list(zip(*np.nonzero(nonzero), strict=True))
     return {
@@ -65,7 +74,7 @@ def _counts(matrix, block, nm) -> dict:
 
 
 def _nm_holds(matrix, nm) -> bool:
-    nonzero = _bits(matrix) != 0
+    nonzero = _bits(_unsigned(matrix)) != 0
     return all(
         nonzero[r, c : c + nm[1]].sum() <= nm[0]
         for r in range(nonzero.shape[0])
@@ -107,7 +116,7 @@ def test_every_format_round_trips_exactly_and_matches_its_byte_formula(case, blo
         encoded = encode(matrix, fmt, block=block, nm=nm, value_bits=value_bits)
         back = decode_tensor(encoded) if kind == "bfloat16" else decode(encoded)
         assert back.dtype == matrix.dtype and tuple(back.shape) == tuple(matrix.shape), fmt
-        assert np.array_equal(_bits(back), _bits(matrix)), fmt
+        assert np.array_equal(_bits(back), _bits(_unsigned(matrix))), fmt
         expected = formula_nbytes(
             fmt, matrix.shape, block=block, nm=nm, value_bits=value_bits, dtype=dtype, **counts
         )
@@ -118,7 +127,28 @@ def test_bfloat16_decodes_to_numpy_as_exactly_widened_float32():
     matrix = torch.tensor([[0.0, -1.5, 3.140625], [-0.0, 0.0, 65280.0]], dtype=torch.bfloat16)
     back = decode(encode(matrix, "csr"))
     assert back.dtype == np.float32
-    assert np.array_equal(back.view(np.uint32), matrix.float().numpy().view(np.uint32))
+    expected = matrix.float().numpy().copy()
+    expected[1, 0] = 0.0  # -0.0 is an implicit zero, decoded as +0.0
+    assert np.array_equal(back.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_negative_zero_is_an_implicit_zero_in_every_format(dtype, fmt):
+    """A pruned negative weight is ``-0.0`` (``w * 0``); it must cost what ``+0.0`` costs."""
+    signed = torch.tensor([[-0.0, 1.5, -0.0, 0.0], [-2.0, -0.0, 0.0, -0.0]], dtype=dtype)
+    unsigned = torch.where(signed == 0, torch.zeros_like(signed), signed)
+    nm = (2, 4)
+    encoded, reference = encode(signed, fmt, nm=nm), encode(unsigned, fmt, nm=nm)
+    assert encoded.meta["nnz"] == reference.meta["nnz"] == 2
+    assert encoded.meta == reference.meta
+    assert encoded.arrays.keys() == reference.arrays.keys()
+    for name, array in encoded.arrays.items():
+        assert np.array_equal(array, reference.arrays[name]), name
+    back = decode_tensor(encoded)
+    assert torch.equal(back, unsigned)
+    assert not bool((torch.signbit(back) & (back == 0)).any())
+    assert bool((torch.signbit(signed) & (signed == 0)).any())  # the input is left as it was
 
 
 def test_csr_bytes_of_a_hand_counted_matrix():

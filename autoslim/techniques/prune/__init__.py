@@ -41,6 +41,7 @@ from autoslim.pipeline import ApplyContext
 from autoslim.recipe import resolve_layer_map
 from autoslim.registry import ComponentSpec, StageConfig, StageHandler, register_handler
 from autoslim.space import FloatRange, IntRange, ModelInfo, compressible_layers
+from autoslim.sparse.runtime import layer_rows
 from autoslim.techniques.prune._adaptive import (
     AdaptiveController,
     Phase,
@@ -258,18 +259,31 @@ def _stats(model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> GradStat
     )
 
 
+@torch.no_grad()
+def _fold(module: nn.Module, name: str) -> None:
+    """Fold ``name``'s mask into a plain tensor whose pruned entries are ``+0.0``.
+
+    torch folds ``orig * mask``, which makes every pruned negative weight ``-0.0``; equal
+    in value, but its bit pattern is not zero, and anything that reads bits (a sparse
+    encoder) would keep it as a non-zero.
+    """
+    torch_prune.remove(module, name)
+    tensor = getattr(module, name)
+    tensor.masked_fill_(tensor == 0, 0.0)
+
+
 def fold_pruning_masks(model: nn.Module) -> None:
     """Fold every ``torch.nn.utils.prune`` mask in ``model`` into a plain weight with exact zeros."""
     for module in model.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, torch_prune.BasePruningMethod):
-                torch_prune.remove(module, hook._tensor_name)
+                _fold(module, hook._tensor_name)
 
 
 def _remove(modules: list[nn.Module]) -> None:
     for module in modules:
-        # Folds weight_orig * weight_mask into a plain weight with exact zeros.
-        torch_prune.remove(module, "weight")
+        # Folds weight_orig * weight_mask into a plain weight with exact (+0.0) zeros.
+        _fold(module, "weight")
 
 
 @register_handler(PruneConfig)
@@ -356,13 +370,16 @@ class MagnitudePruneHandler(StageHandler[PruneConfig]):
             lr=config.lr,
         )
         metric = ctx.task.evaluate(model, "val")
-        fast = sparse_layers(model, ctx.target)
+        # The rows each Linear multiplies (batch × tokens in a transformer), as the runtime times them.
+        rows = layer_rows(model, ctx.task.example_batch(ctx.target.batch_size))
+        fast = sparse_layers(model, ctx.target, rows=rows)
         phase: Phase | None = controller.first()
         while phase is not None:
             masked = _run_phase(model, config, ctx, phase)
-            now_metric, now_fast = ctx.task.evaluate(model, "val"), sparse_layers(model, ctx.target)
+            now_metric = ctx.task.evaluate(model, "val")
+            now_fast = sparse_layers(model, ctx.target, rows=rows)
             drop = metric_drop(metric, now_metric, ctx.task.metric_direction)
-            can_move = bool(csr_reachable(model, ctx.target) - now_fast)
+            can_move = bool(csr_reachable(model, ctx.target, rows=rows) - now_fast)
             phase = controller.observe(drop, latency_moved=now_fast != fast, can_move=can_move)
             metric, fast = now_metric, now_fast
         ctx.realise(PruneConfig.model_validate(config.model_dump() | {"phases": controller.phases}))

@@ -117,13 +117,18 @@ Crossover = Callable[[int, int, int, int], "float | None"]
 
 
 def sparse_layers(
-    model: nn.Module, target: Target, crossover: Crossover | None = None
+    model: nn.Module,
+    target: Target,
+    crossover: Crossover | None = None,
+    rows: dict[str, tuple[int, ...]] | None = None,
 ) -> frozenset[str]:
     """The Linear layers the sparse runtime would put on the CSR kernel, from their masks.
 
     Mirrors :func:`autoslim.sparse.runtime.planned_kernels` but reads the pruning mask
     (the weight attribute is only refreshed at the next forward). The same set before and
     after a phase means the same kernels, so unstructured zeros did not move CPU latency.
+    ``rows`` (from :func:`autoslim.sparse.runtime.layer_rows`) are the rows each layer
+    multiplies; as at runtime, CSR must win at every one (none given: the batch size).
     """
     if not target.sparse_kernels or target.device != "cpu":
         return frozenset()
@@ -137,18 +142,26 @@ def sparse_layers(
         sparsity = 1.0 - int(weight.count_nonzero()) / weight.numel()
         if sparsity < MIN_SPARSITY:  # the runtime's own gate: below it, no timing at all
             continue
-        cross = crossover(
-            module.out_features, module.in_features, target.batch_size, target.threads
-        )
-        if choose_kernel(sparsity, cross) == "csr":
+        seen = (rows or {}).get(name, (target.batch_size,))
+        kernels = {
+            choose_kernel(
+                sparsity, crossover(module.out_features, module.in_features, n, target.threads)
+            )
+            for n in seen
+        }
+        if kernels == {"csr"}:
             names.append(name)
     return frozenset(names)
 
 
 def csr_reachable(
-    model: nn.Module, target: Target, crossover: Crossover | None = None
+    model: nn.Module,
+    target: Target,
+    crossover: Crossover | None = None,
+    rows: dict[str, tuple[int, ...]] | None = None,
 ) -> frozenset[str]:
-    """The Linear layers that some sparsity would move onto the CSR kernel (a crossover exists)."""
+    """The Linear layers that some sparsity would move onto the CSR kernel (a crossover
+    exists at every row count the layer multiplies)."""
     if not target.sparse_kernels or target.device != "cpu":
         return frozenset()
     crossover = crossover or measure_crossover
@@ -156,6 +169,8 @@ def csr_reachable(
         name
         for name, module in model.named_modules()
         if type(module) is nn.Linear
-        and crossover(module.out_features, module.in_features, target.batch_size, target.threads)
-        is not None
+        and all(
+            crossover(module.out_features, module.in_features, n, target.threads) is not None
+            for n in (rows or {}).get(name, (target.batch_size,))
+        )
     )

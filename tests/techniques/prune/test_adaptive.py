@@ -135,7 +135,9 @@ def test_handler_follows_the_signals_and_records_its_phases(monkeypatch):
         {"x"},
     ]
     monkeypatch.setattr(prune, "sparse_layers", Script(fast))
-    monkeypatch.setattr(prune, "csr_reachable", lambda *a: frozenset({"classifier.4", "x", "y"}))
+    monkeypatch.setattr(
+        prune, "csr_reachable", lambda *a, **k: frozenset({"classifier.4", "x", "y"})
+    )
     monkeypatch.setattr(
         ApplyContext, "fine_tune", lambda self, model, **kw: model
     )  # decisions only

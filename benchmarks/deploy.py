@@ -1,0 +1,419 @@
+"""Deployable speed: fp32 eager against the runtimes users ship on and autoslim's forms.
+
+For ResNet-18 (224², torchvision layout) and BERT-base (sequence 128, Hugging Face
+``BertForSequenceClassification``), random weights, one process per model:
+
+- ``fp32 eager``: the reference every ratio is taken against;
+- peers a user would pick instead, in one call and no search:
+  ONNX Runtime fp32, ONNX Runtime int8 (static QDQ, per-channel, for the CNN; dynamic for
+  BERT), and on a GPU ``torch.compile`` in fp16 with CUDA graphs;
+- autoslim's deployable forms: structured pruning (half of the CNN's channels; half of
+  BERT's heads and FFN neurons) through autoslim's own stage, then the same runtime's
+  int8 (CPU) or fp16 + ``torch.compile`` with CUDA graphs (GPU).
+
+Each variant is timed in rounds interleaved with fp32 eager on the same batch and
+threads (:mod:`autoslim.measure.paired`), so ``latency_ratio`` comes with its interval.
+``bytes_ratio`` is the deployable file against the fp32 weights (safetensors). Random
+weights carry no accuracy, so ``metric`` is null: these rows are about speed and bytes
+at a stated compression level only.
+
+    python benchmarks/deploy.py --json                 # CPU 4 and 16 threads, and GPU if present
+    python benchmarks/deploy.py --quick --json         # CPU rows at 2 threads, few rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from autoslim.measure.paired import paired_latency
+from autoslim.pipeline import apply_recipe
+from autoslim.recipe import Recipe
+from autoslim.task import model_only_task
+
+# --- models -----------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block, written out (torchvision may not import here)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet18(nn.Module):
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths, layers, inplanes = (64, 128, 256, 512), [], 64
+        for index, width in enumerate(widths):
+            stride = 1 if index == 0 else 2
+            layers.append(
+                nn.Sequential(BasicBlock(inplanes, width, stride), BasicBlock(width, width))
+            )
+            inplanes = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class BertLogits(nn.Module):
+    """BertForSequenceClassification returning a tensor (exporters want tensors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertForSequenceClassification
+
+        self.bert = BertForSequenceClassification(BertConfig(num_labels=2))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=input_ids).logits
+
+
+def build(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor], Recipe]:
+    """The model in eval mode, a batch maker, and autoslim's structured recipe for it."""
+    torch.manual_seed(0)
+    task = {"entry": "deploy_benchmark:make_task"}
+    if name == "resnet18":
+        stage = {
+            "kind": "prune_structured",
+            "ratio": 0.5,
+            "input_shape": [3, 224, 224],
+            "round_to": 8,
+        }
+        return (
+            ResNet18().eval(),
+            lambda b: torch.randn(b, 3, 224, 224),
+            Recipe.from_dict({"task": task, "stages": [stage]}),
+        )
+    stage = {"kind": "prune_structured", "heads": 0.5, "ffn": 0.5}
+    return (
+        BertLogits().eval(),
+        lambda b: torch.randint(0, 30522, (b, 128)),
+        Recipe.from_dict({"task": task, "stages": [stage]}),
+    )
+
+
+def structured(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """autoslim's structured stage on the model, without fine-tuning (random weights)."""
+    import copy
+
+    task = model_only_task(lambda: copy.deepcopy(model), "deploy")
+    return apply_recipe(recipe, task=task, model=copy.deepcopy(model), dry_run=True).eval()
+
+
+# --- deployable forms -------------------------------------------------------------------
+
+
+def file_bytes(path: Path) -> int:
+    return path.stat().st_size
+
+
+def safetensors_bytes(model: nn.Module, folder: Path, name: str, dtype=None) -> int:
+    state = {
+        k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    path = folder / f"{name}.safetensors"
+    save_file(state, str(path))
+    return file_bytes(path)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """fp32 ONNX with a dynamic batch axis (TorchScript exporter: stable on both models)."""
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+def quantize_onnx(fp32: Path, out: Path, *, static: bool, calibration: list[torch.Tensor]) -> Path:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if not static:
+        quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
+        return out
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": b.numpy()} for b in calibration])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(
+        str(fp32),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return out
+
+
+def ort_runner(path: Path, batch: torch.Tensor, threads: int) -> Callable[[], object]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"x": batch.numpy()}
+    return lambda: session.run(None, feed)
+
+
+# --- measurement ------------------------------------------------------------------------
+
+
+def row(
+    model: str,
+    variant: str,
+    runtime: str,
+    device: str,
+    threads: int,
+    batch: int,
+    bytes_ratio: float,
+    paired,
+) -> dict:
+    return {
+        "model": model,
+        "variant": variant,
+        "runtime": runtime,
+        "device": device,
+        "threads": threads,
+        "batch": batch,
+        "bytes_ratio": round(bytes_ratio, 4),
+        "latency_ratio": round(paired.ratio, 4),
+        "latency_ratio_ci": [round(paired.ratio_lo, 4), round(paired.ratio_hi, 4)],
+        "latency_ms": round(paired.latency_ms, 3),
+        "reference_ms": round(paired.reference_ms, 3),
+        "verdict": paired.verdict,
+        "metric": None,
+        "metric_drop": None,
+    }
+
+
+def cpu_rows(
+    name: str, threads_list: list[int], batches: list[int], rounds: int, cap: float, log
+) -> list[dict]:
+    model, make_batch, recipe = build(name)
+    pruned = structured(model, recipe)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
+        folder = Path(tmp)
+        fp32_bytes = safetensors_bytes(model, folder, "fp32")
+        example = make_batch(1)
+        calibration = [make_batch(4) for _ in range(4)]
+        static = name == "resnet18"  # transformers: dynamic int8, as ONNX Runtime advises
+        files = {"onnxruntime fp32": export_onnx(model, example, folder / "fp32.onnx")}
+        files["onnxruntime int8 (peer)"] = quantize_onnx(
+            files["onnxruntime fp32"], folder / "int8.onnx", static=static, calibration=calibration
+        )
+        pruned_fp32 = export_onnx(pruned, example, folder / "pruned.onnx")
+        files["autoslim structured + onnxruntime int8"] = quantize_onnx(
+            pruned_fp32, folder / "pruned_int8.onnx", static=static, calibration=calibration
+        )
+        log(
+            f"{name}: files "
+            + ", ".join(f"{k} {file_bytes(v) / fp32_bytes:.3f}x" for k, v in files.items())
+        )
+        for threads in threads_list:
+            torch.set_num_threads(threads)
+            for batch_size in batches:
+                batch = make_batch(batch_size)
+                with torch.inference_mode():
+                    reference = partial(model, batch)
+                    for variant, path in files.items():
+                        candidate = ort_runner(path, batch, threads)
+                        paired = paired_latency(
+                            candidate, reference, warmup=2, rounds=rounds, time_cap_s=cap
+                        )
+                        rows.append(
+                            row(
+                                name,
+                                variant,
+                                "onnxruntime",
+                                "cpu",
+                                threads,
+                                batch_size,
+                                file_bytes(path) / fp32_bytes,
+                                paired,
+                            )
+                        )
+                        log(
+                            f"  {variant}, {threads} threads, batch {batch_size}: {paired.ratio:.3f} "
+                            f"[{paired.ratio_lo:.3f}, {paired.ratio_hi:.3f}]"
+                        )
+    return rows
+
+
+def gpu_rows(name: str, batches: list[int], rounds: int, cap: float, log) -> list[dict]:
+    model, make_batch, recipe = build(name)
+    pruned = structured(model, recipe)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
+        folder = Path(tmp)
+        fp32_bytes = safetensors_bytes(model, folder, "fp32")
+        forms = {
+            "torch.compile fp16 + CUDA graphs (peer)": (
+                model,
+                safetensors_bytes(model, folder, "fp16", torch.float16),
+            ),
+            "autoslim structured + fp16 + torch.compile + CUDA graphs": (
+                pruned,
+                safetensors_bytes(pruned, folder, "pruned16", torch.float16),
+            ),
+        }
+        eager = model.cuda()
+        for batch_size in batches:
+            batch = make_batch(batch_size).cuda()
+            with torch.inference_mode():
+                reference = partial(eager, batch)
+                for variant, (module, nbytes) in forms.items():
+                    compiled = torch.compile(_half(module).cuda(), mode="reduce-overhead")
+                    fed = batch if batch.dtype == torch.long else batch.half()
+                    candidate = partial(compiled, fed)
+                    paired = paired_latency(
+                        candidate,
+                        reference,
+                        warmup=5,
+                        rounds=rounds,
+                        time_cap_s=cap,
+                        sync=torch.cuda.synchronize,
+                    )
+                    rows.append(
+                        row(
+                            name,
+                            variant,
+                            "torch-compile",
+                            "cuda",
+                            0,
+                            batch_size,
+                            nbytes / fp32_bytes,
+                            paired,
+                        )
+                    )
+                    log(f"  {variant}, GPU batch {batch_size}: {paired.ratio:.3f}")
+    return rows
+
+
+def _half(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module).half().eval()
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="fp32 eager against ONNX Runtime, torch.compile and autoslim's "
+        "deployable forms on ResNet-18 and BERT-base; paired latency ratios."
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    parser.add_argument("--quick", action="store_true", help="CPU rows only, 2 threads, few rounds")
+    parser.add_argument(
+        "--models", default="resnet18,bert-base", help="comma list of resnet18, bert-base"
+    )
+    parser.add_argument("--threads", default="4,16", help="CPU thread counts (not with --quick)")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    models = args.models.split(",")
+    rounds, cap = (10, 15.0) if args.quick else (20, 30.0)
+    threads = [2] if args.quick else [int(t) for t in args.threads.split(",")]
+    rows = []
+    for name in models:
+        batches = [1, 32] if name == "resnet18" else [1, 16]
+        rows += cpu_rows(name, threads, batches, rounds, cap, log)
+        if not args.quick and torch.cuda.is_available():
+            rows += gpu_rows(name, batches, rounds, cap, log)
+    result = {"machine": machine(), "rows": rows}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    if args.json:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
