@@ -170,7 +170,17 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def quantize_onnx(fp32: Path, out: Path, *, static: bool, calibration: list[torch.Tensor]) -> Path:
+ACTIVATIONS = {"qint8": "QInt8", "quint8": "QUInt8"}
+
+
+def quantize_onnx(
+    fp32: Path,
+    out: Path,
+    *,
+    static: bool,
+    calibration: list[torch.Tensor],
+    activations: str = "qint8",
+) -> Path:
     """ONNX Runtime's own int8, as its docs advise: pre-processing (shape inference and
     graph optimisation), then static QDQ per-channel (CNN) or dynamic (transformers)."""
     from onnxruntime.quantization import (
@@ -201,7 +211,7 @@ def quantize_onnx(fp32: Path, out: Path, *, static: bool, calibration: list[torc
         Reader(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        activation_type=QuantType.QInt8,
+        activation_type=getattr(QuantType, ACTIVATIONS[activations]),
         weight_type=QuantType.QInt8,
     )
     return out
@@ -270,6 +280,14 @@ def cpu_rows(
         files["autoslim structured + onnxruntime int8"] = quantize_onnx(
             pruned_fp32, folder / "pruned_int8.onnx", static=static, calibration=calibration
         )
+        if static:  # uint8 activations (U8S8), the other static layout ONNX Runtime documents
+            files["onnxruntime int8 u8 activations (peer)"] = quantize_onnx(
+                files["onnxruntime fp32"],
+                folder / "int8_u8.onnx",
+                static=True,
+                calibration=calibration,
+                activations="quint8",
+            )
         log(
             f"{name}: files "
             + ", ".join(f"{k} {file_bytes(v) / fp32_bytes:.3f}x" for k, v in files.items())
