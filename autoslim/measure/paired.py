@@ -1,7 +1,7 @@
 """Latency as a paired ratio against a reference, with an interval and a noise verdict.
 
 A plain median of one model's timings moves with whatever else the machine runs: on a
-shared 2-core box the same artifact measured 78 ms in a search and 336 ms minutes later.
+shared 2-core box plain medians moved by up to 71 % between a quiet and a loaded machine.
 Timing the candidate and a reference (the fp32 baseline) alternately, round by round, on
 the same batch, threads and process, makes load that drifts during a measurement hit
 both sides of each round alike, so it cancels out of their ratio.
@@ -30,8 +30,9 @@ from scipy.stats import binom
 # (the load test, benchmarks/latency_noise.py, shows what quiet and loaded machines give).
 WIDE = 0.15
 # Two runs of the same model differ by up to a few per cent in one process (memory
-# layout, which side runs first): paired intervals of an fp32 artifact against itself
-# were as tight as [1.009, 1.029]. An interval reaching into 1 ± SAME is no gain.
+# layout, which side runs first): artifacts running the baseline's own kernels gave quiet
+# paired ratios of 0.984-1.024 (benchmarks/latency_noise.py). An interval
+# reaching into 1 ± SAME is no gain.
 SAME = 0.03
 # Re-measuring a wide interval stops once another doubling would pass this many seconds,
 # or after this many doublings (8× the rounds): a sub-millisecond model on a busy box
