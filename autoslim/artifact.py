@@ -41,7 +41,7 @@ from autoslim.errors import AutoslimError
 from autoslim.pipeline import deploy_runtime, handler_for, rebuild_structure
 from autoslim.recipe import Recipe
 from autoslim.registry import codec_for, weight_codecs
-from autoslim.space import compressible_layers
+from autoslim.space import stored_layers
 from autoslim.sparse.runtime import example_input, task_example
 from autoslim.task import Task, load_task, model_only_task
 from autoslim.trust import trusted
@@ -50,6 +50,7 @@ RECIPE_FILE = "recipe.yaml"
 WEIGHTS_FILE = "weights.safetensors"
 LAYOUT_KEY = "autoslim.layout"
 ARTIFACT_FILES = (RECIPE_FILE, WEIGHTS_FILE)
+DEPLOY_DIR = "deploy"  # a runtime's shipped form (autoslim.deploy.runtimes)
 
 
 def encode_state(
@@ -57,7 +58,8 @@ def encode_state(
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """All tensors of the model in stored form, plus the layout that decodes them.
 
-    Each compressible layer's weight goes to the first registered codec that takes it
+    Each stored layer's weight (compressible layers and embedding tables) goes to the
+    first registered codec that takes it
     (:func:`autoslim.registry.weight_codecs`); ``plan`` is what the codecs worked out for
     this model (:func:`storage_plan`; none: every weight in its smallest form).
     """
@@ -65,7 +67,7 @@ def encode_state(
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors: dict[str, torch.Tensor] = {}
     layout: dict[str, dict] = {}
-    for layer_name, module in compressible_layers(model).items():
+    for layer_name, module in stored_layers(model).items():
         name = f"{layer_name}.weight" if layer_name else "weight"
         enc = next(
             e for e in (codec.encode(name, module, plan or {}) for codec in codecs) if e is not None
@@ -248,9 +250,12 @@ def is_artifact(path: Path) -> bool:
 
 def artifact_bytes(path: str | Path) -> int:
     """Bytes on disk of every regular file in the artifact directory; a symbolic link is
-    neither followed nor counted (loading refuses one anyway)."""
+    neither followed nor counted (loading refuses one anyway). A runtime's shipped form
+    under ``deploy/`` is another artifact's worth of bytes, counted on its own."""
     total = 0
-    for root, _, files in os.walk(path, followlinks=False):
+    for root, folders, files in os.walk(path, followlinks=False):
+        if Path(root) == Path(path) and DEPLOY_DIR in folders:
+            folders.remove(DEPLOY_DIR)
         for name in files:
             info = os.lstat(os.path.join(root, name))
             total += info.st_size if stat.S_ISREG(info.st_mode) else 0

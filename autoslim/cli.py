@@ -75,7 +75,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_front(run, *, as_json: bool) -> int:
-    from autoslim.results.report import latency_ratio_text
+    from autoslim.results.report import latency_ratio_text, shipped_form_text
     from autoslim.searching.outputs import latency_interval
 
     front = run.front()
@@ -90,24 +90,45 @@ def _print_front(run, *, as_json: bool) -> int:
                     "trial": int(r["trial"]),
                     "values": {n: float(r[n]) for n in names},
                     **latency_interval(r),
+                    **_shipped_form(r),
                 }
                 for _, r in front.iterrows()
             ],
         }
         print(json.dumps(payload))
         return 0
-    rows = [{"trial": "baseline", **run.baseline, "latency ×": ""}]
+    rows = [{"trial": "baseline", **run.baseline, "latency ×": "", "runs as": "eager torch fp32"}]
     rows += [
-        {**r.to_dict(), "trial": int(r["trial"]), "latency ×": latency_ratio_text(r, run.baseline)}
+        {
+            **r.to_dict(),
+            "trial": int(r["trial"]),
+            "latency ×": latency_ratio_text(r, run.baseline),
+            "runs as": shipped_form_text(r),
+        }
         for _, r in front.iterrows()
     ]
     extras = [c for c in ("latency_ms", "peak_memory_bytes", "energy_mj") if c not in names]
     extras.append("latency ×")
+    if "deploy_form" in front:
+        extras.append("runs as")
     print(f"Pareto front of {run.info['experiment']}: {len(front)} of {len(run.table())} trials")
     print_table(
         rows, ["trial", *names, *extras], labels={**run.labels, "energy_mj": _energy_label(run)}
     )
     return 0
+
+
+def _shipped_form(row) -> dict:
+    """The runtime, form and storage-only parts of a front point, where recorded."""
+    if not isinstance(row.get("deploy_form"), str):
+        return {}
+    from autoslim.results.report import storage_only_parts
+
+    return {
+        "runtime": row.get("runtime"),
+        "deploy_form": row["deploy_form"],
+        "storage_only": storage_only_parts(row),
+    }
 
 
 def _energy_label(run) -> str:

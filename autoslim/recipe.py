@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from autoslim.errors import AutoslimError
@@ -29,6 +30,7 @@ from autoslim.registry import StageConfig, StrictModel, parse_stage
 
 SCHEMA_VERSION = 1
 REGEX_PREFIX = "re:"
+RuntimeName = Literal["torch", "torch-compile", "onnxruntime", "openvino"]
 
 V = TypeVar("V")
 
@@ -53,6 +55,30 @@ class Target(StrictModel):
     # Store sparse weights in their smallest encoding or in the layout of their kernel
     # (autoslim.sparse.policy). Unset: smallest; an experiment settles it per trial.
     storage_policy: Literal["smallest", "fastest"] | None = None
+    # Where the compressed model runs, is measured and ships (autoslim.deploy.runtimes).
+    # An experiment may list several: the search then picks one per trial.
+    runtime: RuntimeName | list[RuntimeName] = "torch"
+
+    @field_validator("runtime")
+    @classmethod
+    def _one_or_distinct(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            return value
+        if not value or len(set(value)) != len(value):
+            raise ValueError("runtime lists must name distinct runtimes, at least one")
+        return value[0] if len(value) == 1 else value
+
+    @model_validator(mode="after")
+    def _runtime_runs_on_device(self) -> Target:
+        cpu_only = {"onnxruntime", "openvino"} & set(self.runtimes)
+        if self.device == "cuda" and cpu_only:
+            raise ValueError(f"runtime {sorted(cpu_only)[0]} runs on device cpu only")
+        return self
+
+    @property
+    def runtimes(self) -> list[str]:
+        """The runtimes named, as a list."""
+        return [self.runtime] if isinstance(self.runtime, str) else list(self.runtime)
 
     @model_serializer(mode="wrap")
     def _omit_unset_policy(self, handler):
@@ -60,6 +86,8 @@ class Target(StrictModel):
         data = handler(self)
         if data.get("storage_policy") is None:
             data.pop("storage_policy", None)
+        if data.get("runtime") == "torch":
+            data.pop("runtime", None)
         return data
 
 
@@ -92,6 +120,13 @@ class Recipe(StrictModel):
             raise ValueError(
                 f"schema_version {value} is not supported (this autoslim reads {SCHEMA_VERSION})"
             )
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _one_runtime(cls, value: Target) -> Target:
+        if not isinstance(value.runtime, str):
+            raise ValueError("a recipe runs on one runtime; target.runtime names several")
         return value
 
     @field_validator("stages", mode="before")

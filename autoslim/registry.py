@@ -30,6 +30,7 @@ __all__ = [
     "ComponentSpec",
     "Encoded",
     "RegistryError",
+    "RuntimeForms",
     "StageConfig",
     "StageHandler",
     "StrictModel",
@@ -123,6 +124,36 @@ def parse_stage(data: Any) -> StageConfig:
 # --- search-space components ---------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RuntimeForms:
+    """What one runtime executes on its own kernels, so techniques can tell a form that
+    runs faster from one that only stores smaller.
+
+    ``weight_bits``: integer weight widths with integer kernels; ``floats``: float widths
+    computed in natively (not decoded to fp32 first); ``embedding_bits``: integer widths
+    of embedding tables read without decoding the whole table; ``sparse``: unstructured sparsity
+    has sparse kernels; ``per_layer``: layers may differ in width. ``storage_ships``: the
+    artifact's own bytes are what ships (eager torch), so a storage-only form still buys
+    size; where the runtime ships its own file, such a form buys nothing.
+    """
+
+    runtime: str
+    weight_bits: frozenset[int] = frozenset()
+    floats: frozenset[str] = frozenset({"fp32"})
+    sparse: bool = False
+    per_layer: bool = True
+    storage_ships: bool = True
+    embedding_bits: frozenset[int] = frozenset()
+
+    def runs_width(self, width: int | str) -> bool:
+        """Whether a weight width runs natively (fp32 always does)."""
+        return width in self.floats or width == "fp32" or width in self.weight_bits
+
+    def runs_embedding(self, width: int | str) -> bool:
+        """Whether an embedding table of this width is gathered from directly."""
+        return width in self.floats or width == "fp32" or width in self.embedding_bits
+
+
 class ComponentSpec(StrictModel):
     """Base of every search-space component: ``type`` picks the class, ``name``
     namespaces its parameters.
@@ -158,6 +189,11 @@ class ComponentSpec(StrictModel):
     def suggest(self, trial: optuna.Trial, info: Any) -> StageConfig | None:
         raise NotImplementedError
 
+    def for_runtime(self, forms: RuntimeForms) -> tuple[ComponentSpec | None, list[str]]:
+        """This component narrowed to what ``forms`` runs or ships smaller (None: nothing
+        left to search), with one line per choice dropped. By default it is kept whole."""
+        return self, []
+
 
 def component_types() -> dict[str, type[ComponentSpec]]:
     """Every registered component type, techniques loaded."""
@@ -185,6 +221,11 @@ class StageHandler(Generic[C]):
     def runtime(self, model: nn.Module, config: C, target: Any) -> nn.Module:
         """After the weights are loaded: move layers onto the kernels ``target`` has."""
         return model
+
+    def storage_only(self, config: C, forms: RuntimeForms) -> list[str]:
+        """The parts of ``config`` that ``forms`` stores but does not run faster, e.g.
+        "4-bit weights" on a runtime with only 8-bit kernels (shown beside a front point)."""
+        return []
 
     def shortest_form(self, config: C, same_structure: Callable[[StageConfig], bool]) -> C:
         """The config with whatever loading does not need dropped, kept only where

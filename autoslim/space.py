@@ -22,7 +22,13 @@ from torch import nn
 
 from autoslim.errors import AutoslimError
 from autoslim.recipe import read_yaml, validate_model
-from autoslim.registry import ComponentSpec, StageConfig, StrictModel, component_types
+from autoslim.registry import (
+    ComponentSpec,
+    RuntimeForms,
+    StageConfig,
+    StrictModel,
+    component_types,
+)
 
 # Layers that carry a weight matrix the techniques can prune or quantize.
 COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -31,6 +37,23 @@ COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers with a weight the techniques act on, by qualified name, in model order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, COMPRESSIBLE_TYPES)}
+
+
+def embedding_tables(model: nn.Module) -> dict[str, nn.Embedding]:
+    """Lookup tables (``nn.Embedding``), by qualified name: quantized, never pruned, and
+    not tied to a compressible layer (a tied table takes that layer's width)."""
+    tied = {id(m.weight) for m in compressible_layers(model).values()}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Embedding) and id(m.weight) not in tied
+    }
+
+
+def stored_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer whose weight goes through a weight codec: compressible layers, then
+    embedding tables."""
+    return {**compressible_layers(model), **embedding_tables(model)}
 
 
 @dataclass(frozen=True)
@@ -163,6 +186,26 @@ class SearchSpace:
                 f"duplicate component names in search space: {', '.join(duplicates)}"
             )
         self.components = list(components)
+        # One line per choice a runtime made the space drop (for_runtime).
+        self.notes: list[str] = []
+
+    def for_runtime(self, forms: RuntimeForms) -> SearchSpace:
+        """The space narrowed to forms that run, or ship smaller, on ``forms``'s runtime;
+        ``notes`` says what was dropped and why."""
+        kept, notes = [], []
+        for component in self.components:
+            narrowed, dropped = component.for_runtime(forms)
+            notes += dropped
+            if narrowed is not None:
+                kept.append(narrowed)
+        if not kept:
+            raise AutoslimError(
+                f"nothing in the search space runs or ships smaller on {forms.runtime}: "
+                + "; ".join(notes)
+            )
+        space = SearchSpace(kept)
+        space.notes = notes
+        return space
 
     @classmethod
     def from_spec(cls, spec: Sequence[dict[str, Any]]) -> SearchSpace:

@@ -6,11 +6,15 @@ exporter if that fails or gives different outputs) with a dynamic batch axis, ch
 against the model on ONNX Runtime, and optionally quantized by ONNX Runtime:
 
 - ``none`` (the default): the fp32 graph, the artifact's outputs to float rounding;
-- ``static``: QDQ int8, per-channel symmetric weights and int8 activations calibrated on
-  ``calibration_batches`` batches of the task's train split; the usual choice for an
-  artifact quantized to 8 bits, whose weights then take one byte each on disk too;
-- ``dynamic``: int8 weights of MatMul, Gemm and Gather (embeddings), activations
-  quantized per batch; for transformers.
+- ``static``: QDQ int8, per-channel symmetric int8 weights and uint8 activations (U8S8,
+  ONNX Runtime's fast layout on x86) calibrated on ``calibration_batches`` batches of
+  the task's train split; the usual choice for an artifact quantized to 8 bits, whose
+  weights then take one byte each on disk too;
+- ``dynamic``: int8 weights of MatMul and Gemm, activations quantized per batch; for
+  transformers.
+
+Embedding tables follow the artifact's recipe: int8 (dynamic Gather) or 4-bit blocks
+(``GatherBlockQuantized``) where its quantize stage sets ``embeddings``, else fp32.
 
 Quantizing activations changes outputs beyond what the artifact was measured with, so
 it is never implied. The artifact's recipe.yaml and the export's provenance travel in the
@@ -46,7 +50,7 @@ QUANTIZE_MODES = ("none", "dynamic", "static")
 RECIPE_KEY = "autoslim.recipe"
 PROVENANCE_KEY = "autoslim.provenance"
 INPUT_NAME = "input"
-DYNAMIC_OP_TYPES = ["MatMul", "Gemm", "Gather"]
+MATMUL_OP_TYPES = ["MatMul", "Gemm"]
 # The graph is traced on EXPORT_BATCH validation samples and checked on the first
 # CHECK_BATCH (another batch size, as the axis is dynamic; enough real samples to catch a
 # trace that baked in the example batch's data-dependent shapes or branches).
@@ -89,17 +93,30 @@ def export_onnx(
 
 
 def build_onnx(
-    loaded: LoadedArtifact, artifact_dir: Path, tmp: Path, quantize: str, calibration_batches: int
+    loaded: LoadedArtifact,
+    artifact_dir: Path,
+    tmp: Path,
+    quantize: str,
+    calibration_batches: int,
+    *,
+    gather_bits: int | None = None,
 ) -> Path:
-    """The finished ONNX file of a loaded artifact, written inside ``tmp``."""
+    """The finished ONNX file of a loaded artifact, written inside ``tmp``. Embedding
+    tables follow the recipe (:func:`embedding_bits`) unless ``gather_bits`` says."""
     graph, exporter = export_graph(loaded.model, loaded.task.example_batch, tmp / "fp32.onnx")
     provenance = _provenance(loaded, artifact_dir, quantize, exporter)
+    tables = embedding_bits(loaded.recipe) if gather_bits is None else gather_bits
     if quantize == "static":
         batches = calibration_data(loaded, calibration_batches)
         provenance["calibration"] = {"split": "train", "samples": sum(len(b) for b in batches)}
         graph = quantize_static(graph, tmp / "static.onnx", batches)
     elif quantize == "dynamic":
-        graph = quantize_dynamic(graph, tmp / "dynamic.onnx")
+        ops = [*MATMUL_OP_TYPES, *(["Gather"] if tables == 8 else [])]
+        graph = quantize_dynamic(graph, tmp / "dynamic.onnx", ops)
+    if tables == 4:
+        graph = quantize_gather_4bit(graph, tmp / "gather4.onnx")
+    if tables in (4, 8):
+        provenance["embeddings"] = f"int{tables}"
     metadata = {
         RECIPE_KEY: (artifact_dir / RECIPE_FILE).read_text(),
         PROVENANCE_KEY: json.dumps(provenance, sort_keys=True),
@@ -193,7 +210,8 @@ def calibration_data(loaded: LoadedArtifact, batches: int) -> list[np.ndarray]:
 
 
 def quantize_static(src: Path, dst: Path, batches: list[np.ndarray]) -> Path:
-    """QDQ int8: per-channel symmetric int8 weights, int8 activations (min-max calibrated)."""
+    """QDQ int8: per-channel symmetric int8 weights, uint8 activations (min-max calibrated;
+    int8 activations ran 3.8x slower on x86, BENCHMARKS.md)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
@@ -207,24 +225,56 @@ def quantize_static(src: Path, dst: Path, batches: list[np.ndarray]) -> Path:
     with _quiet():
         ort_quantize_static(
             str(_prepared(src, dst)), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )  # fmt: skip
     return dst
 
 
-def quantize_dynamic(src: Path, dst: Path) -> Path:
-    """int8 weights of MatMul, Gemm and Gather; activations quantized per batch at run time.
-    Convolutions stay fp32 (ONNX Runtime's CPU kernels have no int8-weight ConvInteger)."""
+def quantize_dynamic(src: Path, dst: Path, op_types: list[str] | None = None) -> Path:
+    """int8 weights of ``op_types`` (MatMul and Gemm; Gather too where the embeddings are
+    int8); activations quantized per batch at run time. Convolutions stay fp32 (ONNX
+    Runtime's CPU kernels have no int8-weight ConvInteger)."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     with _quiet():
         ort_quantize_dynamic(
-            str(_prepared(src, dst)), str(dst), op_types_to_quantize=DYNAMIC_OP_TYPES, per_channel=True,
-            weight_type=QuantType.QInt8,
+            str(_prepared(src, dst)), str(dst), op_types_to_quantize=op_types or MATMUL_OP_TYPES,
+            per_channel=True, weight_type=QuantType.QInt8,
         )  # fmt: skip
     return dst
+
+
+def quantize_gather_4bit(src: Path, dst: Path) -> Path:
+    """Embedding tables as 4-bit blocks of ``EMBEDDING_GROUP`` values with one scale each
+    (``GatherBlockQuantized``): the lookup reads only the rows it needs and decodes them."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    from autoslim.techniques.quantize import EMBEDDING_GROUP
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=EMBEDDING_GROUP, is_symmetric=True, bits=4,
+        op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),),
+    )  # fmt: skip
+    with _quiet():
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(dst), False)
+    return dst
+
+
+def embedding_bits(recipe) -> int | None:
+    """The integer width the recipe's quantize stage gives embedding tables, if any."""
+    for stage in recipe.stages:
+        width = getattr(stage, "embeddings", None) if stage.kind == "quantize" else None
+        if isinstance(width, int):
+            return 8 if width == 8 else 4 if width <= 4 else 8
+    return None
 
 
 def _prepared(src: Path, dst: Path) -> Path:

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
+from autoslim.artifact import artifact_bytes
 from autoslim.errors import AutoslimError, TrialFailed
+from autoslim.measure.latency import model_latency
 from autoslim.recipe import Target
 
 # Objectives an experiment may name, besides the task's own metric name.
@@ -65,31 +67,36 @@ def measure_artifact(
     own median, ``reference_latency_ms``.
     """
     from autoslim.artifact import load_artifact
-    from autoslim.measure.energy import estimate_energy_mj, nvml_energy_mj
-    from autoslim.measure.latency import model_latency
+    from autoslim.deploy.runtimes import deployed_values, runtime_named
     from autoslim.measure.memory import peak_memory_bytes
     from autoslim.recipe import Recipe
     from autoslim.sparse.runtime import warm_crossovers
     from autoslim.task import load_task
 
     torch.set_num_threads(target.threads)
-    task = load_task(Recipe.load(Path(path) / "recipe.yaml").task)
+    recipe = Recipe.load(Path(path) / "recipe.yaml")
+    task = load_task(recipe.task)
+    runtime = runtime_named(target.runtime)
     batch = task.example_batch(target.batch_size).to(target.device)
     _warm_up_runtime(target.device)
-    # Crossover timings allocate test matrices; take them (or their cache) before the peak window.
+    # Crossover timings allocate test matrices, and a runtime's own file is built once:
+    # both before the peak window, which is loading and running what ships.
     warm_crossovers(load_artifact(path, task=task, runtime=False).model, target, example=batch)
+    runtime.build(Path(path), task)
     loaded: dict = {}
 
     def load_and_run() -> None:
-        loaded["artifact"] = load_artifact(path, task=task)
-        loaded["artifact"].model.to(target.device)
+        loaded["deployed"] = runtime.deploy(Path(path), task, target)
         with torch.inference_mode():
-            loaded["artifact"].model(batch)
+            loaded["deployed"].module(batch)
 
     peak = peak_memory_bytes(load_and_run, device=target.device)
-    artifact = loaded["artifact"]
-    model = artifact.model
-    values = {"size_bytes": artifact.size_bytes, "peak_memory_bytes": peak}
+    deployed = loaded["deployed"]
+    model = deployed.module
+    values = {"size_bytes": deployed.size_bytes, "peak_memory_bytes": peak}
+    values |= deployed_values(deployed, recipe)
+    if target.runtime != "torch":
+        values["artifact_bytes"] = artifact_bytes(path)
     if reference is None:
         latency = model_latency(model, batch, warmup=target.warmup, repeats=target.repeats)
         values |= {
@@ -101,18 +108,26 @@ def measure_artifact(
         values |= _paired_values(
             model, load_artifact(reference, task=task).model.to(target.device), batch, target
         )
-    if target.device == "cuda":
-        with torch.inference_mode():
-            values["energy_mj"] = nvml_energy_mj(lambda: model(batch))
-        values["energy_source"] = "nvml"
-    else:
-        values["energy_mj"] = estimate_energy_mj(model, batch)
-        values["energy_source"] = "estimated"
+    values |= _energy(model, path, task, batch, target)
     model.cpu()
     for split in splits:
         key = task.metric_name if split == "val" else f"{split}_{task.metric_name}"
         values[key] = task.evaluate(model, split)
     return values
+
+
+def _energy(model: torch.nn.Module, path, task, batch: torch.Tensor, target: Target) -> dict:
+    """NVML's counter around the shipped module on a GPU; else the estimate, which counts
+    the eager artifact's layers (a runtime's own session has no layers to count)."""
+    from autoslim.artifact import load_artifact
+    from autoslim.measure.energy import estimate_energy_mj, nvml_energy_mj
+
+    if target.device == "cuda":
+        with torch.inference_mode():
+            return {"energy_mj": nvml_energy_mj(lambda: model(batch)), "energy_source": "nvml"}
+    if target.runtime != "torch":
+        model = load_artifact(path, task=task).model
+    return {"energy_mj": estimate_energy_mj(model, batch), "energy_source": "estimated"}
 
 
 def _paired_values(
@@ -152,7 +167,7 @@ def confirm_latencies(paths: list[str | Path], reference: str | Path, target: Ta
     torch.set_num_threads(target.threads)
     ref = load_artifact(reference)
     batch = ref.task.example_batch(target.batch_size).to(target.device)
-    models = [load_artifact(p, task=ref.task).model.to(target.device) for p in paths]
+    models = [shipped_module(p, ref.task, target) for p in paths]
     ref_model = ref.model.to(target.device)
     calls = [(lambda m=m: m(batch)) for m in models]
     sync = torch.cuda.synchronize if batch.is_cuda else None
@@ -161,6 +176,16 @@ def confirm_latencies(paths: list[str | Path], reference: str | Path, target: Ta
             call()
         cand, refs = time_rounds_many(calls, lambda: ref_model(batch), target.repeats, sync=sync)
     return [summarise(times, refs).as_dict() for times in cand]
+
+
+def shipped_module(path: str | Path, task, target: Target) -> torch.nn.Module:
+    """The artifact at ``path`` as it ships: on the runtime its own recipe names."""
+    from autoslim.deploy.runtimes import runtime_named
+    from autoslim.recipe import Recipe
+
+    runtime = Recipe.load(Path(path) / "recipe.yaml").target.runtime
+    shipped = target.model_copy(update={"runtime": runtime})
+    return runtime_named(runtime).deploy(Path(path), task, shipped).module
 
 
 def confirm_in_subprocess(

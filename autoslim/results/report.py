@@ -102,6 +102,21 @@ def points_table(report: Report) -> pd.DataFrame:
     return frame.rename(columns={"energy_mj": _energy_label(run)})
 
 
+def shipped_form_text(row: pd.Series | dict) -> str:
+    """How a point runs where it ships, and what it stores smaller without running
+    faster there ("storage-only"), e.g. ``eager torch; storage-only: 4-bit weights``."""
+    form = row.get("deploy_form")
+    if not isinstance(form, str):
+        return ""
+    parts = storage_only_parts(row)
+    return f"{form}; storage-only: {', '.join(parts)}" if parts else form
+
+
+def storage_only_parts(row: pd.Series | dict) -> list[str]:
+    text = row.get("storage_only")
+    return json.loads(text) if isinstance(text, str) and text.startswith("[") else []
+
+
 def latency_ratio_text(row: pd.Series, baseline: dict) -> str:
     """A point's latency against the baseline as the report shows it: the paired ratio
     with its interval, and a gain only where the whole interval is below 1.0."""

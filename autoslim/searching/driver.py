@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def search(
     task = load_task(experiment.task)
     check_objectives(experiment, task.metric_name, OBJECTIVE_NAMES, task.metric_direction)
     check_space(space, build_probe_model(task), experiment)
+    if progress:  # stderr: stdout carries results
+        for note in space.notes:
+            print(f"search space on {experiment.target.runtime}: {note}", file=sys.stderr)
     connect_backend(
         backend, address
     )  # before anything is written: a wrong --address leaves no run folder
@@ -201,10 +205,13 @@ def measure_baseline(study: optuna.Study, ctx: SearchContext) -> dict[str, float
     """
     if BASELINE_ATTR in study.user_attrs:
         return dict(study.user_attrs[BASELINE_ATTR])
-    recipe = Recipe(task=ctx.experiment.task, seed=ctx.seed, target=ctx.experiment.target)
+    # The baseline is the model as the user runs it today: fp32 in eager torch, whatever
+    # runtimes the trials ship on.
+    target = ctx.experiment.target.model_copy(update={"runtime": "torch"})
+    recipe = Recipe(task=ctx.experiment.task, seed=ctx.seed, target=target)
     private = save_artifact(ctx.baseline_model, recipe, ctx.run_dir / baseline_copy_name())
     try:
-        values = ctx.measure_artifact(private, ctx.experiment.target, splits=("val", "test"))
+        values = ctx.measure_artifact(private, target, splits=("val", "test"))
         with contextlib.suppress(OSError):  # another worker published its copy first
             if not (ctx.run_dir / "baseline").exists():
                 private.rename(ctx.run_dir / "baseline")

@@ -38,6 +38,9 @@ from autoslim.task import Task
 from autoslim.techniques.prune import fold_pruning_masks
 from autoslim.train import TrainHooks
 
+# The trial parameter that picks a runtime when the target names several.
+RUNTIME_PARAM = "target.runtime"
+
 
 @dataclass
 class SearchContext:
@@ -92,10 +95,12 @@ class SearchContext:
 
 
 def suggest_recipe(trial: optuna.Trial, ctx: SearchContext) -> Recipe:
-    stages = ctx.space.suggest(trial, ctx.info)
-    # The recipe names its storage policy (fastest when latency is an objective), so it
-    # replays alone.
+    # The recipe names its storage policy and its one runtime, so it replays alone.
     target = settle_storage_policy(ctx.experiment.target)
+    if len(target.runtimes) > 1:
+        runtime = trial.suggest_categorical(RUNTIME_PARAM, target.runtimes)
+        target = target.model_copy(update={"runtime": runtime})
+    stages = ctx.space.suggest(trial, ctx.info)
     return Recipe(task=ctx.experiment.task, seed=ctx.seed, target=target, stages=stages)
 
 
@@ -114,10 +119,10 @@ def dry_run_costs(
     )
     save_artifact(model, recipe, out, task=ctx.task)
     try:
-        if set(ctx.cost_objectives) <= {"size_bytes"}:
+        if set(ctx.cost_objectives) <= {"size_bytes"} and recipe.target.runtime == "torch":
             values = {"size_bytes": artifact_bytes(out)}  # bytes need no measuring process
         else:
-            values = ctx.measure_artifact(out, ctx.experiment.target)
+            values = ctx.measure_artifact(out, recipe.target)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return {name: float(values[name]) for name in ctx.cost_objectives}, records.get(
@@ -240,7 +245,7 @@ def evaluate_trial(
     TrialRecord(recipe=recipe.to_dict()).write_to(trial)
     save_artifact(model, recipe, out, task=ctx.task)
     try:
-        values = ctx.measure_artifact(out, ctx.experiment.target)
+        values = ctx.measure_artifact(out, recipe.target)
     finally:
         if ctx.experiment.search.keep_artifacts == "none":
             shutil.rmtree(out, ignore_errors=True)

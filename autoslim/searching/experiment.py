@@ -147,7 +147,18 @@ def load_experiment(path: str | Path) -> tuple[Experiment, SearchSpace]:
         space = SearchSpace.load(_resolve_space_path(experiment.space, path))
     else:
         space = SearchSpace.from_spec(experiment.space)
-    return experiment, space
+    return experiment, narrow_to_runtime(space, experiment.target)
+
+
+def narrow_to_runtime(space: SearchSpace, target: Target) -> SearchSpace:
+    """With one runtime named, only forms that run or ship smaller there are searched.
+    With several, the whole space stays: each trial's runtime says what its forms are."""
+    from autoslim.deploy.runtimes import check_runtimes, runtime_named
+
+    check_runtimes(target)
+    if len(target.runtimes) > 1:
+        return space
+    return space.for_runtime(runtime_named(target.runtimes[0]).forms(target.device))
 
 
 def _resolve_space_path(name: str, experiment_path: Path) -> Path:

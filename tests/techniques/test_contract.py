@@ -107,3 +107,24 @@ def test_apply_save_load_gives_the_same_outputs_and_shapes(task, component_type,
         rebuilt = rebuild_structure(task.build_model(), artifact_recipe(recipe, task))
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         assert {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == shapes
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("component_type", sorted(component_types()))
+def test_narrowed_to_a_runtime_every_draw_runs_natively_there(task, component_type, runtime):
+    """``for_runtime`` and ``storage_only`` agree: on a runtime that ships its own file,
+    the narrowed space draws nothing that would be stored smaller without running faster."""
+    from autoslim.deploy.runtimes import runtime_named, storage_only
+    from autoslim.errors import AutoslimError
+
+    forms = runtime_named(runtime).forms("cpu")
+    try:
+        space = space_for(component_type).for_runtime(forms)
+    except AutoslimError as exc:  # the whole space dropped: said in one line, with reasons
+        assert runtime in str(exc) and "dropped" in str(exc)
+        return
+    for component in space.components:
+        assert isinstance(component, type(parse_component({"type": component.type})))
+    target = Target(threads=1, runtime=runtime)
+    for _, recipe in drawn_recipes(space, ModelInfo.from_model(task.build_model())):
+        assert storage_only(recipe.model_copy(update={"target": target})) == []

@@ -39,7 +39,13 @@ from torch.nn.utils import prune as torch_prune
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext
 from autoslim.recipe import resolve_layer_map
-from autoslim.registry import ComponentSpec, StageConfig, StageHandler, register_handler
+from autoslim.registry import (
+    ComponentSpec,
+    RuntimeForms,
+    StageConfig,
+    StageHandler,
+    register_handler,
+)
 from autoslim.space import FloatRange, IntRange, ModelInfo, compressible_layers
 from autoslim.sparse.runtime import layer_rows
 from autoslim.techniques.prune._adaptive import (
@@ -288,6 +294,10 @@ def _remove(modules: list[nn.Module]) -> None:
 
 @register_handler(PruneConfig)
 class MagnitudePruneHandler(StageHandler[PruneConfig]):
+    def storage_only(self, config: PruneConfig, forms: RuntimeForms) -> list[str]:
+        pruned = config.sparsity > 0 or any(v > 0 for v in config.layers.values())
+        return ["unstructured sparsity"] if pruned and not forms.sparse else []
+
     def apply(self, model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> nn.Module:
         if ctx.skip_training and config.schedule != "oneshot":
             # A dry run builds only the final structure, which every schedule reaches.
@@ -480,6 +490,14 @@ class MagnitudePruneSpace(ComponentSpec):
             if len(choices) == 1
             else trial.suggest_categorical(f"{self.name}.{key}", choices)
         )
+
+    def for_runtime(self, forms: RuntimeForms) -> tuple[ComponentSpec | None, list[str]]:
+        if forms.sparse or forms.storage_ships:
+            return self, []
+        return None, [
+            f"{self.name}: dropped; unstructured sparsity neither runs faster nor ships "
+            f"smaller on {forms.runtime} (its file stores the zeros densely)"
+        ]
 
     def suggest(self, trial: optuna.Trial, info: ModelInfo) -> PruneConfig | None:
         if not self.enabled(trial):

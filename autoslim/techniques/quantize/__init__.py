@@ -16,7 +16,7 @@ to fp32 and runs on the fp32 kernels, because no faster kernel exists for it her
 from __future__ import annotations
 
 from collections import Counter
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import optuna
 import torch
@@ -26,8 +26,14 @@ from torch import nn
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext
 from autoslim.recipe import Target, resolve_layer_map
-from autoslim.registry import ComponentSpec, StageConfig, StageHandler, register_handler
-from autoslim.space import FloatRange, IntRange, ModelInfo, compressible_layers
+from autoslim.registry import (
+    ComponentSpec,
+    RuntimeForms,
+    StageConfig,
+    StageHandler,
+    register_handler,
+)
+from autoslim.space import FloatRange, IntRange, ModelInfo, compressible_layers, embedding_tables
 from autoslim.techniques.quantize import _codec  # noqa: F401  (registers the quantized-weight codec)
 from autoslim.techniques.quantize._codebook import (
     MAX_CODEBOOK_BITS,
@@ -87,6 +93,44 @@ def compact_plan(plan: dict[str, BitWidth], all_layers: list[str]) -> dict:
     }
 
 
+def _width_name(width: BitWidth, what: str = "weights") -> str:
+    return f"{width}-bit {what}" if isinstance(width, int) else f"{width} {what}"
+
+
+# Embedding rows are quantized in groups of this many values, each with its own scale:
+# one scale per row loses the rare large entries of a token's vector, and 32 is the
+# block ONNX Runtime's 4-bit gather reads.
+EMBEDDING_GROUP = 32
+
+
+def embedding_grid(bits: int, table: nn.Embedding) -> GridSpec:
+    grouped_rows = table.embedding_dim % EMBEDDING_GROUP == 0
+    return GridSpec(
+        bits=bits,
+        symmetric=True,
+        granularity="group" if grouped_rows else "per_channel",
+        group_size=EMBEDDING_GROUP if grouped_rows else None,
+    )
+
+
+def _quantize_tables(model: nn.Module, width: BitWidth, *, rebuild: bool) -> None:
+    """Snap (or, rebuilding, only mark) every embedding table to ``width``."""
+    if width == "fp32":
+        return
+    for table in embedding_tables(model).values():
+        if width in FLOAT_WIDTHS:
+            if not rebuild:
+                with torch.no_grad():
+                    table.weight.copy_(table.weight.to(FLOAT_WIDTHS[width]).float())
+            setattr(table, FLOAT_ATTR, width)
+        elif rebuild:
+            spec = embedding_grid(width, table)
+            shape = grouped(table.weight, spec).shape[:2]
+            mark_grid(table, spec, torch.ones(shape), torch.zeros(shape))
+        else:
+            _snap_to_grid(table, embedding_grid(width, table))
+
+
 class QuantizeConfig(StageConfig):
     """Bit width per layer: ``layers`` maps exact names or ``re:`` regexes to a width,
     every other compressible layer gets ``default``. The grid settings apply to every
@@ -107,6 +151,9 @@ class QuantizeConfig(StageConfig):
     qat_method: Literal["ste", "lsq"] = "ste"
     grid_kind: Literal["uniform", "pow2", "log", "kmeans"] = "uniform"
     codebook_per_channel: bool = True
+    # Width of the embedding tables (nn.Embedding): symmetric uniform levels in groups
+    # of EMBEDDING_GROUP along each row, the block layout runtimes gather from directly.
+    embeddings: BitWidth = "fp32"
 
     # The stored grid (scale, zero point or codebook) is in the weights file; how it was
     # calibrated or learned is not needed to load it.
@@ -161,6 +208,15 @@ def _check_groups(module: nn.Module, spec: GridSpec, name: str) -> None:
 
 @register_handler(QuantizeConfig)
 class WeightQuantHandler(StageHandler[QuantizeConfig]):
+    def storage_only(self, config: QuantizeConfig, forms: RuntimeForms) -> list[str]:
+        widths = {config.default, *config.layers.values()}
+        parts = [_width_name(w) for w in sorted(widths, key=str) if not forms.runs_width(w)]
+        if len(widths) > 1 and not forms.per_layer:
+            parts.append("per-layer widths")
+        if not forms.runs_embedding(config.embeddings):
+            parts.append(_width_name(config.embeddings, "embeddings"))
+        return parts
+
     def apply(self, model: nn.Module, config: QuantizeConfig, ctx: ApplyContext) -> nn.Module:
         if config.fold_bn:
             fold_batchnorm(model)
@@ -180,6 +236,7 @@ class WeightQuantHandler(StageHandler[QuantizeConfig]):
             learned = _train_aware(model, {n: layers[n] for n in specs}, specs, config, ctx)
         for name, spec in specs.items():
             _snap_to_grid(layers[name], spec, learned=learned.get(name))
+        _quantize_tables(model, config.embeddings, rebuild=False)
         return model
 
     def rebuild(self, model: nn.Module, config: QuantizeConfig) -> nn.Module:
@@ -198,6 +255,7 @@ class WeightQuantHandler(StageHandler[QuantizeConfig]):
                 continue
             shape = grouped(module.weight, spec).shape[:2]
             mark_grid(module, spec, torch.ones(shape), torch.zeros(shape))
+        _quantize_tables(model, config.embeddings, rebuild=True)
         return model
 
     def runtime(self, model: nn.Module, config: QuantizeConfig, target: Target) -> nn.Module:
@@ -296,6 +354,39 @@ class WeightQuantSpace(ComponentSpec):
     grid_kind: list[Literal["uniform", "pow2", "log", "kmeans"]] = Field(
         default=["uniform"], min_length=1
     )
+    # Embedding-table widths to search (models without nn.Embedding ignore it).
+    embeddings: list[BitWidth] = Field(default=["fp32"], min_length=1)
+
+    def for_runtime(self, forms: RuntimeForms) -> tuple[ComponentSpec | None, list[str]]:
+        if forms.storage_ships:
+            return self, []
+        bits = [b for b in self.bits if forms.runs_width(b)]
+        dropped = [_width_name(b) for b in self.bits if not forms.runs_width(b)]
+        notes = []
+        if dropped:
+            notes.append(
+                f"{self.name}: {', '.join(dropped)} dropped; {forms.runtime} has no kernels "
+                "for them and its file would store them no smaller"
+            )
+        if set(bits) <= {"fp32"}:
+            return None, [*notes, f"{self.name}: dropped; nothing left that runs quantized"]
+        update: dict[str, Any] = {"bits": bits}
+        if self.per_layer and not forms.per_layer:
+            update["per_layer"] = False
+            notes.append(f"{self.name}: one width for all layers, as {forms.runtime} runs them")
+        tables = [w for w in self.embeddings if forms.runs_embedding(w)] or ["fp32"]
+        if tables != self.embeddings:
+            notes.append(
+                f"{self.name}: embeddings {', '.join(map(str, self.embeddings))} narrowed to "
+                f"{', '.join(map(str, tables))}, what {forms.runtime} gathers from directly"
+            )
+            update["embeddings"] = tables
+        if self.layer_bits:
+            update["layer_bits"] = {
+                layer: [b for b in choices if forms.runs_width(b)] or ["fp32"]
+                for layer, choices in self.layer_bits.items()
+            }
+        return self.model_copy(update=update), notes
 
     def matching_layers(self, names: list[str]) -> list[str]:
         from autoslim.space import LayerInfo
@@ -328,6 +419,7 @@ class WeightQuantSpace(ComponentSpec):
             "symmetric": self.symmetric,
             "fold_bn": self._pick(trial, "fold_bn", self.fold_bn),
             "grid_kind": self._pick(trial, "grid_kind", self.grid_kind),
+            "embeddings": self._pick(trial, "embeddings", self.embeddings),
         }
         uniform = grid["grid_kind"] == "uniform"
         if uniform:

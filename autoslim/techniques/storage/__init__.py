@@ -20,7 +20,13 @@ from torch import nn
 
 from autoslim.pipeline import ApplyContext
 from autoslim.recipe import resolve_layer_map
-from autoslim.registry import ComponentSpec, StageConfig, StageHandler, register_handler
+from autoslim.registry import (
+    ComponentSpec,
+    RuntimeForms,
+    StageConfig,
+    StageHandler,
+    register_handler,
+)
 from autoslim.space import ModelInfo, compressible_layers
 from autoslim.techniques.storage.codec import FORMAT_ATTR, storage_format
 
@@ -63,6 +69,9 @@ class StorageHandler(StageHandler[StorageConfig]):
     def apply(self, model: nn.Module, config: StorageConfig, ctx: ApplyContext) -> nn.Module:
         return _mark(model, config)
 
+    def storage_only(self, config: StorageConfig, forms: RuntimeForms) -> list[str]:
+        return [] if forms.storage_ships else [f"storage format {config.default}"]
+
     # No rebuild: the layout names each weight's format, so decoding needs no mark.
 
 
@@ -72,6 +81,11 @@ class StorageSpace(ComponentSpec):
     type: Literal["storage.format"] = "storage.format"
     name: str = "storage"
     formats: list[Format] = Field(default=["auto", "csr", "bitmap"], min_length=1)
+
+    def for_runtime(self, forms: RuntimeForms) -> tuple[ComponentSpec | None, list[str]]:
+        if forms.storage_ships:
+            return self, []
+        return None, [f"{self.name}: dropped; {forms.runtime} ships its own file format"]
 
     def suggest(self, trial: optuna.Trial, info: ModelInfo) -> StorageConfig | None:
         if not self.enabled(trial):

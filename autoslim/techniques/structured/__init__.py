@@ -1,4 +1,5 @@
-"""Structured pruning that physically removes channels, FFN neurons and attention heads.
+"""Structured pruning that physically removes channels, FFN neurons, attention heads
+and whole blocks (:mod:`autoslim.techniques.structured._depth`).
 
 Channels: built on Torch-Pruning's DepGraph, which finds coupled layers (residual adds,
 BatchNorm, concatenation, grouped convs) and shrinks them together. Writing our own
@@ -63,6 +64,12 @@ from autoslim.techniques.prune.importance import (
     get_criterion,
 )
 from autoslim.techniques.prune.importance import channel_scores as element_channel_scores
+from autoslim.techniques.structured._depth import (
+    DropLayersConfig,
+    DropLayersHandler,
+    DropLayersSpace,
+    drop_blocks,
+)
 from autoslim.techniques.structured._heads import (
     ffn_up_layers,
     prune_bert_heads,
@@ -71,10 +78,14 @@ from autoslim.techniques.structured._heads import (
 )
 
 __all__ = [
+    "DropLayersConfig",
+    "DropLayersHandler",
+    "DropLayersSpace",
     "PrunedMultiheadAttention",
     "StructuredPruneConfig",
     "StructuredPruneHandler",
     "StructuredPruneSpace",
+    "drop_blocks",
     "prune_channels",
     "prune_heads",
     "prune_transformer",
