@@ -247,7 +247,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     files, source = sum(f.stat().st_size for f in written.files), written.artifact_bytes
     print(f"wrote {', '.join(str(f) for f in written.files)} ({written.summary})")
     print(f"{files} bytes; artifact {source} bytes ({files / source:.2f}× the artifact)")
-    if args.quantize == "none" and integer_quantized(args.artifact):
+    if written.provenance.get("quantize") == "none" and integer_quantized(args.artifact):
         print(
             "note: the artifact's weights are integer-quantized; --quantize static stores them in int8"
         )
@@ -383,17 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_apply)
     p = sub.add_parser(
         "export-model",
-        help="write an artifact as a model file that runs on ONNX Runtime (or OpenVINO) alone",
+        help="write an artifact as a model file that runs on ONNX Runtime, OpenVINO or "
+        "torch.export alone",
     )
     p.add_argument("artifact")
-    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
-    p.add_argument("-o", "--output", required=True, help="the file to write (.onnx, .xml)")
+    p.add_argument("--format", choices=("onnx", "openvino", "torch-export"), default="onnx")
+    p.add_argument("-o", "--output", required=True, help="the file to write (.onnx, .xml, .pt2)")
     p.add_argument(
         "--quantize",
-        choices=("none", "dynamic", "static"),
-        default="none",
-        help="none: the fp32 graph (default); static: int8 weights and activations calibrated "
-        "on the train split; dynamic: int8 weights of MatMul, Gemm and Gather (transformers)",
+        choices=("auto", "none", "dynamic", "static"),
+        default="auto",
+        help="auto (default): as the artifact's runtime ships it, int8 where the recipe "
+        "quantizes to integers, else fp32; none: the fp32 graph; static: int8 weights and "
+        "activations calibrated "
+        "on the train split; dynamic: int8 weights of MatMul and Gemm (transformers); embedding "
+        "tables follow the recipe's quantize stage",
     )
     p.add_argument(
         "--calibration-batches", type=int, default=8, help="train batches calibrating static"

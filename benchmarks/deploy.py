@@ -19,6 +19,8 @@ at a stated compression level only.
 
     python benchmarks/deploy.py --json                 # CPU 4 and 16 threads, and GPU if present
     python benchmarks/deploy.py --quick --json         # CPU rows at 2 threads, few rounds
+    python benchmarks/deploy.py --models "" --runs runs/minilm-onnxruntime --json
+                                                       # rows from searches on real tasks
 """
 
 from __future__ import annotations
@@ -225,6 +227,8 @@ def ort_runner(path: Path, batch: torch.Tensor, threads: int) -> Callable[[], ob
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # idle threads spinning for the next run would slow the interleaved PyTorch reference
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {"x": batch.numpy()}
     return lambda: session.run(None, feed)
@@ -453,6 +457,45 @@ def float8(module: nn.Module) -> nn.Module:
     return model
 
 
+def run_rows(run_dir: Path) -> list[dict]:
+    """Rows for the front of an autoslim search run on a real task: each point's test
+    metric drop against the fp32 baseline, bytes and paired latency ratios, as measured
+    on the runtime that ships it (the run's ``pareto.csv`` and ``summary.json``)."""
+    import pandas as pd
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    info = json.loads((run_dir / "run.json").read_text())
+    target = info["experiment_spec"].get("target", {})
+    metric = next(name for name in summary["objectives"] if f"test_{name}" in summary["baseline"])
+    base = summary["baseline"]
+    rows = []
+    for _, point in pd.read_csv(run_dir / "pareto.csv").iterrows():
+        confirmed = point.get("confirmed_latency_ratio")
+        rows.append(
+            {
+                "model": summary["experiment"],
+                "variant": f"autoslim front trial {int(point['trial'])}: {point.get('deploy_form')}",
+                "runtime": point.get("runtime", "torch"),
+                "device": target.get("device", "cpu"),
+                "threads": target.get("threads"),
+                "batch": target.get("batch_size"),
+                "bytes_ratio": round(point["size_bytes"] / base["size_bytes"], 4),
+                "latency_ratio": round(float(point["latency_ratio"]), 4),
+                "latency_ratio_ci": [
+                    round(float(point["latency_ratio_lo"]), 4),
+                    round(float(point["latency_ratio_hi"]), 4),
+                ],
+                "confirmed_latency_ratio": None
+                if pd.isna(confirmed)
+                else round(float(confirmed), 4),
+                "metric": f"test_{metric}",
+                "metric_drop": round(base[f"test_{metric}"] - point[f"test_{metric}"], 4),
+                "source": str(run_dir),
+            }
+        )
+    return rows
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration):
@@ -490,12 +533,19 @@ def main(argv: list[str] | None = None) -> int:
         "--models", default="resnet18,bert-base", help="comma list of resnet18, bert-base"
     )
     parser.add_argument("--threads", default="4,16", help="CPU thread counts (not with --quick)")
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="search run folders on real tasks whose fronts become rows with a metric drop",
+    )
     args = parser.parse_args(argv)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    models = args.models.split(",")
+    models = [m for m in args.models.split(",") if m]
     rounds, cap = (10, 15.0) if args.quick else (20, 30.0)
     threads = [2] if args.quick else [int(t) for t in args.threads.split(",")]
     rows = []
@@ -504,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += cpu_rows(name, threads, batches, rounds, cap, log)
         if not args.quick and torch.cuda.is_available():
             rows += gpu_rows(name, batches, rounds, cap, log)
+    for run_dir in args.runs:
+        rows += run_rows(run_dir)
     result = {"machine": machine(), "rows": rows}
     text = json.dumps(result, indent=2)
     if args.out:

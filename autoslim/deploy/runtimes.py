@@ -15,6 +15,7 @@ A runtime whose packages are missing fails validation with one line naming the e
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 from abc import ABC, abstractmethod
@@ -57,6 +58,7 @@ class Runtime(ABC):
     devices: tuple[str, ...] = ("cpu",)
     packages: tuple[str, ...] = ()
     extra: str = ""
+    has_own_files = False  # True: build() writes the file that ships under deploy/
 
     def missing(self) -> str | None:
         """One line saying what to install, or None when the runtime can run here."""
@@ -74,6 +76,12 @@ class Runtime(ABC):
     def build(self, artifact_dir: Path, task: Task) -> Path | None:  # noqa: B027 — optional hook
         """Write the shipped form's files, if the runtime has its own (kept for reuse)."""
         return None
+
+    def warm_up(self) -> None:
+        """Load the runtime's libraries: a fixed cost of the process, as importing torch
+        is, so it stays out of the model's peak memory."""
+        for package in self.packages:
+            importlib.import_module(package)
 
     @abstractmethod
     def deploy(self, artifact_dir: Path, task: Task, target: Target) -> Deployed:
@@ -137,6 +145,7 @@ class OnnxRuntime(Runtime):
     packages = ("onnx", "onnxruntime")
     extra = "onnx"
     file_name = "model.onnx"
+    has_own_files = True
 
     # Embedding widths gathered from directly: int8 tables, and 4-bit blocks through
     # GatherBlockQuantized. 4-bit MatMul weights (MatMulNBits) are not offered: on

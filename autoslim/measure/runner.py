@@ -83,6 +83,8 @@ def measure_artifact(
     # both before the peak window, which is loading and running what ships.
     warm_crossovers(load_artifact(path, task=task, runtime=False).model, target, example=batch)
     runtime.build(Path(path), task)
+    runtime.warm_up()
+    release_freed_memory()
     loaded: dict = {}
 
     def load_and_run() -> None:
@@ -114,6 +116,31 @@ def measure_artifact(
         key = task.metric_name if split == "val" else f"{split}_{task.metric_name}"
         values[key] = task.evaluate(model, split)
     return values
+
+
+def build_shipped_form(path: str | Path, target: Target) -> None:
+    """Write the runtime's own file for the artifact here, before the measuring process
+    starts: building it there would leave freed memory that the session then reuses,
+    hiding its allocations from the peak (a fresh process measured 0.4 MB after building,
+    12 MB without)."""
+    from autoslim.deploy.runtimes import runtime_named
+    from autoslim.recipe import Recipe
+    from autoslim.task import load_task
+
+    runtime = runtime_named(target.runtime)
+    if runtime.has_own_files:
+        runtime.build(Path(path), load_task(Recipe.load(Path(path) / "recipe.yaml").task))
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed so far back to the OS (glibc keeps it for reuse), so what the
+    peak window allocates shows as growth instead of reusing what building left behind."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _energy(model: torch.nn.Module, path, task, batch: torch.Tensor, target: Target) -> dict:
@@ -233,6 +260,7 @@ def measure_in_subprocess(
     """
     from autoslim.trust import child_environment
 
+    build_shipped_form(path, target)
     env = {**os.environ, **child_environment(), "OMP_NUM_THREADS": str(target.threads)}
     if multiprocessing.current_process().daemon:
         code, out = _run_in_new_interpreter(path, target, splits, env, timeout, reference)

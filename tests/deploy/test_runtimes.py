@@ -225,3 +225,76 @@ def test_an_artifact_carrying_its_shipped_form_still_loads_and_exports(int8_mode
     shutil.copytree(folder, copy)
     exported = export_model(copy, tmp_path / "out.onnx", quantize="static")
     assert exported.artifact_bytes == artifact_bytes(folder)
+
+
+@pytest.mark.parametrize(
+    ("device", "default", "mode", "dtype"),
+    [
+        ("cpu", "fp16", None, "float32"),  # no fp16 compute on CPU: fp32, no CUDA graphs
+        ("cuda", "fp16", "reduce-overhead", "float16"),
+        ("cuda", "bf16", "reduce-overhead", "bfloat16"),
+        ("cuda", 8, "reduce-overhead", "float32"),
+    ],
+)
+def test_torch_compile_computes_in_the_stored_float_with_cuda_graphs_on_a_gpu(
+    tmp_path, monkeypatch, device, default, mode, dtype
+):
+    import torch
+
+    from autoslim.deploy import runtimes
+
+    compiled = {}
+
+    def fake_compile(module, mode=None):
+        compiled.update(module=module, mode=mode)
+        return module
+
+    recipe = recipe_with([{"kind": "quantize", "default": default}])
+    folder = save_artifact(apply_recipe(recipe), recipe, tmp_path / "a")
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # no GPU here
+    target = Target(**FAST, runtime="torch-compile").model_copy(update={"device": device})
+    from autoslim.task import load_task
+
+    deployed = runtimes.runtime_named("torch-compile").deploy(
+        folder, load_task(recipe.task), target
+    )
+    assert compiled["mode"] == mode
+    assert compiled["module"].dtype == getattr(torch, dtype)
+    assert deployed.form.startswith(
+        f"torch.compile {dict(float32='fp32', float16='fp16', bfloat16='bf16')[dtype]}"
+    )
+
+
+def test_the_shipped_file_is_built_before_the_measuring_process(int8_model, tmp_path):
+    """Built inside the measuring process, the file's freed memory would be reused by the
+    session and hide its allocations from the peak."""
+    pytest.importorskip("onnxruntime")
+    from autoslim.measure.runner import measure_in_subprocess
+
+    folder, recipe = _saved(int8_model, tmp_path, "onnxruntime")
+    values = measure_in_subprocess(folder, recipe.target)
+    assert (folder / "deploy" / "model.onnx").is_file()
+    assert values["peak_memory_bytes"] > 1_000_000  # an ONNX Runtime session's own arena
+
+
+def test_export_model_ships_the_file_the_search_measured(int8_model, tmp_path, capsys):
+    """``--quantize auto`` (the default) is the runtime's own mode, and where the search
+    built that file for these weights, the exported file is that very file."""
+    pytest.importorskip("onnxruntime")
+    from autoslim.task import load_task
+
+    folder, recipe = _saved(int8_model, tmp_path, "onnxruntime")
+    measured = runtime_named("onnxruntime").build(folder, load_task(recipe.task))
+    out = tmp_path / "shipped.onnx"
+    assert main(["export-model", str(folder), "-o", str(out)]) == 0
+    assert "the file the search measured" in capsys.readouterr().out
+    assert out.read_bytes() == measured.read_bytes()
+    # another mode is built afresh, never copied from the measured file
+    fp32 = tmp_path / "fp32.onnx"
+    assert main(["export-model", str(folder), "--quantize", "none", "-o", str(fp32)]) == 0
+    assert "measured" not in capsys.readouterr().out
+    from autoslim.deploy.onnx import PROVENANCE_KEY, read_metadata
+
+    assert json.loads(read_metadata(fp32)[PROVENANCE_KEY])["quantize"] == "none"
+    assert json.loads(read_metadata(out)[PROVENANCE_KEY])["quantize"] == "static"
