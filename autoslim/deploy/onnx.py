@@ -211,7 +211,7 @@ def calibration_data(loaded: LoadedArtifact, batches: int) -> list[np.ndarray]:
 
 def quantize_static(src: Path, dst: Path, batches: list[np.ndarray]) -> Path:
     """QDQ int8: per-channel symmetric int8 weights, uint8 activations (min-max calibrated;
-    int8 activations ran 3.8x slower on x86, BENCHMARKS.md)."""
+    int8 activations ran 3.1x slower on x86, BENCHMARKS.md)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
@@ -249,6 +249,15 @@ def quantize_dynamic(src: Path, dst: Path, op_types: list[str] | None = None) ->
 def quantize_gather_4bit(src: Path, dst: Path) -> Path:
     """Embedding tables as 4-bit blocks of ``EMBEDDING_GROUP`` values with one scale each
     (``GatherBlockQuantized``): the lookup reads only the rows it needs and decodes them."""
+    return quantize_4bit(src, dst, ("Gather",))
+
+
+def quantize_4bit(
+    src: Path, dst: Path, op_types: tuple[str, ...], accuracy_level: int | None = None
+) -> Path:
+    """ONNX Runtime's 4-bit block quantization of ``op_types`` (``Gather`` tables along
+    rows, ``MatMul`` weights along their input axis), symmetric, blocks of
+    ``EMBEDDING_GROUP``."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -257,9 +266,10 @@ def quantize_gather_4bit(src: Path, dst: Path) -> Path:
 
     from autoslim.techniques.quantize import EMBEDDING_GROUP
 
+    axes = tuple((op, 1 if op == "Gather" else 0) for op in op_types)
     config = DefaultWeightOnlyQuantConfig(
-        block_size=EMBEDDING_GROUP, is_symmetric=True, bits=4,
-        op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),),
+        block_size=EMBEDDING_GROUP, is_symmetric=True, bits=4, accuracy_level=accuracy_level,
+        op_types_to_quantize=op_types, quant_axes=axes,
     )  # fmt: skip
     with _quiet():
         quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
