@@ -6,7 +6,8 @@ For ResNet-18 (224², torchvision layout) and BERT-base (sequence 128, Hugging F
 - ``fp32 eager``: the reference every ratio is taken against;
 - peers a user would pick instead, in one call and no search:
   ONNX Runtime fp32, ONNX Runtime int8 (static QDQ, per-channel, for the CNN; dynamic for
-  BERT), and on a GPU ``torch.compile`` in fp16 with CUDA graphs;
+  BERT), OpenVINO fp32 and int8 (the same files, for the CNN, where OpenVINO is
+  installed), and on a GPU ``torch.compile`` in fp16 with CUDA graphs;
 - autoslim's deployable forms: structured pruning (half of the CNN's channels; half of
   BERT's heads and FFN neurons) through autoslim's own stage, then the same runtime's
   int8 (CPU) or fp16 + ``torch.compile`` with CUDA graphs (GPU).
@@ -234,6 +235,23 @@ def ort_runner(path: Path, batch: torch.Tensor, threads: int) -> Callable[[], ob
     return lambda: session.run(None, feed)
 
 
+def openvino_runner(path: Path, batch: torch.Tensor, threads: int) -> Callable[[], object]:
+    """The ONNX file compiled by OpenVINO's CPU plugin with its defaults (what a user gets,
+    bf16 included where the CPU has it) and ``threads`` threads."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    feed = batch.numpy()
+    return lambda: request.infer([feed])
+
+
+def _has(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
 # --- measurement ------------------------------------------------------------------------
 
 
@@ -298,14 +316,23 @@ def cpu_rows(
             f"{name}: files "
             + ", ".join(f"{k} {file_bytes(v) / fp32_bytes:.3f}x" for k, v in files.items())
         )
+        runs = {variant: ("onnxruntime", path) for variant, path in files.items()}
+        if static and _has("openvino"):  # OpenVINO reads the same files (QDQ int8 stays int8)
+            runs["openvino fp32 (peer)"] = ("openvino", files["onnxruntime fp32"])
+            runs["openvino int8 (peer)"] = ("openvino", files["onnxruntime int8 (peer)"])
+            runs["autoslim structured + openvino int8"] = (
+                "openvino",
+                files["autoslim structured + onnxruntime int8"],
+            )
+        runners = {"onnxruntime": ort_runner, "openvino": openvino_runner}
         for threads in threads_list:
             torch.set_num_threads(threads)
             for batch_size in batches:
                 batch = make_batch(batch_size)
                 with torch.inference_mode():
                     reference = partial(model, batch)
-                    for variant, path in files.items():
-                        candidate = ort_runner(path, batch, threads)
+                    for variant, (runtime, path) in runs.items():
+                        candidate = runners[runtime](path, batch, threads)
                         paired = paired_latency(
                             candidate, reference, warmup=2, rounds=rounds, time_cap_s=cap
                         )
@@ -313,7 +340,7 @@ def cpu_rows(
                             row(
                                 name,
                                 variant,
-                                "onnxruntime",
+                                runtime,
                                 "cpu",
                                 threads,
                                 batch_size,

@@ -211,7 +211,7 @@ def calibration_data(loaded: LoadedArtifact, batches: int) -> list[np.ndarray]:
 
 def quantize_static(src: Path, dst: Path, batches: list[np.ndarray]) -> Path:
     """QDQ int8: per-channel symmetric int8 weights, uint8 activations (min-max calibrated;
-    int8 activations ran 3.1x slower on x86, BENCHMARKS.md)."""
+    int8 activations ran 3.3x slower on x86, BENCHMARKS.md)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
