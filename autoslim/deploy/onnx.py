@@ -340,7 +340,7 @@ def onnx_session(file: str | Path, threads: int = 1) -> Callable[[Any], np.ndarr
     options.inter_op_num_threads = 1
     # ONNX Runtime's idle threads spin for the next run by default. Timed in rounds
     # against eager PyTorch on the same cores, that spinning slowed the PyTorch reference
-    # 2.3x (MNIST-1D CNN, 2 cores) and made ONNX Runtime look 3x faster than it is.
+    # about 2x and made ONNX Runtime look 3x faster than it is (benchmarks/runtime_timing.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

@@ -121,8 +121,7 @@ def measure_artifact(
 def build_shipped_form(path: str | Path, target: Target) -> None:
     """Write the runtime's own file for the artifact here, before the measuring process
     starts: building it there would leave freed memory that the session then reuses,
-    hiding its allocations from the peak (a fresh process measured 0.4 MB after building,
-    12 MB without)."""
+    hiding most of its allocations from the peak."""
     from autoslim.deploy.runtimes import runtime_named
     from autoslim.recipe import Recipe
     from autoslim.task import load_task
