@@ -38,6 +38,7 @@ _EXPORTS = {
     "measure_artifact": "autoslim.measure",
     "register_task": "autoslim.trust",
     "search": "autoslim.searching.driver",
+    "compress": "autoslim.searching.compress",
 }
 
 __all__ = ["apply", *_EXPORTS]

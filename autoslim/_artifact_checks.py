@@ -46,9 +46,13 @@ def check_tensors(
     if not isinstance(layout, dict) or not all(isinstance(v, dict) for v in layout.values()):
         _fail("layout", "not a mapping of weight names to records")
     for name, entry in layout.items():
-        if name not in expected or not name.endswith("weight"):
+        # a weight: ``weight``, or a GRU/LSTM's ``weight_ih_l0``, ``weight_hh_l1_reverse``, ...
+        if name not in expected or not name.rpartition(".")[2].startswith("weight"):
             _fail(name, "the layout names a tensor the recipe's model does not have")
-        _check_entry(name, entry, tuple(expected[name].shape), tensors)
+        if entry.get("enc") == "tied":
+            _check_tied(name, entry, expected, tensors)
+        else:
+            _check_entry(name, entry, tuple(expected[name].shape), tensors)
     for key, tensor in tensors.items():
         owner = key.split("::", 1)[0]
         if "::" in key:
@@ -83,3 +87,20 @@ def _check_entry(
     except RegistryError:
         _fail(name, f"unknown encoding {entry.get('enc')!r}")
     codec.check(name, entry, shape, tensors)
+
+
+def _check_tied(
+    name: str,
+    entry: dict,
+    expected: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor],
+) -> None:
+    """A tied weight names another key of the same shape, which the file stores."""
+    kept = entry.get("to")
+    stored = isinstance(kept, str) and (
+        kept in tensors or any(k.startswith(f"{kept}::") for k in tensors)
+    )
+    if kept == name or not stored:
+        _fail(name, f"tied to {kept!r}, which the file does not store")
+    if kept not in expected or expected[kept].shape != expected[name].shape:
+        _fail(name, f"tied to {kept!r}, which is not a tensor of the same shape")

@@ -37,16 +37,19 @@ from safetensors.torch import save_file
 from torch import nn
 
 from autoslim._artifact_checks import check_tensors, refuse_links
+from autoslim.data import tracing_example
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import deploy_runtime, handler_for, rebuild_structure
 from autoslim.recipe import Recipe
 from autoslim.registry import codec_for, weight_codecs
-from autoslim.space import stored_layers
+from autoslim.space import stored_weights
 from autoslim.sparse.runtime import example_input, task_example
 from autoslim.task import Task, load_task, model_only_task
 from autoslim.trust import trusted
 
 RECIPE_FILE = "recipe.yaml"
+# The layout record of a weight tied to another: stored once, under the key it names.
+TIED = "tied"
 WEIGHTS_FILE = "weights.safetensors"
 LAYOUT_KEY = "autoslim.layout"
 ARTIFACT_FILES = (RECIPE_FILE, WEIGHTS_FILE)
@@ -65,18 +68,40 @@ def encode_state(
     """
     codecs = weight_codecs()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    stored = stored_weights(model)  # state key -> its layer, or a WeightSlot of a GRU/LSTM
+    aliases = tied_aliases(model, set(stored))
     tensors: dict[str, torch.Tensor] = {}
-    layout: dict[str, dict] = {}
-    for layer_name, module in stored_layers(model).items():
-        name = f"{layer_name}.weight" if layer_name else "weight"
+    layout: dict[str, dict] = {
+        alias: {"enc": TIED, "to": kept, "shape": list(state[alias].shape)}
+        for alias, kept in aliases.items()
+    }
+    for name, holder in stored.items():
+        if name in aliases:
+            continue
         enc = next(
-            e for e in (codec.encode(name, module, plan or {}) for codec in codecs) if e is not None
+            e for e in (codec.encode(name, holder, plan or {}) for codec in codecs) if e is not None
         )
         if enc.layout is not None:
             tensors |= enc.tensors
             layout[name] = enc.layout
     tensors |= {k: v for k, v in state.items() if k not in layout}
     return tensors, layout
+
+
+def tied_aliases(model: nn.Module, preferred: set[str]) -> dict[str, str]:
+    """State keys naming a tensor another key already names (tied weights), each mapped
+    to the key that stores it: one the codecs encode (``preferred``) where there is one,
+    so a quantized head keeps its width for the embedding tied to it."""
+    groups: dict[tuple, list[str]] = {}
+    for key, value in model.state_dict().items():
+        mark = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        groups.setdefault(mark, []).append(key)
+    aliases = {}
+    for keys in groups.values():
+        if len(keys) > 1:
+            kept = next((k for k in keys if k in preferred), keys[0])
+            aliases |= {k: kept for k in keys if k != kept}
+    return aliases
 
 
 def storage_plan(model: nn.Module, recipe: Recipe) -> dict[str, Any]:
@@ -94,7 +119,11 @@ def decode_state(
     Plain tensors come first, since a codec may read its layer's buffers (scales)."""
     state = {k: v for k, v in tensors.items() if "::" not in k}
     for name, entry in layout.items():
-        state[name] = codec_for(entry).decode(name, entry, tensors, state)
+        if entry.get("enc") != TIED:
+            state[name] = codec_for(entry).decode(name, entry, tensors, state)
+    for name, entry in layout.items():
+        if entry.get("enc") == TIED:  # the same tensor again: loading ties them as before
+            state[name] = state[entry["to"]]
     return state
 
 
@@ -202,7 +231,8 @@ def _shortest_forms(recipe: Recipe, task: Task | None) -> Recipe:
     def rebuilt_shapes(candidate: Recipe) -> dict:
         nonlocal task
         task = task or load_task(candidate.task)
-        model = rebuild_structure(task.build_model(), candidate)
+        with tracing_example(task):
+            model = rebuild_structure(task.build_model(), candidate)
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     for index, stage in enumerate(stages):
@@ -297,9 +327,14 @@ def load_artifact(
         task = model_only_task(model_factory, recipe.task.entry)
     with trusted(trust_task):
         task = task or load_task(recipe.task)
-    model = _guarded(
-        path, "its recipe does not rebuild the model", rebuild_structure, task.build_model(), recipe
-    )
+    with tracing_example(task):
+        model = _guarded(
+            path,
+            "its recipe does not rebuild the model",
+            rebuild_structure,
+            task.build_model(),
+            recipe,
+        )
     state = _guarded(path, "unreadable weights", _read_state, path, model.state_dict())
     try:
         model.load_state_dict(state, strict=True)

@@ -46,7 +46,7 @@ def _sha(path: Path) -> str:
 
 def load_baseline(ref: TaskRef, task: Task, *, log: bool = False) -> Baseline:
     """Return the trained fp32 model for ``task``, training and caching it if needed."""
-    fingerprint = task_fingerprint(ref)
+    fingerprint = task_fingerprint(ref, task.train.cpu_threads, task.identity)
     folder = cache_root() / "baselines" / fingerprint
     torch.manual_seed(BASELINE_SEED)  # the initial weights are part of what the cache key promises
     model = task.build_model()
@@ -79,7 +79,7 @@ def load_baseline(ref: TaskRef, task: Task, *, log: bool = False) -> Baseline:
 def _write_cache(folder: Path, model: nn.Module, metrics: dict[str, float], ref: TaskRef) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = unshared_state(model)
     save_file(state, str(tmp / "model.safetensors"))
     record = {"metrics": metrics, "task": ref.model_dump()}
     (tmp / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
@@ -88,3 +88,17 @@ def _write_cache(folder: Path, model: nn.Module, metrics: dict[str, float], ref:
     except OSError:
         # Another process cached the same baseline first; theirs is identical.
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def unshared_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each tensor stored once per key: safetensors refuses tensors
+    that share memory, as tied weights (``head.weight is embed.weight``) do. Loading it
+    back into the model ties them again, since both keys name one parameter."""
+    seen: set[tuple[int, int]] = set()
+    state = {}
+    for key, value in model.state_dict().items():
+        tensor = value.detach()
+        mark = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        state[key] = tensor.clone().contiguous() if mark in seen else tensor.contiguous()
+        seen.add(mark)
+    return state

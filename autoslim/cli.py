@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="autoslim", description="Search, export and apply measured compression recipes."
     )
+    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
+    parser.add_argument("--version", action="version", version=versions)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("search", help="run or resume a multi-objective search")
     p.add_argument("experiment")

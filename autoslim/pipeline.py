@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from autoslim import registry
+from autoslim.data import tracing_example
 from autoslim.errors import AutoslimError
 from autoslim.recipe import Recipe, Target
 from autoslim.registry import RegistryError, StageConfig, StageHandler
@@ -129,11 +130,12 @@ def apply_recipe(
         records=records if records is not None else {},
         recipe=recipe,
     )
-    for index, stage in enumerate(recipe.stages):
-        if index < first_stage:
-            continue
-        ctx.stage_index = ctx.records[CURRENT_STAGE] = index
-        model = handler_for(stage).apply(model, stage, ctx)
+    with tracing_example(task):
+        for index, stage in enumerate(recipe.stages):
+            if index < first_stage:
+                continue
+            ctx.stage_index = ctx.records[CURRENT_STAGE] = index
+            model = handler_for(stage).apply(model, stage, ctx)
     return model.eval()
 
 

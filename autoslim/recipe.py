@@ -35,11 +35,35 @@ RuntimeName = Literal["torch", "torch-compile", "onnxruntime", "openvino"]
 V = TypeVar("V")
 
 
+class Training(StrictModel):
+    """Where and how fine-tunes run, over the task's own settings (unset: the task's).
+
+    ``threads`` changes a CPU run's bits, so a recipe carries it to replay identically.
+    """
+
+    device: str | None = Field(default=None, pattern=r"^(cpu|auto|cuda(:\d+)?)$")
+    threads: int | None = Field(default=None, ge=1)
+    amp: bool | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
 class TaskRef(StrictModel):
-    """Where the task comes from: an importable ``package.module:function`` and its kwargs."""
+    """Where the task comes from: an importable ``package.module:function`` and its kwargs,
+    plus the training settings an experiment chose for it."""
 
     entry: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     params: dict[str, Any] = Field(default_factory=dict)
+    train: Training = Field(default_factory=Training)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_training(self, handler):
+        # Recipes written before training settings existed stay byte-identical.
+        data = handler(self)
+        if not self.train.overrides():
+            data.pop("train", None)
+        return data
 
 
 class Target(StrictModel):

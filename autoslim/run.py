@@ -343,6 +343,9 @@ class Run:
     path: Path
     study: optuna.Study
     info: dict[str, Any]
+    # The task, where the run was made in this process (autoslim.compress): what loading
+    # its artifacts needs when no importable entry names the task.
+    task: Any = None
 
     @property
     def objectives(self) -> dict[str, str]:
@@ -380,6 +383,22 @@ class Run:
         values = done[list(self.objectives)].to_numpy(dtype=float)
         idx = pareto_front(values, list(self.objectives.values()), done["feasible"].to_numpy(bool))
         return done.iloc[idx].sort_values(list(self.objectives)[0]).reset_index(drop=True)
+
+    def load(self, trial_number: int | None = None, **kwargs: Any) -> Any:
+        """The compressed model of a trial (None: the fp32 baseline) from its artifact,
+        as a runnable ``nn.Module``; keywords go to :func:`autoslim.load_artifact`."""
+        from autoslim.artifact import load_artifact
+
+        folder = self.path / (
+            "baseline" if trial_number is None else f"artifacts/trial_{trial_number}"
+        )
+        if not folder.is_dir():
+            raise AutoslimError(
+                f"run {self.path} kept no artifact for trial {trial_number} "
+                "(search.keep_artifacts keeps the front's by default; autoslim export rebuilds any)"
+            )
+        kwargs.setdefault("task", self.task)
+        return load_artifact(folder, **kwargs).model
 
     def recipe(self, trial_number: int) -> Recipe:
         trials = [t for t in self.study.get_trials(deepcopy=False) if t.number == trial_number]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -32,11 +33,35 @@ from autoslim.registry import (
 
 # Layers that carry a weight matrix the techniques can prune or quantize.
 COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+# Recurrent layers: their weight matrices (weight_ih_l*, weight_hh_l*) are quantized per
+# layer, one width for all of a layer's matrices, but never pruned (no technique reshapes
+# a recurrence), so they are not compressible layers.
+RECURRENT_TYPES: tuple[type[nn.Module], ...] = (nn.GRU, nn.LSTM)
 
 
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers with a weight the techniques act on, by qualified name, in model order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, COMPRESSIBLE_TYPES)}
+
+
+def recurrent_layers(model: nn.Module) -> dict[str, nn.RNNBase]:
+    """GRU and LSTM layers, by qualified name, in model order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, RECURRENT_TYPES)}
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layers a per-layer width plan covers: compressible layers, then recurrent ones."""
+    return {**compressible_layers(model), **recurrent_layers(model)}
+
+
+def recurrent_weights(layer: nn.RNNBase) -> list[str]:
+    """A recurrent layer's weight matrices (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...);
+    its biases (and an LSTM's projections, ``weight_hr``) stay fp32."""
+    return [
+        name
+        for name in layer._flat_weights_names
+        if name.startswith(("weight_ih_l", "weight_hh_l"))
+    ]
 
 
 def embedding_tables(model: nn.Module) -> dict[str, nn.Embedding]:
@@ -51,9 +76,65 @@ def embedding_tables(model: nn.Module) -> dict[str, nn.Embedding]:
 
 
 def stored_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every layer whose weight goes through a weight codec: compressible layers, then
-    embedding tables."""
+    """Every layer whose ``weight`` goes through a weight codec: compressible layers, then
+    embedding tables. Recurrent layers hold several weights: see :func:`stored_weights`."""
     return {**compressible_layers(model), **embedding_tables(model)}
+
+
+class WeightSlot:
+    """One weight of a layer that holds several (a GRU's ``weight_hh_l0``), seen as a layer
+    whose ``weight`` it is, so a weight codec reads it as it reads a Linear layer.
+
+    The layer keeps the marks of each such weight under the weight's name: buffers
+    ``<weight>_scale`` where a Linear layer has ``weight_scale``, and attributes
+    ``<mark>__<weight>`` where it has ``<mark>``; reading one of them through the slot
+    reads the layer's.
+    """
+
+    def __init__(self, layer: nn.Module, attr: str) -> None:
+        self.layer, self.attr = layer, attr
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.layer, self.attr)
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("__") or key in ("layer", "attr"):
+            raise AttributeError(key)
+        if key.startswith("weight_"):  # a buffer of this weight: weight_scale, ...
+            return getattr(self.layer, self.attr + key[len("weight") :])
+        return getattr(self.layer, f"{key}__{self.attr}")
+
+    def __repr__(self) -> str:
+        return f"WeightSlot({type(self.layer).__name__}.{self.attr})"
+
+
+def stored_weights(model: nn.Module) -> dict[str, nn.Module | WeightSlot]:
+    """Every weight that goes through a weight codec, by its ``state_dict`` key, each
+    tensor once: compressible layers' ``weight``, recurrent layers' weight matrices (as
+    :class:`WeightSlot`), then embedding tables. A weight tied to one listed before it
+    (``head.weight is embed.weight``) is left out: the artifact stores it once, under
+    the key listed here (:func:`autoslim.artifact.encode_state`)."""
+    weights: dict[str, nn.Module | WeightSlot] = {}
+    seen: set[int] = set()
+
+    def add(key: str, holder: nn.Module | WeightSlot) -> None:
+        if id(holder.weight) not in seen:
+            seen.add(id(holder.weight))
+            weights[key] = holder
+
+    for name, layer in compressible_layers(model).items():
+        add(_key(name, "weight"), layer)
+    for name, layer in recurrent_layers(model).items():
+        for attr in recurrent_weights(layer):
+            add(_key(name, attr), WeightSlot(layer, attr))
+    for name, table in embedding_tables(model).items():
+        add(_key(name, "weight"), table)
+    return weights
+
+
+def _key(layer_name: str, attr: str) -> str:
+    return f"{layer_name}.{attr}" if layer_name else attr
 
 
 @dataclass(frozen=True)
@@ -64,13 +145,34 @@ class LayerInfo:
     shape: tuple[int, ...]
 
 
+def shared_weight_layers(model: nn.Module) -> list[str]:
+    """Compressible layers whose weight parameter another module also holds."""
+    holders: dict[int, int] = {}
+    for module in model.modules():
+        for param in module._parameters.values():
+            if param is not None:
+                holders[id(param)] = holders.get(id(param), 0) + 1
+    return [
+        name
+        for name, m in compressible_layers(model).items()
+        if holders.get(id(m._parameters.get("weight", m._parameters.get("weight_orig"))), 0) > 1
+    ]
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a component may know about the model without running it."""
+    """What a component may know about the model without running it.
+
+    ``layers`` are the compressible layers (every technique's); ``recurrent`` the GRU and
+    LSTM layers, which only per-layer widths cover (:attr:`width_names`)."""
 
     layers: tuple[LayerInfo, ...]
     total_params: int
     module_types: frozenset[str] = frozenset()  # class names of every module in the model
+    recurrent: tuple[LayerInfo, ...] = ()
+    # Compressible layers whose weight another module shares (a head tied to its
+    # embedding): per-layer sparsity is not offered for them.
+    tied: frozenset[str] = frozenset()
 
     @classmethod
     def from_model(cls, model: nn.Module) -> ModelInfo:
@@ -78,10 +180,21 @@ class ModelInfo:
             LayerInfo(name, type(m).__name__, m.weight.numel(), tuple(m.weight.shape))
             for name, m in compressible_layers(model).items()
         )
+        recurrent = tuple(
+            LayerInfo(
+                name,
+                type(m).__name__,
+                sum(getattr(m, w).numel() for w in recurrent_weights(m)),
+                tuple(getattr(m, recurrent_weights(m)[0]).shape),
+            )
+            for name, m in recurrent_layers(model).items()
+        )
         return cls(
             layers=layers,
             total_params=sum(p.numel() for p in model.parameters()),
             module_types=frozenset(type(m).__name__ for m in model.modules()),
+            recurrent=recurrent,
+            tied=frozenset(shared_weight_layers(model)),
         )
 
     def has_module(self, fragment: str) -> bool:
@@ -92,16 +205,23 @@ class ModelInfo:
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
-    def matching(self, pattern: str) -> list[str]:
-        """Layer names fully matching a regex; matching nothing is a configuration error."""
+    @property
+    def width_names(self) -> list[str]:
+        """Layers a per-layer bit-width plan covers: compressible, then recurrent."""
+        return [*self.names, *(layer.name for layer in self.recurrent)]
+
+    def matching(self, pattern: str, *, recurrent: bool = False) -> list[str]:
+        """Layer names fully matching a regex (with ``recurrent``, among :attr:`width_names`);
+        matching nothing is a configuration error."""
         try:
             regex = re.compile(pattern)
         except re.error as exc:
             raise AutoslimError(f"bad layer regex {pattern!r}: {exc}") from None
-        names = [n for n in self.names if regex.fullmatch(n)]
+        known = self.width_names if recurrent else self.names
+        names = [n for n in known if regex.fullmatch(n)]
         if not names:
             raise AutoslimError(
-                f"layer regex {pattern!r} matches no layer (known: {', '.join(self.names)})"
+                f"layer regex {pattern!r} matches no layer (known: {', '.join(known)})"
             )
         return names
 
@@ -230,6 +350,20 @@ class SearchSpace:
         return [c.model_dump(mode="json") for c in self.components]
 
     def fingerprint(self) -> str:
-        """Hash of the normalised spec: a resumed study must search the same space."""
-        text = json.dumps(self.spec(), sort_keys=True)
+        """Hash of the normalised spec: a resumed study must search the same space.
+
+        A field a component added later, named in its ``fingerprint_new_fields``, is left
+        out while it holds its default (which searches what the space searched before it
+        existed), so adding it does not stop every existing study from resuming."""
+        spec = []
+        for component in self.components:
+            data = component.model_dump(mode="json")
+            defaults = type(component).model_fields
+            for field in getattr(component, "fingerprint_new_fields", ()):
+                if field in data and data[field] == defaults[field].get_default(
+                    call_default_factory=True
+                ):
+                    del data[field]
+            spec.append(data)
+        text = json.dumps(spec, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from autoslim._threads import fixed_threads
+from autoslim.data import call_model, to_device
 from autoslim.errors import TrialFailed
 from autoslim.task import Task
 
@@ -50,7 +51,8 @@ def train(
     hooks: TrainHooks | None = None,
     weight_decay: float = 0.0,
 ) -> nn.Module:
-    """Train ``model`` in place on the task's train split with Adam.
+    """Train ``model`` in place on the task's train split, on the task's training device,
+    and hand it back on the CPU in eval mode.
 
     Deterministic for a given seed on CPU: the shuffle order and dropout both come from
     the seed. A NaN or exploding loss raises :class:`TrialFailed` with where it happened.
@@ -60,17 +62,45 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if epochs <= 0 or not params:
         return model
-    with fixed_threads():
-        return _train_epochs(
-            model,
-            task,
-            params,
-            epochs=epochs,
-            lr=lr,
-            seed=seed,
-            hooks=hooks,
-            weight_decay=weight_decay,
-        )
+    device = task.train.resolved_device()
+    with fixed_threads(task.train.cpu_threads):
+        model.to(device)
+        try:
+            return _train_epochs(
+                model,
+                task,
+                params,
+                epochs=epochs,
+                lr=lr,
+                seed=seed,
+                hooks=hooks,
+                weight_decay=weight_decay,
+                device=device,
+            )
+        finally:
+            model.cpu()
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The dtype fine-tunes autocast to: bf16 on a GPU that has it, else fp16 (with loss
+    scaling); None on the CPU, where autocast would change the bits a recipe replays."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _optimizer(task: Task, params: list, lr: float, weight_decay: float):
+    if task.train.optimizer is not None:
+        return task.train.optimizer(params, lr)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _loss_fn(task: Task, hooks: TrainHooks) -> LossFn:
+    if hooks.loss is not None:
+        return hooks.loss
+    if task.train.train_step is not None:
+        return task.train.train_step
+    return lambda m, x, y: task.loss(call_model(m, x), y)
 
 
 def _train_epochs(
@@ -83,21 +113,29 @@ def _train_epochs(
     seed: int,
     hooks: TrainHooks,
     weight_decay: float,
+    device: torch.device,
 ) -> nn.Module:
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    loss_fn = hooks.loss or (lambda m, x, y: task.loss(m(x), y))
+    optimizer = _optimizer(task, params, lr, weight_decay)
+    loss_fn = _loss_fn(task, hooks)
+    dtype = autocast_dtype(device, task.train.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     split = task.data.train
     step, first_loss = 0, None
     for epoch in range(epochs):
         model.train()
-        for inputs, targets in split.loader(task.train.batch_size, shuffle=True, seed=seed + epoch):
+        for inputs, targets in split.batches(
+            task.train.batch_size, shuffle=True, seed=seed + epoch
+        ):
+            inputs, targets = to_device(inputs, device), to_device(targets, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, inputs, targets)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = loss_fn(model, inputs, targets)
             value = float(loss.detach())
             first_loss = value if first_loss is None else first_loss
             _check_divergence(value, first_loss, epoch, step)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             for hook in hooks.after_step:
                 hook(model, step)
             step += 1

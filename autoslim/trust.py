@@ -60,6 +60,20 @@ def register_task(entry: str, factory: Callable[..., Any] | None = None) -> None
     _registered[entry] = factory
 
 
+def registered_factory(entry: str) -> Callable[..., Any] | None:
+    """The factory registered for ``entry`` in this process, if any."""
+    return _registered.get(entry)
+
+
+def is_local_entry(entry: str) -> bool:
+    """Whether ``entry`` can only be resolved in the process that defined it: a task of
+    ``autoslim.compress``, of a script's ``__main__``, or registered with a factory."""
+    from autoslim.shared_tasks import SESSION_MODULE
+
+    module = entry.partition(":")[0]
+    return module in ("__main__", SESSION_MODULE) or registered_factory(entry) is not None
+
+
 def unregister_task(entry: str) -> None:
     """Forget a :func:`register_task` (tests, notebooks re-running a cell)."""
     _registered.pop(entry, None)
@@ -77,10 +91,13 @@ def _env_entries() -> set[str]:
 
 def is_trusted(entry: str) -> bool:
     """Whether resolving ``entry`` may import and call its code."""
+    from autoslim.shared_tasks import is_shared
+
     env = _env_entries()
     return (
         entry in BUNDLED_TASKS
         or entry in _registered
+        or is_shared(entry)  # handed over by the process that started this one
         or TRUST_ALL in env
         or entry in env
         or entry in _entry_point_tasks()
@@ -139,7 +156,12 @@ def untrusted_message(entry: str) -> str:
 
 def require_trusted(entry: str) -> None:
     """Refuse an untrusted entry now, before a process is started to resolve it."""
-    _check_form(entry)
+    from autoslim.shared_tasks import SESSION_MODULE, is_shared, missing_task_message
+
+    module, function = _check_form(entry)
+    elsewhere = module == SESSION_MODULE or (module == "__main__" and not _main_defines(function))
+    if elsewhere and _registered.get(entry) is None and not is_shared(entry):
+        raise AutoslimError(missing_task_message(entry))
     if not is_trusted(entry):
         raise AutoslimError(untrusted_message(entry))
 
@@ -158,3 +180,10 @@ def resolve_factory(entry: str) -> Callable[..., Any]:
     if not callable(factory):
         raise AutoslimError(f"task entry {entry!r}: {module_name} has no function {function!r}")
     return factory
+
+
+def _main_defines(function: str) -> bool:
+    """Whether this process's ``__main__`` (a script, a notebook) defines ``function``."""
+    import sys
+
+    return callable(getattr(sys.modules.get("__main__"), function, None))

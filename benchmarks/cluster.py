@@ -50,7 +50,9 @@ def experiment(folder: Path, name: str, trials: int, workers: int) -> Path:
     """The default digits experiment with a fixed fine-tune length, so every trial costs
     about the same and throughput compares like with like."""
     spec = yaml.safe_load((ROOT / "experiments" / "digits.yaml").read_text())
-    space = yaml.safe_load((ROOT / "search_spaces" / "prune_quant.yaml").read_text())["components"]
+    space = yaml.safe_load((ROOT / "autoslim" / "search_spaces" / "prune_quant.yaml").read_text())[
+        "components"
+    ]
     space[0].update({"optional": False, "fine_tune_epochs": {"low": 2, "high": 2}})
     spec.update(
         {

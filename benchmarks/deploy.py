@@ -47,29 +47,10 @@ from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
 from autoslim.task import model_only_task
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from user_models import BasicBlock  # noqa: E402  torchvision's block, written out
+
 # --- models -----------------------------------------------------------------------------
-
-
-class BasicBlock(nn.Module):
-    """torchvision's ResNet basic block, written out (torchvision may not import here)."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
 class ResNet18(nn.Module):
@@ -561,6 +542,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", default="4,16", help="CPU thread counts (not with --quick)")
     parser.add_argument(
+        "--devices", default="cpu,cuda", help="comma list of cpu, cuda (cuda rows need a GPU)"
+    )
+    parser.add_argument(
+        "--batches",
+        help="comma list of batch sizes (default: 1 and 32 for ResNet-18, 1 and 16 for BERT)",
+    )
+    parser.add_argument(
+        "--time-cap", type=float, help="seconds per paired timing (default 15 quick, 30 full)"
+    )
+    parser.add_argument(
         "--runs",
         nargs="*",
         type=Path,
@@ -574,12 +565,17 @@ def main(argv: list[str] | None = None) -> int:
 
     models = [m for m in args.models.split(",") if m]
     rounds, cap = (10, 15.0) if args.quick else (20, 30.0)
+    cap = args.time_cap or cap
+    devices = set(args.devices.split(","))
     threads = [2] if args.quick else [int(t) for t in args.threads.split(",")]
     rows = []
     for name in models:
         batches = [1, 32] if name == "resnet18" else [1, 16]
-        rows += cpu_rows(name, threads, batches, rounds, cap, log)
-        if not args.quick and torch.cuda.is_available():
+        if args.batches:
+            batches = [int(b) for b in args.batches.split(",")]
+        if "cpu" in devices:
+            rows += cpu_rows(name, threads, batches, rounds, cap, log)
+        if "cuda" in devices and not args.quick and torch.cuda.is_available():
             rows += gpu_rows(name, batches, rounds, cap, log)
     for run_dir in args.runs:
         rows += run_rows(run_dir)

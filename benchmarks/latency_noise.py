@@ -290,7 +290,7 @@ def search_under_load(trials: int, target: dict, busy: int, log) -> dict:
     experiment = yaml.safe_load((root / "experiments" / "digits.yaml").read_text())
     experiment |= {
         "name": "digits_latency",
-        "space": str(root / "search_spaces" / "prune_quant.yaml"),
+        "space": "prune_quant",
         "objectives": {"accuracy": "maximize", "latency_ms": "minimize", "size_bytes": "minimize"},
         "target": {**experiment["target"], **target},
     }

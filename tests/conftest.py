@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# Test helpers shared across packages (user_models.py) import as top-level modules;
+# pytest's importlib mode does not put this folder on the path by itself.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TINY_TASK = {"entry": "autoslim.tasks.digits:make_task", "params": {"width": 4, "epochs": 3}}
 

@@ -171,3 +171,12 @@ def test_corrupt_run_json_and_export_onto_a_directory(capsys, tmp_path):
     (tmp_path / "run.json").write_text("[1, 2]")
     code, _, err = run_cli(capsys, "pareto", str(tmp_path))
     assert_one_line_error(code, err, "missing study_name, objectives, metric_name")
+
+
+def test_version_and_python_dash_m():
+    done = subprocess.run(
+        [sys.executable, "-m", "autoslim", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("autoslim ")
+    assert "torch " in done.stdout and "optuna " in done.stdout

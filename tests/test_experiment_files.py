@@ -1,7 +1,7 @@
 """Every shipped experiment file and search space loads and validates, without training.
 
 User examples live in ``experiments/``, the benchmarks' own configurations in
-``benchmarks/experiments/``; the search spaces they name live in ``search_spaces/``.
+``benchmarks/experiments/``; the preset search spaces they name live in ``autoslim/search_spaces/``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ EXPERIMENT_FILES = sorted(
         *ROOT.joinpath("benchmarks", "experiments").glob("*.yaml"),
     ]
 )
-SPACE_FILES = sorted(ROOT.joinpath("search_spaces").glob("*.yaml"))
+SPACE_FILES = sorted(ROOT.joinpath("autoslim", "search_spaces").glob("*.yaml"))
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -36,12 +36,12 @@ def test_the_folders_hold_experiments_and_spaces():
 
 @pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=_ids(EXPERIMENT_FILES))
 def test_experiment_file_validates(path: Path):
-    from autoslim.searching.experiment import load_experiment
+    from autoslim.searching.experiment import load_experiment, space_presets
 
     experiment, space = load_experiment(path)
     if isinstance(experiment.space, str):
-        # Named relative to the experiment file, so it resolves from any working directory.
-        assert (path.parent / experiment.space).is_file(), (
+        # A preset, or a path relative to the experiment file: resolves from any folder.
+        assert experiment.space in space_presets() or (path.parent / experiment.space).is_file(), (
             f"{path.name}: space {experiment.space} not found"
         )
     assert space.spec(), f"{path.name}: empty search space"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+import torch
 from torch import nn
 
 from autoslim.errors import AutoslimError
@@ -96,7 +97,9 @@ def test_duplicate_names_and_unknown_types_are_errors(tmp_path):
 def test_bundled_presets_load():
     from pathlib import Path
 
-    for preset in sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml")):
+    for preset in sorted(
+        Path(__file__).parents[1].joinpath("autoslim", "search_spaces").glob("*.yaml")
+    ):
         assert SearchSpace.load(preset).components
 
 
@@ -155,3 +158,53 @@ def test_a_searched_float_enters_the_recipe_with_four_significant_digits():
         == 0.375
     )
     assert FloatRange(low=0.5, high=0.5).suggest(optuna.trial.FixedTrial({}), "x") == 0.5
+
+
+class Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.lstm = nn.LSTM(8, 6, num_layers=2, bidirectional=True)
+        self.head = nn.Linear(12, 10, bias=False)
+        self.out = nn.Linear(12, 10, bias=False)
+        self.out.weight = self.head.weight  # a second name for one weight
+
+
+def test_recurrent_layers_get_widths_but_are_never_compressible():
+    from autoslim.space import (
+        WeightSlot,
+        compressible_layers,
+        quantizable_layers,
+        recurrent_weights,
+        stored_weights,
+    )
+
+    model = Recurrent()
+    info = ModelInfo.from_model(model)
+    assert info.names == ["head", "out"] and list(compressible_layers(model)) == info.names
+    assert info.width_names == ["head", "out", "lstm"] == list(quantizable_layers(model))
+    assert info.matching("l.*", recurrent=True) == ["lstm"]
+    with pytest.raises(AutoslimError, match="matches no layer"):
+        info.matching("lstm")  # pruning's layers: no recurrent one
+    assert recurrent_weights(model.lstm) == [
+        f"weight_{g}_l{i}{s}" for i in (0, 1) for s in ("", "_reverse") for g in ("ih", "hh")
+    ]
+    stored = stored_weights(model)
+    # each tensor once: ``out.weight`` is ``head.weight``
+    assert list(stored) == ["head.weight"] + [
+        f"lstm.{w}" for w in recurrent_weights(model.lstm)
+    ] + ["embed.weight"]
+    slot = stored["lstm.weight_hh_l1_reverse"]
+    assert isinstance(slot, WeightSlot) and slot.weight is model.lstm.weight_hh_l1_reverse
+    model.lstm.register_buffer("weight_hh_l1_reverse_scale", torch.ones(24, 1))
+    assert slot.weight_scale is model.lstm.weight_hh_l1_reverse_scale
+    assert getattr(slot, "autoslim_grid", None) is None
+
+
+def test_adding_the_recurrent_field_keeps_existing_fingerprints():
+    # as computed before ``quantize.weight`` had a ``recurrent`` field, so studies resume
+    assert SearchSpace.from_spec([{"type": "quantize.weight"}]).fingerprint() == "e1c97eab9ff9f913"
+    space = [{"type": "prune.magnitude"}, {"type": "quantize.weight", "bits": [4, 8]}]
+    assert SearchSpace.from_spec(space).fingerprint() == "cac398017d2def79"
+    off = [{"type": "quantize.weight", "recurrent": False}]
+    assert SearchSpace.from_spec(off).fingerprint() != "e1c97eab9ff9f913"

@@ -64,3 +64,60 @@ def test_baseline_training_does_not_depend_on_global_rng_state(
         models.append(load_baseline(ref, load_task(ref)).model)
     for key, value in models[0].state_dict().items():
         assert torch.equal(models[1].state_dict()[key], value), key
+
+
+TWO_TASKS = """
+from torch import nn
+WIDTH = {width}
+
+def helper():
+    return nn.Linear(4, WIDTH)
+
+def make_a():
+    return helper()
+
+def make_b():
+    return nn.Linear(4, {b_width})
+"""
+
+
+def test_editing_one_task_of_a_module_keeps_the_other_tasks_key(tmp_path):
+    """The key hashes what the factory uses, not the whole module."""
+    import importlib
+    import sys
+
+    from autoslim.task import factory_source
+
+    def keys(width: int, b_width: int) -> tuple[str, str]:
+        path = tmp_path / f"two_tasks_{width}_{b_width}.py"
+        path.write_text(TWO_TASKS.format(width=width, b_width=b_width))
+        sys.path.insert(0, str(tmp_path))
+        try:
+            module = importlib.import_module(path.stem)
+        finally:
+            sys.path.remove(str(tmp_path))
+        return factory_source(module.make_a), factory_source(module.make_b)
+
+    a, b = keys(8, 3)
+    a_after_b_edit, b_edited = keys(8, 5)
+    a_edited, _ = keys(16, 3)
+    assert a == a_after_b_edit  # editing make_b leaves make_a's key alone
+    assert b != b_edited
+    assert a != a_edited  # a constant make_a reads through helper() is part of its key
+    assert "def helper" in a and "def make_b" not in a
+
+
+def test_tied_weights_are_cached_once_per_key_and_load_tied():
+    from torch import nn
+
+    from autoslim.baseline import unshared_state
+
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 5, bias=False))
+    model[1].weight = model[0].weight
+    state = unshared_state(model)
+    assert state["0.weight"].data_ptr() != state["1.weight"].data_ptr()
+    fresh = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 5, bias=False))
+    fresh[1].weight = fresh[0].weight
+    fresh.load_state_dict(state)
+    assert fresh[1].weight is fresh[0].weight
+    assert torch.equal(fresh[0].weight, model[0].weight)

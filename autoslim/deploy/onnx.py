@@ -131,6 +131,11 @@ def export_graph(
 ) -> tuple[Path, dict[str, str]]:
     """The fp32 graph, by the dynamo exporter or else the TorchScript one; each result is
     kept only if ONNX Runtime reproduces the model's outputs on a real batch."""
+    if not isinstance(example(CHECK_BATCH), torch.Tensor):
+        raise AutoslimError(
+            "the ONNX Runtime and OpenVINO runtimes take models with one tensor input; this one "
+            "takes a tuple or dict (use runtime torch or torch-compile)"
+        )
     failures: dict[str, str] = {}
     for dynamo in (True, False):
         name = "dynamo" if dynamo else "torchscript"

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from autoslim.artifact import DEPLOY_DIR, RECIPE_FILE
+from autoslim.data import map_tensors, model_output
 from autoslim.errors import AutoslimError
 from autoslim.recipe import Recipe
 from autoslim.registry import RuntimeForms, handler_for
@@ -310,11 +311,12 @@ class CastInputs(nn.Module):
         super().__init__()
         self.model, self.dtype = model, dtype
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.is_floating_point():
-            inputs = inputs.to(self.dtype)
-        out = self.model(inputs)
-        return out.float() if isinstance(out, torch.Tensor) else out
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.dtype) if t.is_floating_point() else t
+
+        out = model_output(self.model(*map_tensors(args, cast), **map_tensors(kwargs, cast)))
+        return out.float()
 
 
 def any_integer_width(recipe: Recipe) -> bool:

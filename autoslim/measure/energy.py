@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from autoslim.data import call_model
 from autoslim.sparse.execute import SparseLinear
 from autoslim.techniques.quantize._kernels import DynamicInt8Linear
 
@@ -69,7 +70,7 @@ def estimate_energy_mj(model: nn.Module, batch: torch.Tensor) -> float:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     try:
         with torch.inference_mode():
-            model(batch)
+            call_model(model, batch)
     finally:
         for handle in handles:
             handle.remove()

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from autoslim.data import call_model, first_tensor
+
 
 @dataclass(frozen=True)
 class LatencyStats:
@@ -44,6 +46,8 @@ def model_latency(
     model: torch.nn.Module, batch: torch.Tensor, *, warmup: int, repeats: int
 ) -> LatencyStats:
     """Latency of one forward pass of ``batch`` (threads are set by the caller)."""
-    sync = torch.cuda.synchronize if batch.is_cuda else None
+    sync = torch.cuda.synchronize if first_tensor(batch).is_cuda else None
     with torch.inference_mode():
-        return time_calls(lambda: model(batch), warmup=warmup, repeats=repeats, sync=sync)
+        return time_calls(
+            lambda: call_model(model, batch), warmup=warmup, repeats=repeats, sync=sync
+        )

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from autoslim.artifact import artifact_bytes
+from autoslim.data import call_model, first_tensor, to_device
 from autoslim.errors import AutoslimError, TrialFailed
 from autoslim.measure.latency import model_latency
 from autoslim.recipe import Target
@@ -77,7 +78,7 @@ def measure_artifact(
     recipe = Recipe.load(Path(path) / "recipe.yaml")
     task = load_task(recipe.task)
     runtime = runtime_named(target.runtime)
-    batch = task.example_batch(target.batch_size).to(target.device)
+    batch = to_device(task.example_batch(target.batch_size), target.device)
     _warm_up_runtime(target.device)
     # Crossover timings allocate test matrices, and a runtime's own file is built once:
     # both before the peak window, which is loading and running what ships.
@@ -90,7 +91,7 @@ def measure_artifact(
     def load_and_run() -> None:
         loaded["deployed"] = runtime.deploy(Path(path), task, target)
         with torch.inference_mode():
-            loaded["deployed"].module(batch)
+            call_model(loaded["deployed"].module, batch)
 
     peak = peak_memory_bytes(load_and_run, device=target.device)
     deployed = loaded["deployed"]
@@ -150,7 +151,10 @@ def _energy(model: torch.nn.Module, path, task, batch: torch.Tensor, target: Tar
 
     if target.device == "cuda":
         with torch.inference_mode():
-            return {"energy_mj": nvml_energy_mj(lambda: model(batch)), "energy_source": "nvml"}
+            return {
+                "energy_mj": nvml_energy_mj(lambda: call_model(model, batch)),
+                "energy_source": "nvml",
+            }
     if target.runtime != "torch":
         model = load_artifact(path, task=task).model
     return {"energy_mj": estimate_energy_mj(model, batch), "energy_source": "estimated"}
@@ -161,11 +165,11 @@ def _paired_values(
 ) -> dict:
     from autoslim.measure.paired import paired_latency
 
-    sync = torch.cuda.synchronize if batch.is_cuda else None
+    sync = torch.cuda.synchronize if first_tensor(batch).is_cuda else None
     with torch.inference_mode():
         paired = paired_latency(
-            lambda: model(batch),
-            lambda: reference(batch),
+            lambda: call_model(model, batch),
+            lambda: call_model(reference, batch),
             warmup=target.warmup,
             rounds=target.repeats,
             sync=sync,
@@ -192,15 +196,19 @@ def confirm_latencies(paths: list[str | Path], reference: str | Path, target: Ta
 
     torch.set_num_threads(target.threads)
     ref = load_artifact(reference)
-    batch = ref.task.example_batch(target.batch_size).to(target.device)
+    batch = to_device(ref.task.example_batch(target.batch_size), target.device)
     models = [shipped_module(p, ref.task, target) for p in paths]
     ref_model = ref.model.to(target.device)
-    calls = [(lambda m=m: m(batch)) for m in models]
-    sync = torch.cuda.synchronize if batch.is_cuda else None
+    calls = [(lambda m=m: call_model(m, batch)) for m in models]
+    sync = torch.cuda.synchronize if first_tensor(batch).is_cuda else None
+
+    def reference_call():
+        return call_model(ref_model, batch)
+
     with torch.inference_mode():
-        for call in [*calls, lambda: ref_model(batch)] * max(target.warmup, 1):
+        for call in [*calls, reference_call] * max(target.warmup, 1):
             call()
-        cand, refs = time_rounds_many(calls, lambda: ref_model(batch), target.repeats, sync=sync)
+        cand, refs = time_rounds_many(calls, reference_call, target.repeats, sync=sync)
     return [summarise(times, refs).as_dict() for times in cand]
 
 

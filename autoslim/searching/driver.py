@@ -42,8 +42,10 @@ from autoslim.searching.record import BASELINE_ATTR, BASELINE_SHA_ATTR
 from autoslim.searching.runner import Runner
 from autoslim.searching.slots import release_worker_slot
 from autoslim.searching.study import open_study, recover_interrupted
+from autoslim.shared_tasks import share_task
 from autoslim.space import ModelInfo, SearchSpace
-from autoslim.task import load_task
+from autoslim.task import Task, load_task
+from autoslim.trust import is_local_entry
 
 BACKENDS = ("local", "ray")
 
@@ -77,6 +79,32 @@ def search(
     experiment, space = load_experiment(experiment_path)
     experiment = apply_overrides(experiment, overrides)
     task = load_task(experiment.task)
+    return run_search(
+        experiment,
+        space,
+        task,
+        out=out,
+        progress=progress,
+        backend=backend,
+        address=address,
+        storage=storage,
+    )
+
+
+def run_search(
+    experiment: Experiment,
+    space: SearchSpace,
+    task: Task,
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+    backend: str = "local",
+    address: str | None = None,
+    storage: str | None = None,
+) -> Run:
+    """The search of a validated experiment whose task is already loaded (``search``
+    reads both from files; :func:`autoslim.compress` builds them in Python)."""
+    _check_backend(backend, address)
     check_objectives(experiment, task.metric_name, OBJECTIVE_NAMES, task.metric_direction)
     check_space(space, build_probe_model(task), experiment)
     if progress:  # stderr: stdout carries results
@@ -86,6 +114,8 @@ def search(
         backend, address
     )  # before anything is written: a wrong --address leaves no run folder
     remove_stale_temp_dirs()  # what killed searches left in the temporary directory
+    if is_local_entry(experiment.task.entry):  # measuring processes cannot import it
+        share_task(experiment.task.entry, task)
     baseline = load_baseline(experiment.task, task, log=progress)
     run_dir = Path(out) if out else Path("runs") / experiment.name
     study, storage_obj = open_study(run_dir, experiment, space, task.metric_name, storage)
@@ -239,7 +269,9 @@ def _warm_start(study: optuna.Study, ctx: SearchContext, fingerprint: str) -> No
         raise AutoslimError(
             "search.warm_start needs a per-layer quantize.weight component in the space"
         )
-    plans = uniform_params(component, ctx.info.names, settings.warm_start_uniform)
+    # GRU/LSTM layers take a width too where the component quantizes them
+    names = ctx.info.width_names if getattr(component, "recurrent", False) else ctx.info.names
+    plans = uniform_params(component, names, settings.warm_start_uniform)
     if settings.warm_start:
         plans += plan_params(
             ctx.task, ctx.baseline_model, fingerprint, component, settings.warm_start

@@ -143,11 +143,25 @@ def load_experiment(path: str | Path) -> tuple[Experiment, SearchSpace]:
     experiment = validate_model(
         Experiment, read_yaml(path, what="experiment"), what=f"experiment {path}"
     )
-    if isinstance(experiment.space, str):
-        space = SearchSpace.load(_resolve_space_path(experiment.space, path))
-    else:
-        space = SearchSpace.from_spec(experiment.space)
-    return experiment, narrow_to_runtime(space, experiment.target)
+    return experiment, narrow_to_runtime(resolve_space(experiment.space, path), experiment.target)
+
+
+def resolve_space(space: str | list[dict[str, Any]], experiment_path: Path | None) -> SearchSpace:
+    """An inline list of components, a preset name (``prune_quant``: one of
+    :func:`space_presets`) or a YAML path (relative to the experiment file, else to the
+    working directory)."""
+    if not isinstance(space, str):
+        return SearchSpace.from_spec(space)
+    presets = space_presets()
+    if space in presets:
+        return SearchSpace.load(presets[space])
+    return SearchSpace.load(_resolve_space_path(space, experiment_path))
+
+
+def space_presets() -> dict[str, Path]:
+    """The search spaces that ship with autoslim, by name."""
+    folder = Path(__file__).resolve().parents[1] / "search_spaces"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 
 def narrow_to_runtime(space: SearchSpace, target: Target) -> SearchSpace:
@@ -161,13 +175,15 @@ def narrow_to_runtime(space: SearchSpace, target: Target) -> SearchSpace:
     return space.for_runtime(runtime_named(target.runtimes[0]).forms(target.device))
 
 
-def _resolve_space_path(name: str, experiment_path: Path) -> Path:
+def _resolve_space_path(name: str, experiment_path: Path | None) -> Path:
     """A space path is relative to the experiment file, else to the working directory."""
-    for candidate in (experiment_path.parent / name, Path(name)):
-        if candidate.is_file():
-            return candidate
+    folders = ([experiment_path.parent] if experiment_path else []) + [Path(".")]
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
     raise AutoslimError(
-        f"search space file not found: {name} (relative to {experiment_path.parent} or .)"
+        f"search space not found: {name} (not a preset: {', '.join(space_presets())}; "
+        f"not a file relative to {' or '.join(str(f) for f in folders)})"
     )
 
 

@@ -94,6 +94,11 @@ def open_study(
         directions=list(experiment.objectives.values()),
         sampler=make_sampler(experiment, n_existing),
     )
+    if study.metric_names != list(experiment.objectives):
+        # optuna-dashboard and the plots then say "accuracy", not "Objective 0"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(experiment.objectives))
     return study, storage
 
 

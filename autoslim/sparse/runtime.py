@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoslim.data import call_model
 from autoslim.errors import AutoslimError
 from autoslim.recipe import Target
 from autoslim.sparse.crossover import measure_crossover
@@ -127,7 +128,7 @@ def layer_rows(
     try:
         model.eval()
         with torch.inference_mode():
-            model(example)
+            call_model(model, example)
     finally:
         for handle in handles:
             handle.remove()

@@ -43,7 +43,7 @@ def test_missing_space_file_is_named(tmp_path):
     path.write_text(
         "name: e\ntask: {entry: 'a.b:c'}\nspace: nowhere.yaml\nobjectives: {accuracy: maximize}\n"
     )
-    with pytest.raises(AutoslimError, match="search space file not found: nowhere.yaml"):
+    with pytest.raises(AutoslimError, match="search space not found: nowhere.yaml"):
         load_experiment(path)
 
 
@@ -52,3 +52,15 @@ def test_an_experiment_that_is_not_utf8_is_a_one_line_error(tmp_path):
     path.write_bytes(b"name: e\ntask: {entry: 'a.b:c'}\nspace: caf\xe9.yaml\n")
     with pytest.raises(AutoslimError, match=r"not UTF-8 text \(byte 41\)"):
         load_experiment(path)
+
+
+def test_a_preset_name_names_a_packaged_space(tmp_path):
+    from autoslim.searching.experiment import space_presets
+
+    assert {"prune_quant", "structured", "structured_quant"} <= set(space_presets())
+    path = tmp_path / "e.yaml"
+    path.write_text(
+        "name: e\ntask: {entry: 'a.b:c'}\nspace: structured_quant\nobjectives: {accuracy: maximize}\n"
+    )
+    _, space = load_experiment(path)
+    assert [c.type for c in space.components] == ["prune.structured", "quantize.weight"]

@@ -33,6 +33,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from autoslim.data import call_model, first_tensor, map_tensors
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext, apply_recipe
 from autoslim.recipe import Recipe, TaskRef
@@ -46,6 +47,7 @@ from autoslim.registry import (
 from autoslim.space import FloatRange, IntRange, ModelInfo, compressible_layers
 from autoslim.task import Task
 from autoslim.techniques.distill import _losses as L
+from autoslim.techniques.distill import _teacher
 from autoslim.techniques.distill._losses import (
     ConstantSchedule,
     LinearSchedule,
@@ -57,7 +59,6 @@ from autoslim.techniques.distill._teacher import (
     TeacherCache,
     _is_attention,
     capture,
-    shared_cache,
     teacher_forward,
 )
 from autoslim.train import TrainHooks
@@ -166,6 +167,12 @@ def default_probes(model: nn.Module, config: DistillConfig) -> dict[str, tuple[s
     if config.attention_weight:
         attention = [n for n, m in model.named_modules() if _is_attention(m)]
         convs = [n for n, m in layers.items() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+        if not (config.attention_layers or attention or convs):
+            raise AutoslimError(
+                "distill attention_weight needs nn.MultiheadAttention or Conv layers to take "
+                f"attention maps from, and {type(model).__name__} has neither (its own "
+                "attention modules are not read): set attention_weight to 0"
+            )
         for name in config.attention_layers or attention or convs:
             mode = "attention" if _is_attention(model.get_submodule(name)) else "output"
             probes[f"att:{name}"] = (name, mode)
@@ -227,23 +234,30 @@ class Distiller:
             k: (m.get(name, name), mode) for k, (name, mode) in self.student_probes.items()
         }
         if self.config.cache_teacher:
-            self.cache = shared_cache(
-                self.teacher, self.task.data.train.inputs, self.teacher_probes
-            )
+            # Read at setup, so a test can lower the module's cap.
+            self.cache = TeacherCache(max_bytes=_teacher.MAX_CACHE_BYTES)
 
-    def teacher_outputs(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        cached = self.cache.lookup(inputs) if self.cache is not None else None
-        return (
-            cached
-            if cached is not None
-            else teacher_forward(self.teacher, inputs, self.teacher_probes)
-        )
+    def teacher_outputs(self, inputs: Any) -> dict[str, torch.Tensor]:
+        """The teacher's logits and probe values on ``inputs``, on their device: from the
+        cache for rows it holds, from the teacher for the others."""
+        if self.cache is None:
+            return teacher_forward(self.teacher, inputs, self.teacher_probes)
+        return self.cache.outputs(self.teacher, inputs, self.teacher_probes)
 
-    def adapter(self, key: str, dim: int, width_in: int, width_out: int) -> ProjectionAdapter:
+    def adapter(
+        self,
+        key: str,
+        dim: int,
+        width_in: int,
+        width_out: int,
+        device: torch.device | str = "cpu",
+    ) -> ProjectionAdapter:
         """The adapter for ``key`` at these widths, created (seeded) and optimised on first use."""
         name = f"{key}|{dim}|{width_in}>{width_out}".replace(".", "_")
         if name not in self.adapters:
-            self.adapters[name] = ProjectionAdapter(dim, width_in, width_out, self.generator)
+            # Initialised on the CPU from the seeded generator, then moved to the features.
+            adapter = ProjectionAdapter(dim, width_in, width_out, self.generator)
+            self.adapters[name] = adapter.to(device)
             params = list(self.adapters[name].parameters())
             if self.optimizer is None:
                 self.optimizer = torch.optim.Adam(params, lr=self.config.adapter_lr)
@@ -255,18 +269,17 @@ class Distiller:
         axis = _mismatched_axis(student, teacher, key)
         if axis is None:
             return student
-        return self.adapter(key, axis, student.shape[axis], teacher.shape[axis])(student)
+        adapter = self.adapter(key, axis, student.shape[axis], teacher.shape[axis], student.device)
+        return adapter(student)
 
-    def __call__(
-        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
+    def __call__(self, model: nn.Module, inputs: Any, targets: torch.Tensor) -> torch.Tensor:
         if self.student_probes is None:
             self._setup(model)
         if self.config.mixup:
             return self.mixed_loss(model, inputs, targets)
         t = self.teacher_outputs(inputs)
         with capture(model, self.student_probes) as s:
-            logits = model(inputs)
+            logits = call_model(model, inputs)
         return self.combine(logits, s, t, self.task.loss(logits, targets))
 
     def mix_plan(self, batch: int) -> tuple[float, torch.Tensor]:
@@ -275,19 +288,21 @@ class Distiller:
         m = self.config.mixup
         return float(self.beta_rng.beta(m, m)), torch.randperm(batch, generator=self.mix_rng)
 
-    def mixed_loss(
-        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        if not inputs.is_floating_point():
+    def mixed_loss(self, model: nn.Module, inputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        kinds = []
+        map_tensors(inputs, lambda x: kinds.append(x.dtype) or x)
+        if not all(dtype.is_floating_point for dtype in kinds):
+            names = ", ".join(sorted({str(d) for d in kinds if not d.is_floating_point}))
             raise AutoslimError(
-                f"distill mixup needs floating-point inputs; this task's are {inputs.dtype} "
-                "(token ids cannot be mixed): set mixup to 0"
+                f"distill mixup needs floating-point inputs; this task's include {names} "
+                "(token ids and masks cannot be mixed): set mixup to 0"
             )
-        lam, perm = self.mix_plan(len(inputs))
-        mixed = lam * inputs + (1 - lam) * inputs[perm]
+        lam, perm = self.mix_plan(len(targets))
+        perm = perm.to(first_tensor(inputs).device)
+        mixed = map_tensors(inputs, lambda x: lam * x + (1 - lam) * x[perm])
         t = teacher_forward(self.teacher, mixed, self.teacher_probes)
         with capture(model, self.student_probes) as s:
-            logits = model(mixed)
+            logits = call_model(model, mixed)
         hard = lam * self.task.loss(logits, targets) + (1 - lam) * self.task.loss(
             logits, targets[perm]
         )
@@ -318,8 +333,8 @@ class Distiller:
             ) + c.relation_angle_weight * L.rkd_angle(emb_s, emb_t)
             loss = loss + w["relation"] * rel
         if c.contrastive_weight:
-            ps = self.adapter("con:s", 1, emb_s.shape[1], c.contrastive_dim)(emb_s)
-            pt = self.adapter("con:t", 1, emb_t.shape[1], c.contrastive_dim)(emb_t)
+            ps = self.adapter("con:s", 1, emb_s.shape[1], c.contrastive_dim, emb_s.device)(emb_s)
+            pt = self.adapter("con:t", 1, emb_t.shape[1], c.contrastive_dim, emb_t.device)(emb_t)
             loss = loss + c.contrastive_weight * w["contrastive"] * L.info_nce(
                 ps, pt, c.contrastive_temperature
             )
@@ -418,7 +433,10 @@ class RecoverHandler(StageHandler[RecoverConfig]):
         @torch.no_grad()
         def keep_zeros(m: nn.Module, step: int) -> None:
             for name, mask in masks.items():
-                m.get_submodule(name).weight.mul_(mask)
+                weight = m.get_submodule(name).weight
+                if mask.device != weight.device:  # the fine-tune runs on its own device
+                    masks[name] = mask = mask.to(weight.device)
+                weight.mul_(mask)
 
         return ctx.fine_tune(
             model, epochs=config.epochs, lr=config.lr, extra=TrainHooks(after_step=[keep_zeros])

@@ -118,7 +118,7 @@ def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Euclidean distance matrix with an exact-zero diagonal (Park et al.'s ``pdist``)."""
     sq = e.pow(2).sum(dim=1)
     d = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * e @ e.t()).clamp(min=eps).sqrt()
-    return d * (1 - torch.eye(len(e), dtype=e.dtype))
+    return d * (1 - torch.eye(len(e), dtype=d.dtype, device=d.device))
 
 
 def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -148,7 +148,7 @@ def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
     Inputs are projected embeddings; both are L2-normalised here.
     """
     logits = F.normalize(student, dim=1) @ F.normalize(teacher, dim=1).t() / temperature
-    return F.cross_entropy(logits, torch.arange(len(student)))
+    return F.cross_entropy(logits, torch.arange(len(student), device=logits.device))
 
 
 # ---- loss-weight schedules: multipliers per term, as a function of the KD epoch ----

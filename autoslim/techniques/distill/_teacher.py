@@ -1,16 +1,23 @@
 """The teacher side of distillation: probes that capture intermediate values, and
-teacher outputs computed once per sample.
+teacher outputs cached per sample.
 
-Teacher outputs on the train split are computed once in fixed chunks and looked up by
-each sample's bytes (the shuffle order changes every epoch and stage, so per-batch keys
-would never hit). The cache is a function of teacher and data only, shared by trials of
-a process, and so keeps replay deterministic.
+Inputs may be a tensor, a tuple or a dict of tensors (:mod:`autoslim.data`), and the
+train split may be streamed from a user's loader that does not fit in memory, so the
+cache never reads the split by itself. It fills lazily from the batches training feeds
+the loss: each row is keyed by a digest of its bytes (every tensor of the row, with its
+name, dtype and shape; the shuffle order changes every epoch and stage, so per-batch keys
+would never hit), rows the teacher has already labelled are looked up, the others are
+labelled by running the teacher on them, and new rows are kept until the cache holds
+``max_bytes``. Past that it keeps what it has and the teacher runs for everything else.
+
+A cache belongs to one :class:`~autoslim.techniques.distill.Distiller`, so to one
+application of a recipe: what it holds depends only on the recipe, seed and data, and a
+replay fills it the same way, which keeps replay deterministic.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,12 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoslim.data import batch_len, call_model, first_tensor, map_tensors
 from autoslim.errors import AutoslimError
 from autoslim.techniques.distill import _losses as L
 
 INPUT_SUFFIX = ":input"
 MAX_CACHE_BYTES = 256 * 2**20  # beyond this the teacher runs per batch instead
-CACHE_CHUNK = 512
+ROW_OVERHEAD = 64  # bytes counted per cached row for its key and index entry
 
 # ---- probes: named intermediate values captured by forward hooks ----
 
@@ -34,17 +42,39 @@ def _is_attention(module: nn.Module) -> bool:
     )
 
 
-def _probe_value(module: nn.Module, mode: str, args: tuple, output: Any) -> torch.Tensor:
-    if mode == "input":
-        return args[0]
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    """The tensor a module's input or output means: itself, the first element of a tuple,
+    or the first tensor of a dict-like output (Hugging Face's ``ModelOutput``)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)) and value:
+        return _first_tensor(value[0])
+    return None
+
+
+def _probe_value(
+    name: str, module: nn.Module, mode: str, args: tuple, kwargs: dict, output: Any
+) -> torch.Tensor:
+    if mode in ("input", "attention"):
+        value = _first_tensor(args) if args else _first_tensor(list(kwargs.values()))
+    else:
+        value = _first_tensor(output)
+    if value is None:
+        what = "input" if mode != "output" else "output"
+        raise AutoslimError(
+            f"distill: layer {name!r} ({type(module).__name__}) has no tensor {what} to "
+            "distil from; name another layer"
+        )
     if mode == "attention":
-        query = args[0] if getattr(module, "batch_first", True) else args[0].transpose(0, 1)
+        query = value if getattr(module, "batch_first", True) else value.transpose(0, 1)
         weight = (
             module.in_proj_weight if hasattr(module, "in_proj_weight") else module.in_proj.weight
         )
         bias = module.in_proj_bias
         return L.attention_probs(query, weight, bias, module.num_heads)
-    return output[0] if isinstance(output, tuple) else output
+    return value
 
 
 @contextmanager
@@ -54,10 +84,12 @@ def capture(
     """Record ``{key: value}`` for probes ``{key: (layer name, mode)}`` during one forward.
 
     Hooks are added by name for each forward and removed after, so they survive stages
-    that replace modules (head pruning, QAT) and are never part of the artifact.
+    that replace modules (head pruning, QAT) and are never part of the artifact. Inputs
+    passed by keyword (as Hugging Face layers take them) are seen too.
     """
     values: dict[str, torch.Tensor] = {}
     handles = []
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         for key, (name, mode) in probes.items():
             try:
@@ -65,11 +97,18 @@ def capture(
             except AttributeError:
                 raise AutoslimError(f"distill: the model has no layer {name!r}") from None
 
-            def hook(m: nn.Module, args: tuple, out: Any, key: str = key, mode: str = mode) -> None:
-                values[key] = _probe_value(m, mode, args, out)
+            def hook(
+                m: nn.Module,
+                args: tuple,
+                kwargs: dict,
+                out: Any,
+                key: str = key,
+                name: str = name,
+                mode: str = mode,
+            ) -> None:
+                values[key] = _probe_value(name, m, mode, args, kwargs, out)
 
-            handles.append(module.register_forward_hook(hook))
-        fastpath = torch.backends.mha.get_fastpath_enabled()
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
         torch.backends.mha.set_fastpath_enabled(False)  # the fused path skips self_attn's hooks
         yield values
     finally:
@@ -78,64 +117,186 @@ def capture(
             handle.remove()
 
 
-def _row_keys(inputs: torch.Tensor) -> list[bytes]:
-    flat = inputs.detach().reshape(len(inputs), -1).contiguous().numpy()
-    return [row.tobytes() for row in flat]
+# ---- the teacher's forward pass ----
+
+
+def _device_of(inputs: Any) -> torch.device:
+    return first_tensor(inputs).device
+
+
+def place(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` on ``device`` (moved only when one of its tensors is elsewhere)."""
+    tensor = next(module.parameters(), None)
+    if tensor is None:
+        tensor = next(module.buffers(), None)
+    if tensor is not None and tensor.device != device:
+        module.to(device)
+    return module
 
 
 @torch.no_grad()
 def teacher_forward(
-    teacher: nn.Module, inputs: torch.Tensor, probes: dict[str, tuple[str, str]]
+    teacher: nn.Module, inputs: Any, probes: dict[str, tuple[str, str]]
 ) -> dict[str, torch.Tensor]:
+    """The teacher's logits and probe values on ``inputs`` (a tensor, tuple or dict),
+    run on the inputs' device (the teacher is moved there on first use)."""
+    place(teacher, _device_of(inputs))
     with capture(teacher, probes) as values:
-        logits = teacher(inputs)
+        logits = call_model(teacher, inputs)
     return {"logits": logits, **{k: v.detach() for k, v in values.items()}}
 
 
-class TeacherCache:
-    """Teacher outputs for every train sample, computed in fixed chunks, keyed by bytes."""
+# ---- per-row keys ----
 
-    def __init__(self, outputs: dict[str, torch.Tensor], keys: list[bytes]) -> None:
-        self.outputs, self.index = outputs, {k: i for i, k in enumerate(keys)}
 
-    @classmethod
-    def build(cls, teacher: nn.Module, inputs: torch.Tensor, probes: dict) -> TeacherCache | None:
-        chunks = []
-        for start in range(0, len(inputs), CACHE_CHUNK):
-            chunks.append(teacher_forward(teacher, inputs[start : start + CACHE_CHUNK], probes))
-            per_sample = sum(v.numel() * v.element_size() for v in chunks[0].values()) / len(
-                chunks[0]["logits"]
+def _leaves(inputs: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of ``inputs`` with a stable name (dict keys sorted, tuple positions)."""
+    if isinstance(inputs, torch.Tensor):
+        yield prefix, inputs
+    elif isinstance(inputs, dict):
+        for key in sorted(inputs, key=str):
+            yield from _leaves(inputs[key], f"{prefix}.{key}")
+    elif isinstance(inputs, (tuple, list)):
+        for i, value in enumerate(inputs):
+            yield from _leaves(value, f"{prefix}[{i}]")
+
+
+def row_keys(inputs: Any) -> list[bytes]:
+    """A 16-byte digest per row of ``inputs`` (a tensor, tuple or dict of tensors) from
+    every tensor's bytes, name, dtype and row shape; the tensors may be on any device."""
+    n = batch_len(inputs)
+    digests = [hashlib.blake2b(digest_size=16) for _ in range(n)]
+    for name, tensor in _leaves(inputs):
+        if tensor.dim() == 0 or len(tensor) != n:
+            raise AutoslimError(
+                f"distill: input {name or 'tensor'} of shape {tuple(tensor.shape)} is not "
+                f"batched like the others ({n} rows)"
             )
-            if per_sample * len(inputs) > MAX_CACHE_BYTES:
-                return None
-        outputs = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
-        return cls(outputs, _row_keys(inputs))
-
-    def lookup(self, inputs: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        rows = [self.index.get(k) for k in _row_keys(inputs)]
-        if any(r is None for r in rows):
-            return None  # a sample outside the train split (e.g. augmented): run the teacher
-        idx = torch.tensor(rows)
-        return {k: v[idx] for k, v in self.outputs.items()}
+        header = f"{name}|{tensor.dtype}|{tuple(tensor.shape[1:])}".encode()
+        flat = tensor.detach().reshape(n, -1).contiguous()
+        if flat.dtype == torch.bool:
+            flat = flat.to(torch.uint8)
+        data = flat.view(torch.uint8).cpu().numpy()
+        for digest, row in zip(digests, data, strict=True):
+            digest.update(header)
+            digest.update(row.tobytes())
+    return [d.digest() for d in digests]
 
 
-_CACHES: OrderedDict[str, TeacherCache | None] = OrderedDict()
+# ---- the cache ----
 
 
-def _fingerprint(teacher: nn.Module, inputs: torch.Tensor, probes: dict) -> str:
-    digest = hashlib.sha256(repr(sorted(probes.items())).encode())
-    for name, tensor in teacher.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().numpy().tobytes())
-    digest.update(inputs.contiguous().numpy().tobytes())
-    return digest.hexdigest()
+class TeacherCache:
+    """Teacher outputs per train row, keyed by the row's bytes, filled lazily up to
+    ``max_bytes`` from the batches the loss sees (see the module doc)."""
 
+    def __init__(self, max_bytes: int = MAX_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.blocks: list[dict[str, torch.Tensor]] = []  # rows stored together, per batch
+        self.index: dict[bytes, tuple[int, int]] = {}  # row key -> (block, row in block)
+        self.full = False  # the byte cap was reached: nothing more is stored
+        self.hits = self.misses = 0
 
-def shared_cache(teacher: nn.Module, inputs: torch.Tensor, probes: dict) -> TeacherCache | None:
-    """One cache per (teacher weights, probes, data) in this process: trials share it."""
-    key = _fingerprint(teacher, inputs, probes)
-    if key not in _CACHES:
-        _CACHES[key] = TeacherCache.build(teacher, inputs, probes)
-        while len(_CACHES) > 2:
-            _CACHES.popitem(last=False)
-    return _CACHES[key]
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def lookup(self, inputs: Any) -> dict[str, torch.Tensor] | None:
+        """The cached outputs of every row of ``inputs``, or None if one is not cached."""
+        found = [self.index.get(k) for k in row_keys(inputs)]
+        if any(f is None for f in found):
+            return None
+        return self._gather(found, _device_of(inputs))
+
+    def outputs(
+        self, teacher: nn.Module, inputs: Any, probes: dict[str, tuple[str, str]]
+    ) -> dict[str, torch.Tensor]:
+        """The teacher's outputs on ``inputs``: cached rows looked up, the others computed
+        by the teacher (and stored while the cache has room)."""
+        if self.full and not self.index:
+            return teacher_forward(teacher, inputs, probes)  # nothing cached: skip the keys
+        keys = row_keys(inputs)
+        found = [self.index.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        device = _device_of(inputs)
+        if not missing:
+            try:
+                return self._gather(found, device)
+            except RuntimeError:  # cached rows of other shapes cannot be joined: recompute
+                return teacher_forward(teacher, inputs, probes)
+        if len(missing) == len(keys):
+            fresh = teacher_forward(teacher, inputs, probes)
+        else:
+            index = torch.tensor(missing, device=device)
+            fresh = teacher_forward(teacher, map_tensors(inputs, lambda t: t[index]), probes)
+        if not all(v.dim() > 0 and len(v) == len(missing) for v in fresh.values()):
+            # A probe whose first axis is not the batch cannot be split into rows.
+            self.full = True
+            return fresh if len(missing) == len(keys) else teacher_forward(teacher, inputs, probes)
+        self._store([keys[i] for i in missing], fresh)
+        if len(missing) == len(keys):
+            return fresh
+        try:
+            cached = self._gather([f for f in found if f is not None], device)
+        except RuntimeError:  # cached rows of other shapes cannot be joined: recompute
+            return teacher_forward(teacher, inputs, probes)
+        if any(cached[k].shape[1:] != fresh[k].shape[1:] for k in fresh):
+            return teacher_forward(teacher, inputs, probes)
+        hit = torch.tensor([i for i, f in enumerate(found) if f is not None], device=device)
+        miss = torch.tensor(missing, device=device)
+        out = {}
+        for name, value in fresh.items():
+            merged = value.new_empty((len(keys), *value.shape[1:]))
+            merged[miss] = value
+            merged[hit] = cached[name].to(value.dtype)
+            out[name] = merged
+        return out
+
+    def _store(self, keys: list[bytes], outputs: dict[str, torch.Tensor]) -> None:
+        if self.full:
+            return
+        per_row = ROW_OVERHEAD + sum(v[0].numel() * v.element_size() for v in outputs.values())
+        room = (self.max_bytes - self.bytes) // per_row
+        new: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            if k not in self.index and k not in new:
+                new[k] = i
+        take = list(new.values())[: max(room, 0)]
+        if len(take) < len(new):
+            self.full = True
+        if not take:
+            return
+        rows = torch.tensor(take, device=next(iter(outputs.values())).device)
+        block = len(self.blocks)
+        self.blocks.append({k: v.detach()[rows].clone() for k, v in outputs.items()})
+        for j, i in enumerate(take):
+            self.index[keys[i]] = (block, j)
+        self.bytes += per_row * len(take)
+
+    def _gather(
+        self, found: list[tuple[int, int]], device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        by_block: dict[int, tuple[list[int], list[int]]] = {}
+        for position, (block, row) in enumerate(found):
+            positions, rows = by_block.setdefault(block, ([], []))
+            positions.append(position)
+            rows.append(row)
+        if len(by_block) == 1:
+            ((block, (_, rows)),) = by_block.items()
+            index = torch.tensor(rows, device=self._device(block))
+            return {k: v[index].to(device) for k, v in self.blocks[block].items()}
+        parts = []
+        order = []
+        for block, (positions, rows) in by_block.items():
+            index = torch.tensor(rows, device=self._device(block))
+            parts.append({k: v[index].to(device) for k, v in self.blocks[block].items()})
+            order.extend(positions)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        inverse = inverse.to(device)
+        return {k: torch.cat([p[k] for p in parts])[inverse] for k in parts[0]}
+
+    def _device(self, block: int) -> torch.device:
+        return next(iter(self.blocks[block].values())).device

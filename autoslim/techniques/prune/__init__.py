@@ -22,11 +22,18 @@ only on the recipe, seed and data, so replay is exact; an adaptive stage not yet
 also reads the metric and the measured crossover, which is why its phases are recorded.
 Zeros only become bytes and time through the artifact's sparse encoding, never by
 assumption.
+
+The layers pruned are the compressible ones (Linear, Conv1d, Conv2d) whose weight no
+other module shares (:func:`prunable_layers`): a head tied to an embedding table is left
+out, so tied weights stay tied and embedding tables stay whole. Masks are made on each
+weight's device, so a schedule's masks can be updated while the fine-tune runs on CUDA.
+Calibration data (for gradient criteria) is the first ``calibration_samples`` rows of the
+train split, read through ``Split.take`` and only when the criterion needs it.
 """
 
 from __future__ import annotations
 
-import math
+import weakref
 from collections.abc import Callable
 from typing import ClassVar, Literal
 
@@ -48,6 +55,7 @@ from autoslim.registry import (
 )
 from autoslim.space import FloatRange, IntRange, ModelInfo, compressible_layers
 from autoslim.sparse.runtime import layer_rows
+from autoslim.task import Task
 from autoslim.techniques.prune._adaptive import (
     AdaptiveController,
     Phase,
@@ -62,6 +70,7 @@ from autoslim.techniques.prune._schedules import (
 )
 from autoslim.techniques.prune.importance import (
     GradStats,
+    calibration_batch,
     collect_stats,
     element_scores,
     get_criterion,
@@ -75,6 +84,7 @@ __all__ = [
     "apply_masks",
     "fold_pruning_masks",
     "planned_fine_tunes",
+    "prunable_layers",
     "prune_count",
 ]
 
@@ -178,6 +188,32 @@ class PruneConfig(StageConfig):
             raise ValueError(f"the last phase must reach sparsity {self.sparsity}, got {steps[-1]}")
 
 
+def tied_layers(model: nn.Module) -> dict[str, list[str]]:
+    """Compressible layers whose weight another module also holds (a language-model head
+    tied to its embedding table), with the names of those other modules."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for param in module._parameters.values():
+            if param is not None:
+                owners.setdefault(id(param), []).append(name)
+    tied = {}
+    for name, module in compressible_layers(model).items():
+        _, param = _effective(module)
+        others = [o for o in owners.get(id(param), []) if o != name]
+        if others:
+            tied[name] = others
+    return tied
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers unstructured pruning acts on: compressible layers whose weight is theirs
+    alone. A weight shared with another module (tied to an embedding, or between layers)
+    is left out: masking it in one place would let the other revive it during a fine-tune,
+    and would prune the embedding table, which techniques keep whole."""
+    tied = tied_layers(model)
+    return {n: m for n, m in compressible_layers(model).items() if n not in tied}
+
+
 def prune_count(numel: int, sparsity: float) -> int:
     """The exact number of weights a sparsity removes (round half to even, like Python)."""
     return round(numel * sparsity)
@@ -199,14 +235,17 @@ def _scores(module: nn.Module, config: PruneConfig, stats: GradStats) -> torch.T
 
 
 def _lowest_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Ones except the ``count`` lowest scores (torch's L1Unstructured picks the same)."""
-    mask = torch.ones(scores.numel())
+    """Ones except the ``count`` lowest scores (torch's L1Unstructured picks the same),
+    on the scores' device."""
+    mask = torch.ones(scores.numel(), device=scores.device)
     if count > 0:
         mask[torch.topk(scores.reshape(-1), k=count, largest=False).indices] = 0
     return mask.reshape(scores.shape)
 
 
 def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    weight, _ = _effective(module)
+    mask = mask.to(device=weight.device, dtype=weight.dtype)
     if hasattr(module, "weight_mask"):
         module.weight_mask.copy_(mask)
     else:
@@ -228,41 +267,76 @@ def apply_masks(
     """
     stats = stats or GradStats()
     target = target or (lambda final: final)
-    layers = compressible_layers(model)
+    layers = prunable_layers(model)
+    if not layers:
+        return []
     if config.scope == "global":
         sizes = [m.weight.numel() for m in layers.values()]
         count = prune_count(sum(sizes), target(config.sparsity))
+        device = _effective(next(iter(layers.values())))[0].device
         flat = (
-            torch.cat([_scores(m, config, stats).reshape(-1) for m in layers.values()])
+            torch.cat([_scores(m, config, stats).reshape(-1).to(device) for m in layers.values()])
             if count
-            else torch.zeros(sum(sizes))
+            else torch.zeros(sum(sizes), device=device)
         )
         for module, piece in zip(
             layers.values(), _lowest_mask(flat, count).split(sizes), strict=True
         ):
             _set_mask(module, piece.reshape(module.weight.shape))
         return list(layers.values())
-    per_layer = resolve_layer_map(config.layers, layers)
+    # Names resolve against every compressible layer, so a recipe naming a tied one stays
+    # valid; tied layers are then left out (see prunable_layers).
+    per_layer = resolve_layer_map(config.layers, compressible_layers(model))
     for name, module in layers.items():
         count = prune_count(module.weight.numel(), target(per_layer.get(name, config.sparsity)))
-        scores = _scores(module, config, stats) if count else torch.zeros(module.weight.shape)
+        scores = (
+            _scores(module, config, stats)
+            if count
+            else torch.zeros(module.weight.shape, device=_effective(module)[0].device)
+        )
         _set_mask(module, _lowest_mask(scores, count))
     return list(layers.values())
 
 
 def _stats(model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> GradStats:
-    """What the criterion reads (gradients, Hessian diagonal), and the seeded generator."""
-    train, n = ctx.task.data.train, config.calibration_samples
+    """What the criterion reads (gradients, Hessian diagonal), and the seeded generator.
+
+    Calibration rows are read from the train split only for criteria that need data, once
+    per stage application (a gradual schedule recalibrates on the same rows)."""
+    criterion = get_criterion(config.criterion)
+    inputs = targets = None
+    if criterion.needs_grad or criterion.needs_hessian:
+        inputs, targets = _calibration(ctx.task, config.calibration_samples)
     return collect_stats(
         model,
-        get_criterion(config.criterion),
-        train.inputs[:n],
-        train.targets[:n],
+        criterion,
+        inputs,
+        targets,
         ctx.task.loss,
         seed=ctx.seed + 7919 * ctx.stage_index,
         hessian_samples=config.hutchinson_samples,
         batch_size=ctx.task.train.batch_size,
     )
+
+
+_CALIBRATION: weakref.WeakKeyDictionary[Task, dict[int, tuple]] = weakref.WeakKeyDictionary()
+
+
+def _calibration(task: Task, n: int) -> tuple:
+    """The first ``n`` train rows, read once per task and ``n`` (a gradual schedule
+    recalibrates on the same rows); a streamed split is read ``n`` rows deep, never whole."""
+    per_task = _CALIBRATION.setdefault(task, {})
+    if n not in per_task:
+        per_task[n] = calibration_batch(task.data.train, n)
+    return per_task[n]
+
+
+def _steps_per_epoch(task: Task) -> int | None:
+    """Optimiser steps in one fine-tune epoch (the loader's batches), None if unknown."""
+    try:
+        return len(task.data.train.loader(task.train.batch_size, shuffle=True, seed=0))
+    except (TypeError, AutoslimError):
+        return None  # an IterableDataset of unknown length
 
 
 @torch.no_grad()
@@ -316,11 +390,18 @@ class MagnitudePruneHandler(StageHandler[PruneConfig]):
         return model
 
     def _gradual(self, model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> list[nn.Module]:
-        steps = config.fine_tune_epochs * math.ceil(
-            len(ctx.task.data.train) / ctx.task.train.batch_size
-        )
+        per_epoch = _steps_per_epoch(ctx.task)
         start = config.start_step
-        end = min(config.end_step or max(start + 1, int(0.7 * steps)), steps - 1)
+        if per_epoch is None:
+            if config.end_step is None:
+                raise AutoslimError(
+                    "gradual pruning: the train split streams data of unknown length; "
+                    "give the stage an end_step"
+                )
+            end = config.end_step
+        else:
+            steps = config.fine_tune_epochs * per_epoch
+            end = min(config.end_step or max(start + 1, int(0.7 * steps)), steps - 1)
         if end <= start:
             raise AutoslimError(
                 f"gradual pruning: start_step {start} is not before the end step {end}"
@@ -507,7 +588,10 @@ class MagnitudePruneSpace(ComponentSpec):
         if scope == "global":
             kwargs = {"sparsity": self.sparsity.suggest(trial, f"{n}.sparsity")}
         else:
-            targets = info.matching(self.layers)
+            # A layer tied to another module's weight is never pruned (prunable_layers);
+            # ModelInfo names such layers once it knows them.
+            tied = set(getattr(info, "tied", ()))
+            targets = [name for name in info.matching(self.layers) if name not in tied]
             kwargs = {
                 "layers": {
                     name: self.sparsity.suggest(trial, f"{n}.sparsity.{name}") for name in targets

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from autoslim.data import batch_len, call_model, rows, to_device
 from autoslim.errors import AutoslimError
-from autoslim.techniques._hessian import hutchinson_diagonal
+from autoslim.techniques._hessian import hutchinson_diagonal, rademacher
 
 # Structured pruning accepts these; ``hutchinson`` is for unstructured pruning until the
 # structured handler gathers its statistics through :func:`collect_stats`.
@@ -111,7 +112,8 @@ def random_score(
     gen: torch.Generator | None = None,
     h: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    return torch.rand(w.shape, generator=_need(gen, "a seeded generator", w))
+    # Drawn on the CPU from the seeded generator (the same on every device), then moved.
+    return torch.rand(w.shape, generator=_need(gen, "a seeded generator", w)).to(w.device)
 
 
 def _need(value, what: str, w: torch.Tensor):
@@ -174,29 +176,56 @@ def channel_scores(
     return scores.transpose(0, dim).reshape(weight.shape[dim], -1).sum(dim=1)
 
 
+def calibration_batch(split: Any, n: int) -> tuple[Any, torch.Tensor]:
+    """The first ``n`` samples of a split (in memory or streamed) as one batch: what
+    :func:`collect_stats` reads. Only ``n`` samples are read from a streamed split."""
+    return split.take(n)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _backward_in_eval(model: nn.Module, device: torch.device):
+    """A context in which an eval-mode model can be differentiated (twice): cuDNN's RNN
+    kernels refuse backward outside training mode and double backward always, so on CUDA
+    a model with a GRU or LSTM is calibrated without cuDNN."""
+    recurrent = any(isinstance(m, nn.RNNBase) for m in model.modules())
+    return torch.backends.cudnn.flags(enabled=not (recurrent and device.type == "cuda"))
+
+
 def calibrate(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Any,
     targets: torch.Tensor,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> GradStats:
     """Mean and mean-squared per-sample gradients of ``loss`` over the given samples.
 
-    One backward per sample is what makes E[g²] a Fisher diagonal rather than the square
-    of a batch mean (which shrinks with batch size); the models here are small.
+    ``inputs`` is a tensor, tuple or dict of tensors (:mod:`autoslim.data`); samples run
+    on the model's device. One backward per sample is what makes E[g²] a Fisher diagonal
+    rather than the square of a batch mean (which shrinks with batch size).
     """
     was_training = model.training
     model.eval()
+    device = _model_device(model)
+    inputs, targets = to_device(inputs, device), to_device(targets, device)
     params = [p for p in model.parameters() if p.requires_grad]
     total = {p: torch.zeros_like(p) for p in params}
     total_sq = {p: torch.zeros_like(p) for p in params}
-    for x, y in zip(inputs, targets, strict=True):
-        model.zero_grad(set_to_none=True)
-        loss(model(x.unsqueeze(0)), y.unsqueeze(0)).backward()
-        for p in params:
-            if p.grad is not None:
-                total[p] += p.grad
-                total_sq[p] += p.grad.pow(2)
+    if batch_len(inputs) != len(targets):
+        raise AutoslimError(
+            f"calibration has {batch_len(inputs)} input rows but {len(targets)} targets"
+        )
+    with _backward_in_eval(model, device):
+        for i in range(len(targets)):
+            model.zero_grad(set_to_none=True)
+            loss(call_model(model, rows(inputs, i, i + 1)), targets[i : i + 1]).backward()
+            for p in params:
+                if p.grad is not None:
+                    total[p] += p.grad
+                    total_sq[p] += p.grad.pow(2)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     n = max(len(targets), 1)
@@ -205,7 +234,7 @@ def calibrate(
 
 def hessian_diagonal(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Any,
     targets: torch.Tensor,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
@@ -220,12 +249,20 @@ def hessian_diagonal(
     """
     was_training = model.training
     model.eval()
+    device = _model_device(model)
+    inputs, targets = to_device(inputs, device), to_device(targets, device)
     params = [p for p in model.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
-    for x, y in zip(inputs.split(batch_size), targets.split(batch_size), strict=True):
-        diag = hutchinson_diagonal(loss(model(x), y), params, samples=samples, generator=generator)
-        for acc, d in zip(total, diag, strict=True):
-            acc += d * (len(y) / len(targets))
+    shapes = [p.shape for p in params]
+    with _backward_in_eval(model, device):
+        for start in range(0, len(targets), batch_size):
+            x, y = rows(inputs, start, start + batch_size), targets[start : start + batch_size]
+            # Probes are drawn on the CPU in the order hutchinson_diagonal draws them, so
+            # the estimate is the same on every device; only their copies move.
+            probes = ([v.to(device) for v in rademacher(shapes, generator)] for _ in range(samples))
+            diag = hutchinson_diagonal(loss(call_model(model, x), y), params, probes=probes)
+            for acc, d in zip(total, diag, strict=True):
+                acc += d * (len(y) / len(targets))
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return dict(zip(params, total, strict=True))
@@ -234,8 +271,8 @@ def hessian_diagonal(
 def collect_stats(
     model: nn.Module,
     criterion: Criterion,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    inputs: Any,
+    targets: torch.Tensor | None,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
     seed: int,
@@ -243,7 +280,10 @@ def collect_stats(
     batch_size: int = 64,
 ) -> GradStats:
     """Whatever ``criterion`` reads, computed on the calibration samples, plus a generator
-    seeded by ``seed`` (for ``random``); criteria that read nothing cost nothing."""
+    seeded by ``seed`` (for ``random``); criteria that read nothing cost nothing.
+    ``inputs`` (a tensor, tuple or dict) and ``targets`` are read only by criteria that
+    need data; others accept None for both.
+    """
     stats = calibrate(model, inputs, targets, loss) if criterion.needs_grad else GradStats()
     if criterion.needs_hessian:
         probes = torch.Generator().manual_seed(seed + 1)  # its own stream: random's is untouched

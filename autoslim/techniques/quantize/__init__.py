@@ -7,10 +7,19 @@ calibrated). The quantized model keeps ``weight = dequant(levels)`` in fp32 and 
 grid's ``weight_scale`` / ``weight_zero_point`` buffers; the artifact writer re-derives
 the integer levels and bit-packs them, so the bytes on disk are real.
 
+GRU and LSTM layers are layers of the plan too (``recurrent``, on by default): each of
+their weight matrices (``weight_ih_l*``, ``weight_hh_l*``) gets the layer's width with
+its own grid, stored bit-packed like any weight (:class:`autoslim.space.WeightSlot`
+lets the codecs read them); biases stay fp32. Embedding tables take ``embeddings``; a
+table tied to a layer (``head.weight is embed.weight``) is that layer's weight, so it
+takes the layer's width, stays tied, and is stored once.
+
 What runs is decided at load time by :meth:`WeightQuantHandler.runtime`: 8-bit Linear
 layers on a CPU target run on PyTorch's int8 dynamic-quantization kernel (fbgemm/x86,
-activations quantized per batch) when ``int8_kernel`` is on; everything else is decoded
-to fp32 and runs on the fp32 kernels, because no faster kernel exists for it here.
+activations quantized per batch) when ``int8_kernel`` is on, and so do 8-bit GRU/LSTM
+layers wide enough for torch's dynamic int8 GRU/LSTM to win
+(:data:`~autoslim.techniques.quantize._kernels.RNN_INT8_MIN_HIDDEN`); everything else is
+decoded to fp32 and runs on the fp32 kernels, because no faster kernel exists for it here.
 """
 
 from __future__ import annotations
@@ -33,7 +42,17 @@ from autoslim.registry import (
     StageHandler,
     register_handler,
 )
-from autoslim.space import FloatRange, IntRange, ModelInfo, compressible_layers, embedding_tables
+from autoslim.space import (
+    FloatRange,
+    IntRange,
+    ModelInfo,
+    WeightSlot,
+    compressible_layers,
+    embedding_tables,
+    quantizable_layers,
+    recurrent_layers,
+    recurrent_weights,
+)
 from autoslim.techniques.quantize import _codec  # noqa: F401  (registers the quantized-weight codec)
 from autoslim.techniques.quantize._codebook import (
     MAX_CODEBOOK_BITS,
@@ -54,6 +73,7 @@ from autoslim.techniques.quantize._marks import (
     grid_params,
     mark_codebook,
     mark_grid,
+    mark_name,
 )
 from autoslim.techniques.quantize._qat import attach, detach_quantizer, fold_batchnorm
 from autoslim.techniques.storage.codec import FLOAT_ATTR, float_width_of
@@ -154,6 +174,10 @@ class QuantizeConfig(StageConfig):
     # Width of the embedding tables (nn.Embedding): symmetric uniform levels in groups
     # of EMBEDDING_GROUP along each row, the block layout runtimes gather from directly.
     embeddings: BitWidth = "fp32"
+    # Whether GRU/LSTM layers take the plan's widths (``default`` or their ``layers``
+    # entry, one width for all of a layer's weight matrices; biases stay fp32). False
+    # keeps them fp32, as runtimes that ship their own file need (their RNN ops are fp32).
+    recurrent: bool = True
 
     # The stored grid (scale, zero point or codebook) is in the weights file; how it was
     # calibrated or learned is not needed to load it.
@@ -177,6 +201,12 @@ class QuantizeConfig(StageConfig):
         if self.qat_method == "lsq" and not self.symmetric:
             raise ValueError("qat_method lsq learns symmetric grids only (set symmetric: true)")
         return self
+
+    def layer_names(self, model: nn.Module) -> list[str]:
+        """The layers this stage's plan covers: compressible ones, and recurrent ones
+        unless ``recurrent`` is off."""
+        layers = quantizable_layers(model) if self.recurrent else compressible_layers(model)
+        return list(layers)
 
     def widths(self, layer_names: list[str]) -> dict[str, int | str]:
         """Width per layer, fp32 layers omitted."""
@@ -221,8 +251,12 @@ class WeightQuantHandler(StageHandler[QuantizeConfig]):
         if config.fold_bn:
             fold_batchnorm(model)
         layers = compressible_layers(model)
-        specs = {}
-        for name, width in config.widths(list(layers)).items():
+        recurrent = recurrent_layers(model)
+        specs, recurrent_plan = {}, {}
+        for name, width in config.widths(config.layer_names(model)).items():
+            if name in recurrent:
+                recurrent_plan[name] = width
+                continue
             if width in FLOAT_WIDTHS:
                 with torch.no_grad():
                     layers[name].weight.copy_(layers[name].weight.to(FLOAT_WIDTHS[width]).float())
@@ -236,6 +270,9 @@ class WeightQuantHandler(StageHandler[QuantizeConfig]):
             learned = _train_aware(model, {n: layers[n] for n in specs}, specs, config, ctx)
         for name, spec in specs.items():
             _snap_to_grid(layers[name], spec, learned=learned.get(name))
+        # After QAT, which trains every weight: a snapped recurrent weight would drift.
+        for name, width in recurrent_plan.items():
+            _quantize_recurrent(recurrent[name], width, config, name, rebuild=False)
         _quantize_tables(model, config.embeddings, rebuild=False)
         return model
 
@@ -243,7 +280,11 @@ class WeightQuantHandler(StageHandler[QuantizeConfig]):
         if config.fold_bn:
             fold_batchnorm(model)
         layers = compressible_layers(model)
-        for name, width in config.widths(list(layers)).items():
+        recurrent = recurrent_layers(model)
+        for name, width in config.widths(config.layer_names(model)).items():
+            if name in recurrent:
+                _quantize_recurrent(recurrent[name], width, config, name, rebuild=True)
+                continue
             module = layers[name]
             if width in FLOAT_WIDTHS:
                 setattr(module, FLOAT_ATTR, width)
@@ -260,21 +301,37 @@ class WeightQuantHandler(StageHandler[QuantizeConfig]):
 
     def runtime(self, model: nn.Module, config: QuantizeConfig, target: Target) -> nn.Module:
         """Swap layers onto real low-bit kernels where the target has one."""
-        from autoslim.techniques.quantize._kernels import int8_dynamic_linear, supports_int8_dynamic
+        from autoslim.techniques.quantize._kernels import (
+            int8_dynamic_linear,
+            int8_dynamic_rnn,
+            int8_rnn_wins,
+            supports_int8_dynamic,
+        )
 
         if not (config.int8_kernel and target.device == "cpu" and supports_int8_dynamic()):
             return model
+        for name, layer in list(recurrent_layers(model).items()):
+            weights = recurrent_weights(layer)
+            specs = {grid_of(layer, w) for w in weights}
+            spec = specs.pop() if len(specs) == 1 else None
+            if _int8_kernel_grid(spec) and int8_rnn_wins(layer):
+                _replace(model, name, int8_dynamic_rnn(layer, spec, weights))
         for name, module in list(compressible_layers(model).items()):
             spec = grid_of(module)
-            if (
-                isinstance(module, nn.Linear)
-                and isinstance(spec, GridSpec)
-                and spec.bits == 8
-                and spec.symmetric
-                and spec.granularity != "group"
-            ):
+            if isinstance(module, nn.Linear) and _int8_kernel_grid(spec):
                 _replace(model, name, int8_dynamic_linear(module, spec))
         return model
+
+    def shortest_form(self, config: QuantizeConfig, same_structure) -> QuantizeConfig:
+        """``recurrent: false`` is dropped where it changes nothing: a model without
+        GRU/LSTM layers (checked by rebuilding; float widths add no buffer to check by,
+        so a stage with one keeps it)."""
+        floats = {config.default, *config.layers.values()} & set(FLOAT_WIDTHS)
+        if not config.recurrent and not floats:
+            candidate = config.model_copy(update={"recurrent": True})
+            if same_structure(candidate):
+                return candidate
+        return config
 
 
 def _train_aware(
@@ -301,23 +358,67 @@ def _train_aware(
 
 @torch.no_grad()
 def _snap_to_grid(
-    module: nn.Module, spec: GridSpec | CodebookSpec, *, learned: tuple | None = None
+    module: nn.Module,
+    spec: GridSpec | CodebookSpec,
+    *,
+    learned: tuple | None = None,
+    weight: str = "weight",
 ) -> None:
-    """Put the weight exactly on its grid (PTQ calibration, or LSQ's learned step)."""
+    """Put the module's ``weight`` exactly on its grid (PTQ calibration, or LSQ's
+    learned step). The copy is in place, so a tied weight stays tied."""
+    tensor = getattr(module, weight)
     if isinstance(spec, CodebookSpec):
-        codebook = make_codebook(module.weight, spec)
-        module.weight.copy_(lookup(assign(module.weight, codebook, spec), codebook, spec))
-        mark_codebook(module, spec, codebook)
+        codebook = make_codebook(tensor, spec)
+        tensor.copy_(lookup(assign(tensor, codebook, spec), codebook, spec))
+        mark_codebook(module, spec, codebook, weight)
         return
     if learned is None:
-        dequantized, scale, zero = fake_quantize(module.weight, spec)
+        dequantized, scale, zero = fake_quantize(tensor, spec)
     else:
         scale, zero = learned
         dequantized = dequantize_levels(
-            quantize_levels(module.weight, scale, zero, spec), scale, zero, spec
+            quantize_levels(tensor, scale, zero, spec), scale, zero, spec
         )
-    module.weight.copy_(dequantized)
-    mark_grid(module, spec, scale, zero)
+    tensor.copy_(dequantized)
+    mark_grid(module, spec, scale, zero, weight)
+
+
+def _quantize_recurrent(
+    layer: nn.RNNBase, width: BitWidth, config: QuantizeConfig, name: str, *, rebuild: bool
+) -> None:
+    """Every weight matrix of a GRU/LSTM at ``width``, each with its own grid (per
+    channel: one scale per gate row), in place so the layer's flat weights stay its own.
+    QAT does not fake-quantize them (the recurrence reads its flat weights, not a
+    parametrization): they are calibrated after it, post-training."""
+    for attr in recurrent_weights(layer):
+        tensor = getattr(layer, attr)
+        if width in FLOAT_WIDTHS:
+            if not rebuild:
+                with torch.no_grad():
+                    tensor.copy_(tensor.to(FLOAT_WIDTHS[width]).float())
+            setattr(layer, mark_name(FLOAT_ATTR, attr), width)
+            continue
+        spec = config.grid(width)
+        if isinstance(spec, GridSpec):
+            _check_groups(WeightSlot(layer, attr), spec, f"{name}.{attr}")
+        if not rebuild:
+            _snap_to_grid(layer, spec, weight=attr)
+        elif isinstance(spec, CodebookSpec):
+            groups = tensor.shape[0] if spec.per_channel else 1
+            mark_codebook(layer, spec, torch.zeros(groups, spec.entries), attr)
+        else:
+            shape = grouped(tensor, spec).shape[:2]
+            mark_grid(layer, spec, torch.ones(shape), torch.zeros(shape), attr)
+
+
+def _int8_kernel_grid(spec: object) -> bool:
+    """Whether a grid's levels are what torch's int8 kernels take as they are."""
+    return (
+        isinstance(spec, GridSpec)
+        and spec.bits == 8
+        and spec.symmetric
+        and spec.granularity != "group"
+    )
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -356,6 +457,13 @@ class WeightQuantSpace(ComponentSpec):
     )
     # Embedding-table widths to search (models without nn.Embedding ignore it).
     embeddings: list[BitWidth] = Field(default=["fp32"], min_length=1)
+    # Whether GRU/LSTM layers are quantized (models without them ignore it): with
+    # ``per_layer`` each gets its own width parameter, else they take the one width.
+    recurrent: bool = True
+
+    # Added after studies were run: at its default it searches what those spaces searched
+    # on models without GRU/LSTM layers, so it leaves the space's fingerprint as it was.
+    fingerprint_new_fields: ClassVar[tuple[str, ...]] = ("recurrent",)
 
     def for_runtime(self, forms: RuntimeForms) -> tuple[ComponentSpec | None, list[str]]:
         if forms.storage_ships:
@@ -371,9 +479,20 @@ class WeightQuantSpace(ComponentSpec):
         if set(bits) <= {"fp32"}:
             return None, [*notes, f"{self.name}: dropped; nothing left that runs quantized"]
         update: dict[str, Any] = {"bits": bits}
+        # Such a runtime runs and ships its own fp32 GRU/LSTM ops (ONNX Runtime's and
+        # OpenVINO's quantizers leave them fp32): a low-bit recurrent weight would buy no
+        # bytes and no speed there, only lose accuracy, so it is not offered.
+        recurrent_note = "GRU/LSTM weights stay fp32, as its recurrent ops are"
         if self.per_layer and not forms.per_layer:
             update["per_layer"] = False
-            notes.append(f"{self.name}: one width for all layers, as {forms.runtime} runs them")
+            notes.append(
+                f"{self.name}: one width for all layers, as {forms.runtime} runs them"
+                + (f"; {recurrent_note}" if self.recurrent else "")
+            )
+        elif self.recurrent:
+            notes.append(f"{self.name}: {recurrent_note} on {forms.runtime}")
+        if self.recurrent:
+            update["recurrent"] = False
         tables = [w for w in self.embeddings if forms.runs_embedding(w)] or ["fp32"]
         if tables != self.embeddings:
             notes.append(
@@ -421,6 +540,8 @@ class WeightQuantSpace(ComponentSpec):
             "grid_kind": self._pick(trial, "grid_kind", self.grid_kind),
             "embeddings": self._pick(trial, "embeddings", self.embeddings),
         }
+        if not self.recurrent:
+            grid["recurrent"] = False
         uniform = grid["grid_kind"] == "uniform"
         if uniform:
             grid |= self._suggest_qat(trial)
@@ -433,13 +554,15 @@ class WeightQuantSpace(ComponentSpec):
             return QuantizeConfig(
                 default=trial.suggest_categorical(f"{self.name}.{key}", allowed), **grid
             )
-        choices = resolve_layer_map(self.layer_bits, info.names)
+        # Per-layer widths cover the recurrent layers too (unless ``recurrent`` is off).
+        names = info.width_names if self.recurrent else info.names
+        choices = resolve_layer_map(self.layer_bits, names)
         plan = {}
-        for layer in info.matching(self.layers):
+        for layer in info.matching(self.layers, recurrent=self.recurrent):
             options = choices.get(layer, self.bits)
             options = options if uniform else self._codebook_widths(options)
             plan[layer] = trial.suggest_categorical(f"{self.name}.{key}.{layer}", options)
-        return QuantizeConfig(**compact_plan(plan, info.names), **grid)
+        return QuantizeConfig(**compact_plan(plan, names), **grid)
 
     @staticmethod
     def _codebook_widths(options: list) -> list:

@@ -27,6 +27,7 @@ from autoslim.techniques.quantize._marks import (
     CODEBOOK_BUFFER,
     SCALE_BUFFER,
     ZERO_BUFFER,
+    buffer_name,
     grid_of,
     grid_params,
 )
@@ -108,11 +109,14 @@ def _module_params(module: nn.Module, spec: Spec) -> dict:
     return {"scale": scale, "zero": zero}
 
 
-def _state_params(state: Mapping[str, torch.Tensor], prefix: str, spec: Spec) -> dict:
+def _state_params(state: Mapping[str, torch.Tensor], name: str, spec: Spec) -> dict:
+    """The grid of weight ``name`` from the loaded buffers: ``fc.weight_scale`` for
+    ``fc.weight``, ``gru.weight_ih_l0_scale`` for ``gru.weight_ih_l0``."""
     if isinstance(spec, CodebookSpec):
-        return {"codebook": state[prefix + CODEBOOK_BUFFER]}
-    scale = state[prefix + SCALE_BUFFER]
-    return {"scale": scale, "zero": state.get(prefix + ZERO_BUFFER, torch.zeros_like(scale))}
+        return {"codebook": state[buffer_name(CODEBOOK_BUFFER, name)]}
+    scale = state[buffer_name(SCALE_BUFFER, name)]
+    zero = state.get(buffer_name(ZERO_BUFFER, name), torch.zeros_like(scale))
+    return {"scale": scale, "zero": zero}
 
 
 def encode_levels(
@@ -193,7 +197,9 @@ def _check_signed_values(
 
 @register_codec
 class QuantizedWeightCodec(WeightCodec):
-    """The levels of a layer a quantize stage marked with a grid or a codebook."""
+    """The levels of a weight a quantize stage marked with a grid or a codebook: a layer's
+    ``weight``, or one of a recurrent layer's matrices through its
+    :class:`autoslim.space.WeightSlot` (which reads that matrix's marks)."""
 
     name = "quantized"
 
@@ -244,7 +250,7 @@ class QuantizedWeightCodec(WeightCodec):
         state: Mapping[str, torch.Tensor],
     ) -> torch.Tensor:
         spec = spec_from_layout(entry["grid"])
-        params = _state_params(state, name.removesuffix("weight"), spec)
+        params = _state_params(state, name, spec)
         if entry["enc"] == "sparse":
             levels = (decode_matrix(name, entry, tensors).to(torch.int16) + spec.qmax).to(
                 torch.uint8

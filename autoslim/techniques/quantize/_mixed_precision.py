@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from autoslim.baseline import cache_root
+from autoslim.data import call_model
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext
-from autoslim.space import compressible_layers
+from autoslim.space import quantizable_layers, recurrent_weights
 from autoslim.task import Task
 from autoslim.techniques._hessian import hessian_vector_products
 from autoslim.techniques.quantize import QuantizeConfig, WeightQuantHandler
@@ -39,7 +40,14 @@ SCALE_BYTES = 4  # fp32 scale per group (plus a zero point when asymmetric)
 @torch.inference_mode()
 def _logits(model: nn.Module, task: Task) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x) for x, _ in task.data.val.loader(task.eval_batch_size)])
+    return torch.cat([call_model(model, x) for x, _ in task.data.val.batches(task.eval_batch_size)])
+
+
+def layer_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The weights a layer's width applies to: its ``weight``, or a GRU/LSTM's matrices."""
+    if isinstance(module, nn.RNNBase):
+        return [getattr(module, name) for name in recurrent_weights(module)]
+    return [module.weight]
 
 
 def output_kl(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -52,12 +60,13 @@ def output_kl(reference: torch.Tensor, other: torch.Tensor) -> float:
 def layer_sensitivity(
     task: Task, model: nn.Module, widths: Sequence[int], *, config: QuantizeConfig | None = None
 ) -> pd.DataFrame:
-    """One row per (layer, bits): ``metric_drop`` (baseline − quantized) and ``kl``."""
+    """One row per (layer, bits): ``metric_drop`` (baseline − quantized) and ``kl``, for
+    every layer a per-layer plan covers (GRU/LSTM layers included)."""
     config = config or QuantizeConfig()
     reference = _logits(model, task)
     base_metric = task.evaluate(model, "val")
     rows = []
-    for layer in compressible_layers(model):
+    for layer in quantizable_layers(model):
         for bits in widths:
             trial = copy.deepcopy(model)
             stage = config.model_copy(update={"layers": {layer: bits}, "default": "fp32"})
@@ -77,18 +86,20 @@ def layer_sensitivity(
 def hessian_traces(
     task: Task, model: nn.Module, *, samples: int = 16, batches: int = 2, seed: int = 0
 ) -> dict:
-    """Hutchinson estimates of Tr(H) of the training loss per layer weight."""
+    """Hutchinson estimates of Tr(H) of the training loss per layer (summed over a
+    GRU/LSTM's weight matrices)."""
     generator = torch.Generator().manual_seed(seed)
-    layers = compressible_layers(model)
+    layers = quantizable_layers(model)
+    owners = [name for name, m in layers.items() for _ in layer_weights(m)]
     traces = dict.fromkeys(layers, 0.0)
     model.eval()
-    for step, (x, y) in enumerate(task.data.train.loader(task.train.batch_size)):
+    for step, (x, y) in enumerate(task.data.train.batches(task.train.batch_size)):
         if step >= batches:
             break
-        weights = [m.weight for m in layers.values()]
-        loss = task.loss(model(x), y)
+        weights = [w for m in layers.values() for w in layer_weights(m)]
+        loss = task.loss(call_model(model, x), y)
         for vs, hvs in hessian_vector_products(loss, weights, samples=samples, generator=generator):
-            for name, v, hv in zip(layers, vs, hvs, strict=True):
+            for name, v, hv in zip(owners, vs, hvs, strict=True):
                 traces[name] += float((v * hv).sum()) / (samples * batches)
     return traces
 
@@ -98,18 +109,14 @@ def hawq_scores(
 ) -> pd.DataFrame:
     """HAWQ-V2 score per (layer, bits): mean Hessian eigenvalue × squared weight error."""
     rows = []
-    for name, module in compressible_layers(model).items():
+    for name, module in quantizable_layers(model).items():
+        weights = [w.detach() for w in layer_weights(module)]
+        numel = sum(w.numel() for w in weights)
         for bits in widths:
-            error = (
-                fake_quantize(module.weight.detach(), config.grid(bits))[0] - module.weight.detach()
+            error = sum(
+                float(((fake_quantize(w, config.grid(bits))[0] - w) ** 2).sum()) for w in weights
             )
-            rows.append(
-                {
-                    "layer": name,
-                    "bits": bits,
-                    "hawq": traces[name] / module.weight.numel() * float((error**2).sum()),
-                }
-            )
+            rows.append({"layer": name, "bits": bits, "hawq": traces[name] / numel * error})
     return pd.DataFrame(rows)
 
 
@@ -148,12 +155,17 @@ def sensitivity_table(
 
 
 def weight_bytes(module: nn.Module, width: int | str, config: QuantizeConfig) -> int:
-    """Stored bytes of one layer's weight at a width (packed levels + per-group params)."""
+    """Stored bytes of one layer's weights at a width (packed levels + per-group params;
+    a GRU/LSTM's matrices each with their own grid)."""
+    weights = layer_weights(module)
     if width in ("fp32", "fp16", "bf16"):
-        return module.weight.numel() * (4 if width == "fp32" else 2)
-    groups = grouped(module.weight, config.grid(int(width))).shape[:2].numel()
+        return sum(w.numel() for w in weights) * (4 if width == "fp32" else 2)
     per_group = SCALE_BYTES * (1 if config.symmetric else 2)
-    return (module.weight.numel() * int(width) + 7) // 8 + groups * per_group
+    total = 0
+    for weight in weights:
+        groups = grouped(weight, config.grid(int(width))).shape[:2].numel()
+        total += (weight.numel() * int(width) + 7) // 8 + groups * per_group
+    return total
 
 
 @dataclass(frozen=True)

@@ -27,22 +27,41 @@ assumes heads × head_dim == embed_dim), so speed is measured, never assumed.
 BERT-style ``transformers`` layers (and the FFN of ``nn.TransformerEncoderLayer``): see
 :mod:`autoslim.techniques.structured._heads`. ``heads`` also removes their heads; ``ffn`` removes
 that fraction of FFN neurons per block. With ``ffn`` set, FFN up-projections are kept out
-of Torch-Pruning, so ``ratio`` and ``ffn`` never both shrink one FFN. ``ratio`` on a BERT
-model would have Torch-Pruning shrink the residual stream, which we do not offer: keep it 0.
+of Torch-Pruning, so ``ratio`` and ``ffn`` never both shrink one FFN. Attention
+projections (children of any module with a head count or size) are only ever changed by
+``heads``: Torch-Pruning would cut them channel by channel under the head size the module
+reshapes by. Embedding tables are never pruned, which also keeps a transformer's residual
+stream (and ``config.hidden_size``) whole; so ``ratio`` on BERT shrinks the FFN (unless
+``ffn`` governs it) and the pooler.
+
+Tracing: Torch-Pruning runs the model on ``input_shape`` ones when the recipe or the model
+(``example_input_shape``) gives a shape, else on the task's real example inputs
+(:func:`autoslim.data.current_example`: any dtype, a tuple or a dict, Hugging Face style),
+which ``apply_recipe`` and artifact loading provide; every tensor the model returns is
+traced, so no layer feeding any output is left out.
+
+Layers kept whole: recurrent layers (``nn.GRU``/``nn.LSTM``/``nn.RNN``) keep their hidden
+width, but the channels feeding them may go (:class:`RecurrentInputPruner`); layers that
+share a weight (``head.weight is embed.weight``) are touched by no group at all, and
+``apply``/``rebuild`` check that every tie survives. transformers' ``Conv1D`` (GPT-2) is
+refused for ``ratio`` in one line, by the search space before any trial and at apply.
 
 Skips: a group Torch-Pruning cannot shrink, or one the criterion cannot score (e.g.
 ``bn_scale`` without BatchNorm), stays whole and is listed in
 ``ctx.records["structured.skipped"]``; only a model that cannot be traced at all is an
-error, since the recipe would then promise removal it cannot deliver.
+error (one line, the tracer's exception as its cause), since the recipe would then promise
+removal it cannot deliver.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import types
 import warnings
-from collections.abc import Callable
-from typing import ClassVar, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Literal
 
 import optuna
 import torch
@@ -51,6 +70,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from autoslim.data import current_example, example_args, to_device
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import ApplyContext
 from autoslim.recipe import resolve_layer_map
@@ -71,7 +91,9 @@ from autoslim.techniques.structured._depth import (
     drop_blocks,
 )
 from autoslim.techniques.structured._heads import (
+    bert_layers,
     ffn_up_layers,
+    is_bert_layer,
     prune_bert_heads,
     prune_ffn,
     transformer_scores,
@@ -348,6 +370,7 @@ class GroupImportance(tp.importance.Importance):
 
     def __init__(self, criterion_name: str, stats: GradStats) -> None:
         self.criterion, self.stats = get_criterion(criterion_name), stats
+        self.frozen: set[int] = set()  # ids of layers no group may touch (set per model)
 
     def _layer_scores(self, layer: nn.Module, fn: object, idxs: list[int]) -> torch.Tensor | None:
         crit = self.criterion
@@ -368,6 +391,8 @@ class GroupImportance(tp.importance.Importance):
 
     @torch.no_grad()
     def __call__(self, group: tp.dependency.Group) -> torch.Tensor | None:
+        if any(id(dep.layer) in self.frozen for dep, _ in group):
+            return None  # structural: the same groups stay whole in apply and rebuild
         total, count = torch.zeros(len(group[0].idxs)), 0
         for i, (dep, idxs) in enumerate(group):
             root_idxs = group[i].root_idxs
@@ -379,27 +404,178 @@ class GroupImportance(tp.importance.Importance):
         return total / count if count else None
 
 
-def example_input(model: nn.Module, config: StructuredPruneConfig) -> torch.Tensor:
-    """A tracing input from the recipe or the model; never from data, which rebuild lacks."""
+class RecurrentInputPruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's view of ``nn.GRU`` / ``nn.RNN`` / ``nn.LSTM``, which it cannot prune
+    (1.6 has an LSTM pruner for one layer only, none for GRU, and traces a GRU as an
+    element-wise op, which couples its input and hidden widths and ends in an IndexError).
+
+    As a layer of its own, the recurrent layer separates the width feeding it from its
+    hidden width. Its inputs may shrink (columns of the first layer's input weights, each
+    direction); its hidden width never does (it is in ``_ignored``: gates interleave it).
+    """
+
+    TARGET_MODULES = (nn.RNNBase,)
+
+    def prune_out_channels(self, layer: nn.Module, idxs: list) -> nn.Module:
+        raise AutoslimError(f"the hidden width of {type(layer).__name__} cannot be pruned")
+
+    def prune_in_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
+        keep = torch.tensor(sorted(set(range(layer.input_size)) - set(idxs)), dtype=torch.long)
+        suffixes = ["", "_reverse"] if layer.bidirectional else [""]
+        with torch.no_grad():
+            for suffix in suffixes:
+                name = f"weight_ih_l0{suffix}"
+                old = getattr(layer, name)
+                setattr(layer, name, nn.Parameter(old[:, keep].clone(), old.requires_grad))
+        layer.input_size = len(keep)
+        return layer
+
+    def get_out_channels(self, layer: nn.RNNBase) -> int:
+        width = layer.proj_size if getattr(layer, "proj_size", 0) else layer.hidden_size
+        return width * (2 if layer.bidirectional else 1)
+
+    def get_in_channels(self, layer: nn.RNNBase) -> int:
+        return layer.input_size
+
+
+class _Opaque(torch.autograd.Function):
+    """``out`` (computed elsewhere) as one autograd node whose only input is ``x``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None]:
+        return None, None
+
+
+@contextlib.contextmanager
+def _opaque_recurrent(model: nn.Module) -> Iterator[None]:
+    """While Torch-Pruning traces: every recurrent layer as one autograd node from its input
+    to its output. On CPU a GRU runs as per-step gate ops in the autograd graph, and the
+    tracer, which follows that graph, would meet those ops (splits of the gate weights)
+    instead of the layer's input, and fail with an IndexError."""
+
+    def opaque(module: nn.RNNBase, x: Any, *rest: Any) -> Any:
+        out, state = type(module).forward(module, x, *rest)
+        if not isinstance(x, torch.Tensor):  # a PackedSequence: traced as it is
+            return out, state
+        return _Opaque.apply(x, out.detach()), state
+
+    patched = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+    for module in patched:
+        module.forward = types.MethodType(opaque, module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def example_input(model: nn.Module, config: StructuredPruneConfig) -> Any:
+    """The inputs Torch-Pruning traces the model with: ones of ``input_shape`` (the recipe's)
+    or of the model's ``example_input_shape``, else the task's real example
+    (:func:`autoslim.data.current_example`: a tensor, tuple or dict of any dtype), which
+    ``apply_recipe`` and artifact loading provide."""
     shape = config.input_shape or getattr(model, "example_input_shape", None)
-    if shape is None:
+    if shape is not None:
+        return torch.ones(1, *shape)
+    example = current_example()
+    if example is None:
         raise AutoslimError(
-            "structured pruning needs the model's input shape: set input_shape "
-            "(without the batch dimension) or give the model an example_input_shape"
+            "structured pruning needs an example input or the model's input shape to trace "
+            "it: apply it with the task's data (apply_recipe, or load with the task), or set "
+            "the stage's input_shape (without the batch dimension) or the model's "
+            "example_input_shape"
         )
-    return torch.ones(1, *shape)
+    return to_device(example, next(model.parameters(), torch.empty(0)).device)
+
+
+def _trace_forward(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
+    """Torch-Pruning's ``forward_fn``: the model called the way its inputs say, with every
+    tensor it returns (a Hugging Face ``ModelOutput``, a tuple of heads) kept, so that no
+    layer feeding any output is left out of the graph."""
+    args, kwargs = example_args(inputs)
+    return _output_tensors(model(*args, **kwargs))
+
+
+def _output_tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _output_tensors(item)]
+    logits = getattr(out, "logits", None)
+    return [logits] if isinstance(logits, torch.Tensor) else []
+
+
+def tied_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules holding a parameter that another module holds too (``head.weight is
+    embed.weight``): removing channels from either would untie them, so neither is touched."""
+    owners: dict[int, list[nn.Module]] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), []).append(module)
+    return list({id(m): m for ms in owners.values() if len(ms) > 1 for m in ms}.values())
+
+
+HEAD_ATTRS = ("attention_head_size", "head_dim", "num_attention_heads", "num_heads")
+
+
+def attention_projections(model: nn.Module) -> list[nn.Module]:
+    """The ``nn.Linear`` children of every attention module written as such (one with an
+    ``attention_head_size``, ``head_dim`` or head count: Hugging Face self- and
+    cross-attention). Their widths are heads × head size; Torch-Pruning would shrink them
+    channel by channel, leaving the head size the module reshapes by wrong, so only
+    ``heads`` changes them."""
+    return [
+        child
+        for module in _attention_like(model)
+        for child in module.children()
+        if isinstance(child, nn.Linear)
+    ]
+
+
+def _attention_like(model: nn.Module) -> list[nn.Module]:
+    """Modules that say they are attention (a head count or size) and are not
+    ``nn.MultiheadAttention``, whose heads :func:`prune_heads` handles."""
+    return [
+        module
+        for module in model.modules()
+        if not isinstance(module, (*ATTENTION, PrunedMultiheadAttention))
+        and any(isinstance(getattr(module, a, None), int) for a in HEAD_ATTRS)
+    ]
+
+
+def _frozen(model: nn.Module) -> list[nn.Module]:
+    """Layers no channel group may touch at all, input side included: tied layers."""
+    return tied_modules(model)
 
 
 def _ignored(model: nn.Module, config: StructuredPruneConfig) -> list[nn.Module]:
+    """Layers whose outputs Torch-Pruning must not shrink: the recipe's ``ignore`` and the
+    output layer; embedding tables (never pruned); attention, whose width ``heads``
+    governs (BERT-style q/k/v and attention output included); FFN up-projections when
+    ``ffn`` governs them; recurrent layers (their inputs may shrink, their hidden state
+    not); and tied layers."""
     layers = compressible_layers(model)
     names = set(resolve_layer_map(dict.fromkeys(config.ignore, True), layers, what="layer to keep"))
     if config.ignore_output and layers:
         names.add(list(layers)[-1])
-    attention = [
-        m for m in model.modules() if isinstance(m, (*ATTENTION, PrunedMultiheadAttention))
+    kept = [
+        m
+        for m in model.modules()
+        if isinstance(m, (*ATTENTION, PrunedMultiheadAttention, nn.Embedding, nn.RNNBase))
     ]
+    for layer in bert_layers(model).values():
+        kept.append(layer.attention.output.dense)
+    kept += attention_projections(model)
     ffn = ffn_up_layers(model) if config.ffn > 0 else []
-    return [layers[n] for n in names] + attention + ffn
+    return list(
+        {id(m): m for m in [layers[n] for n in names] + kept + ffn + _frozen(model)}.values()
+    )
 
 
 def group_ratios(config: StructuredPruneConfig, layer_names: list[str]) -> dict[str, float]:
@@ -409,6 +585,18 @@ def group_ratios(config: StructuredPruneConfig, layer_names: list[str]) -> dict[
         for n, m in resolve_layer_map(config.group_multipliers, layer_names).items()
     }
     return scaled | resolve_layer_map(config.group_ratios, layer_names, what="layer group")
+
+
+# Layer classes Torch-Pruning 1.6 cannot shrink, with what to do instead. transformers'
+# ``Conv1D`` (GPT-2 style, weight stored transposed) fails inside its tracer with a TypeError.
+UNSUPPORTED_FOR_CHANNELS = {
+    "Conv1D": "transformers' Conv1D layers (GPT-2 style) cannot lose channels; keep ratio 0",
+}
+
+
+def _unsupported(module_types: set[str] | frozenset[str]) -> str | None:
+    found = sorted(set(UNSUPPORTED_FOR_CHANNELS) & set(module_types))
+    return UNSUPPORTED_FOR_CHANNELS[found[0]] if found else None
 
 
 def prune_channels(
@@ -421,29 +609,43 @@ def prune_channels(
     ratios = group_ratios(config, list(layers))
     if config.ratio == 0.0 and not any(ratios.values()):
         return []
+    reason = _unsupported({type(m).__name__ for m in model.modules()})
+    if reason:
+        raise AutoslimError(f"structured pruning of {type(model).__name__}: {reason}")
+    importance.frozen = {id(m) for m in _frozen(model)}
+    recurrent = RecurrentInputPruner()
     was_training = model.training
     model.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pruner = tp.pruner.MetaPruner(
-                model,
-                example_input(model, config),
-                importance=importance,
-                pruning_ratio=config.ratio,
-                pruning_ratio_dict={layers[n]: r for n, r in ratios.items()},
-                ignored_layers=_ignored(model, config),
-                round_to=config.round_to,
-                global_pruning=False,
-            )
+            with _opaque_recurrent(model):
+                pruner = tp.pruner.MetaPruner(
+                    model,
+                    example_input(model, config),
+                    importance=importance,
+                    pruning_ratio=config.ratio,
+                    pruning_ratio_dict={layers[n]: r for n, r in ratios.items()},
+                    ignored_layers=_ignored(model, config),
+                    round_to=config.round_to,
+                    global_pruning=False,
+                    forward_fn=_trace_forward,
+                    customized_pruners={
+                        type(m): recurrent for m in model.modules() if isinstance(m, nn.RNNBase)
+                    },
+                )
             pruner.step()
             return pruner.pruning_history()
     except AutoslimError:
         raise
     except Exception as exc:  # noqa: BLE001 — tracing failures become one-line user errors
+        detail = " ".join(str(exc).split())  # one line, however the tracer wrote it
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
         raise AutoslimError(
-            f"structured pruning failed on this model: {type(exc).__name__}: {exc}"
-        ) from None
+            f"structured pruning (Torch-Pruning) failed on {type(model).__name__}: "
+            f"{type(exc).__name__}: {detail} (list the layers it cannot handle in the "
+            "stage's ignore, or prune with heads/ffn only)"
+        ) from exc
     finally:
         model.train(was_training)
 
@@ -455,11 +657,42 @@ def prune_transformer(
     replay, which keeps the same counts. Returns what was skipped and why."""
     skipped: dict[str, str] = {}
     if config.heads > 0:
+        prunable = [
+            m
+            for m in model.modules()
+            if isinstance(m, (*ATTENTION, PrunedMultiheadAttention)) or is_bert_layer(m)
+        ]
+        if not prunable and _attention_like(model):
+            skipped["heads"] = (
+                "this attention's layout is not one heads prunes "
+                "(nn.MultiheadAttention or BERT-style query/key/value)"
+            )
         skipped |= prune_heads(model, config.heads, scores)
         skipped |= prune_bert_heads(model, config.heads, scores)
     if config.ffn > 0:
+        if not ffn_up_layers(model) and _attention_like(model):
+            skipped["ffn"] = (
+                "this transformer's FFN layout is not one ffn prunes "
+                "(nn.TransformerEncoderLayer or BERT-style intermediate/output)"
+            )
         skipped |= prune_ffn(model, config.ffn, scores, config.round_to)
     return skipped
+
+
+def tie_groups(model: nn.Module) -> list[list[str]]:
+    """Names of parameters that are one tensor (``head.weight`` and ``embed.weight``)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return sorted(group for group in names.values() if len(group) > 1)
+
+
+def _check_ties(model: nn.Module, before: list[list[str]]) -> None:
+    if tie_groups(model) != before:
+        raise AutoslimError(
+            f"structured pruning untied shared weights {before} of {type(model).__name__}; "
+            "list those layers in the stage's ignore"
+        )
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -472,14 +705,18 @@ class StructuredPruneHandler(StageHandler[StructuredPruneConfig]):
         self, model: nn.Module, config: StructuredPruneConfig, ctx: ApplyContext
     ) -> nn.Module:
         expected = _shapes(self.rebuild(copy.deepcopy(model), config))
+        ties = tie_groups(model)
         before = {n: m.weight.shape[0] for n, m in compressible_layers(model).items()}
         stats = GradStats(
             generator=torch.Generator().manual_seed(ctx.seed + 7919 * ctx.stage_index)
         )
         if get_criterion(config.importance).needs_grad:
-            train = ctx.task.data.train
-            n = config.calibration_samples
-            stats = calibrate(model, train.inputs[:n], train.targets[:n], ctx.task.loss)
+            # A user's shuffling DataLoader draws its order from the global RNG: seed it
+            # here, so the calibration samples (and the channels chosen) are the recipe's.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(ctx.seed + 7919 * ctx.stage_index)
+                inputs, targets = ctx.task.data.train.take(config.calibration_samples)
+            stats = calibrate(model, inputs, targets, ctx.task.loss)
             stats.generator = torch.Generator().manual_seed(ctx.seed)
         scores = {
             name: head_scores(m, config.importance, stats)
@@ -490,6 +727,7 @@ class StructuredPruneHandler(StageHandler[StructuredPruneConfig]):
             scores |= transformer_scores(model, config.importance, stats)
         prune_channels(model, config, GroupImportance(config.importance, stats))
         skipped = prune_transformer(model, config, scores)
+        _check_ties(model, ties)
         if _shapes(model) != expected:
             raise AutoslimError(
                 "structured pruning is not replayable for this model (rebuild gives other shapes)"
@@ -504,7 +742,10 @@ class StructuredPruneHandler(StageHandler[StructuredPruneConfig]):
                 and after[name].weight.shape[0] == width
                 and wanted[name] > 0
             ):
-                skipped[name] = "no channels removed (unprunable group or rounding)"
+                skipped[name] = (
+                    "no channels removed (unprunable group, e.g. one reaching an embedding, "
+                    "attention, a recurrent state or a tied weight; or rounding)"
+                )
         if skipped:
             log.info("structured pruning skipped: %s", skipped)
         ctx.records["structured.skipped"] = skipped
@@ -512,9 +753,11 @@ class StructuredPruneHandler(StageHandler[StructuredPruneConfig]):
         return model
 
     def rebuild(self, model: nn.Module, config: StructuredPruneConfig) -> nn.Module:
+        ties = tie_groups(model)
         structural = "bn_scale" if config.importance == "bn_scale" else "l1"
         prune_channels(model, config, GroupImportance(structural, GradStats()))
         prune_transformer(model, config, None)
+        _check_ties(model, ties)
         return model
 
     def shortest_form(
@@ -592,6 +835,9 @@ class StructuredPruneSpace(ComponentSpec):
                 f"{self.name}: importance bn_scale scores BatchNorm scales, and the model "
                 "has no BatchNorm layer (drop bn_scale from importance)"
             )
+        reason = _unsupported(info.module_types)
+        if reason and (self.ratio.high > 0 or self.group_multipliers):
+            raise AutoslimError(f"{self.name}: {reason} (ratio: {{low: 0.0, high: 0.0}})")
         if not self.enabled(trial):
             return None
         n = self.name

@@ -311,7 +311,9 @@ def test_component_suggests_a_replayable_stage_and_presets_load():
         DistillSpace(optional=False).suggest(trial, info).mixup == 0.0
         and "distill.mixup" not in trial.params
     )
-    presets = sorted((ROOT / "search_spaces").glob("distill*.yaml"))
+    # The presets ship inside the package (autoslim/search_spaces), formerly at the root.
+    folders = (ROOT / "autoslim" / "search_spaces", ROOT / "search_spaces")
+    presets = sorted(p for folder in folders for p in folder.glob("distill*.yaml"))
     assert presets
     for path in presets:
         kinds = [type(c).__name__ for c in SearchSpace.load(path).components]
