@@ -8,7 +8,8 @@ stopping listens to the per-epoch validation metric.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -79,6 +80,20 @@ def train(
             )
         finally:
             model.cpu()
+
+
+@contextmanager
+def on_training_device(model: nn.Module, task: Task) -> Iterator[torch.device]:
+    """Within this block the model sits on the task's training device (where a GPU makes
+    calibration's per-sample backward passes cheap), and afterwards where it was."""
+    device = task.train.resolved_device()
+    original = next(model.parameters(), torch.empty(0)).device
+    model.to(device)
+    try:
+        with fixed_threads(task.train.cpu_threads):
+            yield device
+    finally:
+        model.to(original)
 
 
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:

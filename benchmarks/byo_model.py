@@ -108,6 +108,7 @@ def search_one(name: str, model, data, *, trials: int, device: str, out: Path, t
 def summary(run, device: str, replayed: tuple[bool, float] | None) -> dict:
     table = run.table()
     done = table[table["state"] == "COMPLETE"]
+    measured = done[done["repeat_of"].isna()] if "repeat_of" in done else done  # not re-used
     return {
         "trials_completed": int(len(done)),
         "trials_failed": int((table["state"] == "FAIL").sum()),
@@ -115,7 +116,8 @@ def summary(run, device: str, replayed: tuple[bool, float] | None) -> dict:
         "front_size": int(len(run.front())),
         "replay_bytes_equal": None if replayed is None else replayed[0],
         "replay_metric_diff": None if replayed is None else round(replayed[1], 6),
-        "seconds_per_trial": round(float(done["seconds"].mean()), 2) if len(done) else math.nan,
+        "seconds_per_trial": round(float(measured["seconds"].mean()), 2) if len(done) else math.nan,
+        "trials_repeated": int(len(done) - len(measured)),
         "device": device,
         "baseline_metric": run.baseline.get(run.metric_name),
         "front": [

@@ -75,7 +75,7 @@ from autoslim.techniques.prune.importance import (
     element_scores,
     get_criterion,
 )
-from autoslim.train import TrainHooks
+from autoslim.train import TrainHooks, on_training_device
 
 __all__ = [
     "MagnitudePruneHandler",
@@ -307,16 +307,19 @@ def _stats(model: nn.Module, config: PruneConfig, ctx: ApplyContext) -> GradStat
     inputs = targets = None
     if criterion.needs_grad or criterion.needs_hessian:
         inputs, targets = _calibration(ctx.task, config.calibration_samples)
-    return collect_stats(
-        model,
-        criterion,
-        inputs,
-        targets,
-        ctx.task.loss,
-        seed=ctx.seed + 7919 * ctx.stage_index,
-        hessian_samples=config.hutchinson_samples,
-        batch_size=ctx.task.train.batch_size,
-    )
+    original = next(model.parameters(), torch.empty(0)).device
+    with on_training_device(model, ctx.task):
+        stats = collect_stats(
+            model,
+            criterion,
+            inputs,
+            targets,
+            ctx.task.loss,
+            seed=ctx.seed + 7919 * ctx.stage_index,
+            hessian_samples=config.hutchinson_samples,
+            batch_size=ctx.task.train.batch_size,
+        )
+    return stats.to(original)
 
 
 _CALIBRATION: weakref.WeakKeyDictionary[Task, dict[int, tuple]] = weakref.WeakKeyDictionary()

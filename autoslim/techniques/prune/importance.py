@@ -51,6 +51,16 @@ class GradStats:
     generator: torch.Generator | None = None
     hess_diag: dict[torch.Tensor, torch.Tensor] = field(default_factory=dict)
 
+    def to(self, device: torch.device | str) -> GradStats:
+        """The same statistics with every tensor on ``device`` (keys stay the parameters)."""
+
+        def moved(values: dict) -> dict:
+            return {p: v.to(device) for p, v in values.items()}
+
+        return GradStats(
+            moved(self.grad), moved(self.sq_grad), self.generator, moved(self.hess_diag)
+        )
+
 
 ElementScore = Callable[..., torch.Tensor]
 

@@ -98,6 +98,7 @@ from autoslim.techniques.structured._heads import (
     prune_ffn,
     transformer_scores,
 )
+from autoslim.train import on_training_device
 
 __all__ = [
     "DropLayersConfig",
@@ -716,7 +717,9 @@ class StructuredPruneHandler(StageHandler[StructuredPruneConfig]):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed + 7919 * ctx.stage_index)
                 inputs, targets = ctx.task.data.train.take(config.calibration_samples)
-            stats = calibrate(model, inputs, targets, ctx.task.loss)
+            with on_training_device(model, ctx.task):
+                stats = calibrate(model, inputs, targets, ctx.task.loss)
+            stats = stats.to("cpu")
             stats.generator = torch.Generator().manual_seed(ctx.seed)
         scores = {
             name: head_scores(m, config.importance, stats)
