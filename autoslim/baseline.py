@@ -67,6 +67,7 @@ def load_baseline(ref: TaskRef, task: Task, *, log: bool = False) -> Baseline:
         lr=task.train.lr,
         seed=BASELINE_SEED,
         weight_decay=task.train.weight_decay,
+        desc="fp32 baseline",
     )
     metrics = {
         f"val_{task.metric_name}": task.evaluate(model, "val"),

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from autoslim.errors import AutoslimError
+from autoslim.progress import showing_progress
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +63,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.experiment,
         out=args.out,
         overrides=Overrides(trials=args.trials, timeout=args.timeout, seed=args.seed),
+        progress=not args.quiet,
         backend=args.backend,
         address=args.address,
         storage=args.storage,
@@ -138,7 +140,11 @@ def _energy_label(run) -> str:
 def cmd_pareto(args: argparse.Namespace) -> int:
     from autoslim.run import load_run
 
-    return _print_front(load_run(args.run_dir), as_json=args.json)
+    run = load_run(args.run_dir)
+    if args.format == "csv":
+        run.front().to_csv(sys.stdout, index=False)
+        return 0
+    return _print_front(run, as_json=args.json or args.format == "json")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -206,7 +212,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     recipe = Recipe.load(args.recipe)
     check_output_folder(args.output, force=args.force)  # before minutes of fine-tuning, not after
     _warn_if_baseline_differs(recipe)
-    out = save_artifact(apply_recipe(recipe), recipe, args.output, force=args.force)
+    with showing_progress(not args.quiet):
+        model = apply_recipe(recipe)
+    out = save_artifact(model, recipe, args.output, force=args.force)
     values = measure_in_subprocess(out, recipe.target, splits=("val", "test"))
     if not args.json:
         print(f"artifact written to {out}")
@@ -277,10 +285,11 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     widths = _parse_widths(args.bits)
     experiment, _ = load_experiment(args.experiment)
     task = load_task(experiment.task)
-    baseline = load_baseline(experiment.task, task, log=True)
-    table = sensitivity_table(
-        task, baseline.model, baseline.fingerprint, widths, hessian=args.hessian
-    )
+    with showing_progress(not args.quiet):
+        baseline = load_baseline(experiment.task, task, log=not args.quiet)
+        table = sensitivity_table(
+            task, baseline.model, baseline.fingerprint, widths, hessian=args.hessian
+        )
     out = Path(args.out) if args.out else Path("runs") / experiment.name
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "sensitivity.csv", index=False)
@@ -301,11 +310,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autoslim.results.report import write_report
     from autoslim.run import load_run
 
-    html_path, md_path = write_report(
-        load_run(args.run_dir), args.output, stages=not args.no_stages
-    )
+    with showing_progress(not args.quiet):
+        html_path, md_path = write_report(
+            load_run(args.run_dir), args.output, stages=not args.no_stages
+        )
     print(f"wrote {html_path} and {md_path}")
     return 0
+
+
+def _quiet_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (also off when stderr is not a terminal)",
+    )
 
 
 def _trust_flag(parser: argparse.ArgumentParser) -> None:
@@ -317,6 +335,33 @@ def _trust_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+EXAMPLES = {
+    "search": "autoslim search experiments/digits.yaml --trials 20\n"
+    "autoslim search exp.yaml --backend ray --address auto",
+    "sensitivity": "autoslim sensitivity experiments/digits.yaml --bits 2,4,8 --hessian",
+    "pareto": "autoslim pareto runs/digits\nautoslim pareto runs/digits --format csv > front.csv",
+    "export": "autoslim export runs/digits --select 'min size_bytes where accuracy_drop <= 0.01' "
+    "-o best.yaml\nautoslim export runs/digits --trial 12 -o t12.yaml",
+    "report": "autoslim report runs/digits -o report.html",
+    "apply": "autoslim apply best.yaml -o artifacts/best",
+    "export-model": "autoslim export-model artifacts/best --format onnx -o model.onnx\n"
+    "autoslim export-model artifacts/best --format torch-export -o model.pt2",
+    "evaluate": "autoslim evaluate artifacts/best --json",
+}
+
+
+def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with examples."""
+    examples = "\n".join(f"  {line}" for line in EXAMPLES[name].splitlines())
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"examples:\n{examples}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="autoslim", description="Search, export and apply measured compression recipes."
@@ -324,12 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
     parser.add_argument("--version", action="version", version=versions)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("search", help="run or resume a multi-objective search")
-    p.add_argument("experiment")
-    p.add_argument("--trials", type=int)
+    p = _command(sub, "search", "run or resume a multi-objective search")
+    p.add_argument("experiment", help="experiment YAML file")
+    p.add_argument("--trials", type=int, help="the study's trial budget (overrides search.trials)")
     p.add_argument("--timeout", type=float, help="seconds for this invocation")
     p.add_argument("--out", help="run folder (default runs/<experiment name>)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="the sampler's seed (overrides search.seed)")
     p.add_argument(
         "--backend",
         choices=("local", "ray"),
@@ -344,34 +389,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="study storage URL shared by several workers, e.g. "
         "postgresql://host/db (default: a journal file in the run folder)",
     )
+    _quiet_flag(p)
     _trust_flag(p)
     p.set_defaults(func=cmd_search)
-    p = sub.add_parser("sensitivity", help="per-layer quantization sensitivity table and heatmap")
-    p.add_argument("experiment")
-    p.add_argument("--bits", default="2,3,4,8")
+    p = _command(sub, "sensitivity", "per-layer quantization sensitivity table and heatmap")
+    p.add_argument("experiment", help="experiment YAML file")
+    p.add_argument("--bits", default="2,3,4,8", help="comma list of widths to try per layer")
     p.add_argument("--hessian", action="store_true", help="add HAWQ-V2 scores (Hutchinson trace)")
     p.add_argument("--out", help="folder for sensitivity.csv/.png (default runs/<experiment name>)")
+    _quiet_flag(p)
     _trust_flag(p)
     p.set_defaults(func=cmd_sensitivity)
-    p = sub.add_parser("pareto", help="print a run's Pareto front")
-    p.add_argument("run_dir")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "pareto", "print a run's Pareto front")
+    p.add_argument("run_dir", help="run folder")
+    p.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output format"
+    )
+    p.add_argument("--json", action="store_true", help="same as --format json")
     p.set_defaults(func=cmd_pareto)
-    p = sub.add_parser("export", help="write one trial's recipe")
-    p.add_argument("run_dir")
+    p = _command(sub, "export", "write one trial's replayable recipe")
+    p.add_argument("run_dir", help="run folder")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int)
-    which.add_argument("--select", help="knee | min NAME [where COND and ...] | max NAME [...]")
-    p.add_argument("-o", "--output", required=True)
+    which.add_argument("--trial", type=int, help="the trial number")
+    which.add_argument(
+        "--select", help="knee | compromise | min NAME [where COND and ...] | max NAME [...]"
+    )
+    p.add_argument("-o", "--output", required=True, help="recipe YAML file to write")
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("report", help="self-contained HTML report (+ Markdown summary) of a run")
-    p.add_argument("run_dir")
-    p.add_argument("-o", "--output", default="report.html")
+    p = _command(sub, "report", "self-contained HTML report (+ Markdown summary) of a run")
+    p.add_argument("run_dir", help="run folder")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write")
     p.add_argument("--no-stages", action="store_true", help="skip the measured per-stage breakdown")
+    _quiet_flag(p)
     _trust_flag(p)
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("apply", help="build an artifact from a recipe and measure it")
-    p.add_argument("recipe")
+    p = _command(sub, "apply", "build an artifact from a recipe and measure it")
+    p.add_argument("recipe", help="recipe YAML file (autoslim export writes one)")
     p.add_argument(
         "-o", "--output", required=True, help="artifact folder: new, empty or a previous artifact"
     )
@@ -380,16 +433,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write into a folder holding other files (they are kept, never deleted)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the measured values as JSON")
+    _quiet_flag(p)
     _trust_flag(p)
     p.set_defaults(func=cmd_apply)
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "export-model",
-        help="write an artifact as a model file that runs on ONNX Runtime, OpenVINO or "
+        "write an artifact as a model file that runs on ONNX Runtime, OpenVINO or "
         "torch.export alone",
     )
-    p.add_argument("artifact")
-    p.add_argument("--format", choices=("onnx", "openvino", "torch-export"), default="onnx")
+    p.add_argument("artifact", help="artifact folder")
+    p.add_argument(
+        "--format",
+        choices=("onnx", "openvino", "torch-export"),
+        default="onnx",
+        help="the runtime's file format",
+    )
     p.add_argument("-o", "--output", required=True, help="the file to write (.onnx, .xml, .pt2)")
     p.add_argument(
         "--quantize",
@@ -407,9 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     _trust_flag(p)
     p.set_defaults(func=cmd_export_model)
-    p = sub.add_parser("evaluate", help="re-measure an artifact")
-    p.add_argument("artifact")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "evaluate", "re-measure an artifact")
+    p.add_argument("artifact", help="artifact folder")
+    p.add_argument("--json", action="store_true", help="print the measured values as JSON")
     _trust_flag(p)
     p.set_defaults(func=cmd_evaluate)
     return parser

@@ -17,7 +17,8 @@ from torch import nn
 
 from autoslim._threads import fixed_threads
 from autoslim.data import call_model, to_device
-from autoslim.errors import TrialFailed
+from autoslim.errors import AutoslimError, TrialFailed
+from autoslim.progress import progress
 from autoslim.task import Task
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,6 +52,7 @@ def train(
     seed: int,
     hooks: TrainHooks | None = None,
     weight_decay: float = 0.0,
+    desc: str = "fine-tune",
 ) -> nn.Module:
     """Train ``model`` in place on the task's train split, on the task's training device,
     and hand it back on the CPU in eval mode.
@@ -77,6 +79,7 @@ def train(
                 hooks=hooks,
                 weight_decay=weight_decay,
                 device=device,
+                desc=desc,
             )
         finally:
             model.cpu()
@@ -129,6 +132,7 @@ def _train_epochs(
     hooks: TrainHooks,
     weight_decay: float,
     device: torch.device,
+    desc: str,
 ) -> nn.Module:
     optimizer = _optimizer(task, params, lr, weight_decay)
     loss_fn = _loss_fn(task, hooks)
@@ -138,8 +142,12 @@ def _train_epochs(
     step, first_loss = 0, None
     for epoch in range(epochs):
         model.train()
-        for inputs, targets in split.batches(
-            task.train.batch_size, shuffle=True, seed=seed + epoch
+        batches = split.batches(task.train.batch_size, shuffle=True, seed=seed + epoch)
+        for inputs, targets in progress(
+            batches,
+            desc=f"{desc} epoch {epoch + 1}/{epochs}",
+            total=_steps(split, task),
+            unit="batch",
         ):
             inputs, targets = to_device(inputs, device), to_device(targets, device)
             optimizer.zero_grad(set_to_none=True)
@@ -158,6 +166,14 @@ def _train_epochs(
             hook(model, epoch)
     model.eval()
     return model
+
+
+def _steps(split, task: Task) -> int | None:
+    """Batches per epoch, where the split knows its length."""
+    try:
+        return -(-len(split) // task.train.batch_size)
+    except (TypeError, AutoslimError):
+        return None
 
 
 def _check_divergence(value: float, first: float, epoch: int, step: int) -> None:

@@ -180,3 +180,17 @@ def test_version_and_python_dash_m():
     assert done.returncode == 0
     assert done.stdout.startswith("autoslim ")
     assert "torch " in done.stdout and "optuna " in done.stdout
+
+
+def test_every_flag_has_help_and_every_command_an_example():
+    import argparse
+
+    from autoslim.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        assert "examples:" in (sub.epilog or ""), name
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{name} {action.dest} has no help text"

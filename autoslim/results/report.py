@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from autoslim.measure.paired import verdict_of
+from autoslim.progress import progress
 from autoslim.recipe import write_text_atomic
 from autoslim.results.select import select_named_points
 from autoslim.run import Run
@@ -28,6 +29,7 @@ from autoslim.run import Run
 STAGE_COLUMNS = ("size_bytes", "latency_ms", "peak_memory_bytes", "energy_mj")
 POINT_TITLES = {
     "knee": "knee point",
+    "compromise": "compromise (nearest the ideal)",
     "most_accurate_within_1pt": "most accurate within 1 pt",
     "smallest": "smallest",
     "fastest": "fastest",
@@ -72,13 +74,22 @@ def build_report(run: Run, *, stages: bool = True) -> Report:
     points = select_named_points(table, run.objectives, run.baseline, run.metric_name)
     report = Report(run=run, points=points)
     if stages:
-        for number in sorted(set(points.values())):
+        for number in progress(sorted(set(points.values())), desc="per-stage breakdowns"):
             report.stages[number] = stage_breakdown(run, number)
     return report
 
 
 def _energy_label(run: Run) -> str:
     return f"energy_mj ({run.baseline.get('energy_source', 'estimated')})"
+
+
+def roles_by_trial(report: Report) -> dict[int, str]:
+    """Each selected trial once, with every role it plays ("knee point, smallest"), in
+    the order the roles are listed: one row and one breakdown per trial."""
+    roles: dict[int, list[str]] = {}
+    for key, number in report.points.items():
+        roles.setdefault(number, []).append(POINT_TITLES[key])
+    return {number: ", ".join(titles) for number, titles in roles.items()}
 
 
 def points_table(report: Report) -> pd.DataFrame:
@@ -88,11 +99,9 @@ def points_table(report: Report) -> pd.DataFrame:
     columns = [metric, *STAGE_COLUMNS]
     rows = [{"point": "fp32 baseline", "trial": "", **{c: run.baseline.get(c) for c in columns}}]
     latency = [""]
-    for key, number in report.points.items():
+    for number, roles in roles_by_trial(report).items():
         row = table.loc[number]
-        rows.append(
-            {"point": POINT_TITLES[key], "trial": number, **{c: row.get(c) for c in columns}}
-        )
+        rows.append({"point": roles, "trial": number, **{c: row.get(c) for c in columns}})
         latency.append(latency_ratio_text(row, run.baseline))
     frame = pd.DataFrame(rows)
     base = run.baseline
@@ -171,10 +180,10 @@ def render_html(report: Report) -> str:
     title = f"autoslim report: {html.escape(run.info['experiment'])}"
     parts = [f"<h1>{title}</h1>", _summary_paragraph(report, markdown=False)]
     parts += ["<h2>Baseline and selected points</h2>", _html_table(points_table(report))]
-    for name, number in report.points.items():
+    for number, roles in roles_by_trial(report).items():
         if number in report.stages:
             parts += [
-                f"<h3>Per-stage breakdown: {POINT_TITLES[name]} (trial {number})</h3>",
+                f"<h3>Per-stage breakdown: {html.escape(roles)} (trial {number})</h3>",
                 _html_table(
                     report.stages[number].rename(columns={"energy_mj": _energy_label(run)})
                 ),
@@ -240,11 +249,11 @@ def render_markdown(report: Report) -> str:
         "",
         _md_table(points_table(report)),
     ]
-    for name, number in report.points.items():
+    for number, roles in roles_by_trial(report).items():
         if number in report.stages:
             lines += [
                 "",
-                f"### Per-stage breakdown: {POINT_TITLES[name]} (trial {number})",
+                f"### Per-stage breakdown: {roles} (trial {number})",
                 "",
                 _md_table(report.stages[number]),
             ]

@@ -45,7 +45,8 @@ class Condition:
 
 @dataclass(frozen=True)
 class Rule:
-    """A parsed selection rule: ``knee``, or ``min``/``max`` of a term with conditions."""
+    """A parsed selection rule: ``knee``, ``compromise``, or ``min``/``max`` of a term
+    with conditions."""
 
     kind: str
     target: str | None = None
@@ -54,18 +55,19 @@ class Rule:
 
 
 def parse_rule(text: str) -> Rule:
-    """Parse ``knee`` or ``min|max TERM [where TERM OP NUMBER [and ...]]``.
+    """Parse ``knee``, ``compromise`` or ``min|max TERM [where TERM OP NUMBER [and ...]]``.
 
     Names are resolved later against a table, so parsing needs no study and a
     typo in the grammar is reported before any work is done.
     """
     stripped = text.strip()
-    if stripped == "knee":
-        return Rule(kind="knee", text=stripped)
+    if stripped in FRONT_RULES:
+        return Rule(kind=stripped, text=stripped)
     match = _RULE_RE.match(stripped)
     if match is None:
         raise AutoslimError(
-            f"bad selection rule {text!r}: expected 'knee' or 'min|max NAME [where COND and ...]'"
+            f"bad selection rule {text!r}: expected 'knee', 'compromise' or "
+            "'min|max NAME [where COND and ...]'"
         )
     kind, target, where = match.groups()
     conditions: tuple[Condition, ...] = ()
@@ -91,21 +93,54 @@ def _direction_list(directions: Sequence[str] | Mapping[str, str]) -> list[str]:
     return list(directions)
 
 
-def knee_point(values: np.ndarray, directions: Sequence[str] | Mapping[str, str]) -> int:
-    """Row index of the knee: the point closest to the ideal after normalisation.
-
-    Objectives have wildly different units (bytes, ms, accuracy), so each
-    minimisation column is rescaled to [0, 1] over the given rows; the knee is
-    then the scale-free compromise nearest to the (0, ..., 0) ideal. Constant
-    columns become 0 and do not influence the choice. Ties go to the lowest row.
-    """
+def _normalised(values: np.ndarray, directions: Sequence[str] | Mapping[str, str]) -> np.ndarray:
+    """Every objective as a minimisation rescaled to [0, 1] over the rows (bytes, ms and
+    accuracy have wildly different units); a constant column becomes 0 and does not
+    influence a choice."""
     mins = to_minimization(values, _direction_list(directions))
     if len(mins) == 0:
-        raise AutoslimError("cannot find a knee point among zero trials")
+        raise AutoslimError("cannot pick a point among zero trials")
     low = mins.min(axis=0)
     span = mins.max(axis=0) - low
-    scaled = np.where(span > 0, (mins - low) / np.where(span > 0, span, 1.0), 0.0)
+    return np.where(span > 0, (mins - low) / np.where(span > 0, span, 1.0), 0.0)
+
+
+def compromise_point(values: np.ndarray, directions: Sequence[str] | Mapping[str, str]) -> int:
+    """Row index of the compromise-programming point: the one nearest (Euclidean) to the
+    ideal point after normalisation. Ties go to the lowest row."""
+    scaled = _normalised(values, directions)
     return int(np.argmin(np.sqrt(np.sum(scaled**2, axis=1))))
+
+
+def knee_point(values: np.ndarray, directions: Sequence[str] | Mapping[str, str]) -> int:
+    """Row index of the knee of a front: after normalisation, the point farthest on the
+    ideal's side of the hyperplane through the front's extreme points (in 2-D, the line
+    joining the two ends), where giving up a little of one objective buys the most of
+    the others (Das, 1999; Deb and Gupta's distance-based knee).
+
+    The extreme point of an objective is the row that is best in it. Where those rows
+    do not span a hyperplane (a front of fewer distinct points than objectives), the
+    plane ``sum(x) = 1`` through the unit corners stands in. Ties go to the lowest row.
+    """
+    scaled = _normalised(values, directions)
+    extremes = scaled[np.argmin(scaled, axis=0)]
+    normal = _plane_through(extremes)
+    return int(np.argmax(1.0 - scaled @ normal))
+
+
+def _plane_through(points: np.ndarray) -> np.ndarray:
+    """``w`` with ``w · p = 1`` for each of the m points in m dimensions (the plane through
+    them), or all ones where they are degenerate."""
+    dims = points.shape[1]
+    if np.linalg.matrix_rank(points) == dims:
+        normal = np.linalg.solve(points, np.ones(dims))
+        if np.all(np.isfinite(normal)) and np.all(normal > 0):
+            return normal
+    return np.ones(dims)
+
+
+# Rules that pick one point of the feasible front by its shape alone.
+FRONT_RULES = {"knee": knee_point, "compromise": compromise_point}
 
 
 def validate_table(table: pd.DataFrame, objectives: Sequence[str]) -> None:
@@ -164,12 +199,12 @@ def _compare(values: np.ndarray, op: str, limit: float) -> np.ndarray:
     return np.abs(values - limit) <= tol
 
 
-def _select_knee(rows: pd.DataFrame, directions: Mapping[str, str]) -> int:
+def _select_on_front(kind: str, rows: pd.DataFrame, directions: Mapping[str, str]) -> int:
     names = list(directions)
     values = rows[names].to_numpy(dtype=float)
     dirs = list(directions.values())
     front = pareto_front(values, dirs)
-    return int(rows["trial"].iloc[front[knee_point(values[front], dirs)]])
+    return int(rows["trial"].iloc[front[FRONT_RULES[kind](values[front], dirs)]])
 
 
 def _select_extreme(
@@ -200,18 +235,18 @@ def select_trial(
     """Return the ``trial`` number chosen by ``rule`` among feasible, finite rows.
 
     ``min``/``max`` ties go to the smallest trial number so the choice is
-    deterministic; ``knee`` is taken on the feasible Pareto front.
+    deterministic; ``knee`` and ``compromise`` are taken on the feasible Pareto front.
     """
     if isinstance(rule, str):
         rule = parse_rule(rule)
     validate_table(table, list(directions))
     rows = _candidates(table, list(directions))
-    if rule.kind == "knee":
+    if rule.kind in FRONT_RULES:
         if rows.empty:
             raise NoTrialSatisfies(
-                "no trial satisfies 'knee': no feasible trial with finite objectives"
+                f"no trial satisfies {rule.kind!r}: no feasible trial with finite objectives"
             )
-        return _select_knee(rows, directions)
+        return _select_on_front(rule.kind, rows, directions)
     return _select_extreme(rule, rows, directions, baseline)
 
 
@@ -225,7 +260,7 @@ def select_named_points(
 
     ``most_accurate_within_1pt`` treats metric values as fractions (1 pt = 0.01).
     """
-    rules: dict[str, Rule] = {"knee": Rule(kind="knee", text="knee")}
+    rules: dict[str, Rule] = {kind: Rule(kind=kind, text=kind) for kind in FRONT_RULES}
     if metric in directions and math.isfinite(float(baseline.get(metric, math.nan))):
         kind = "max" if directions[metric] == "maximize" else "min"
         cond = Condition(term=f"{metric}_drop", op="<=", value=0.01)

@@ -22,6 +22,7 @@ from autoslim.artifact import save_artifact
 from autoslim.baseline import Baseline, load_baseline
 from autoslim.errors import AutoslimError
 from autoslim.measure import OBJECTIVE_NAMES
+from autoslim.progress import showing_progress
 from autoslim.recipe import Recipe, one_line, validate_model
 from autoslim.run import Run, load_run
 from autoslim.searching.cleanup import (
@@ -116,7 +117,8 @@ def run_search(
     remove_stale_temp_dirs()  # what killed searches left in the temporary directory
     if is_local_entry(experiment.task.entry):  # measuring processes cannot import it
         share_task(experiment.task.entry, task)
-    baseline = load_baseline(experiment.task, task, log=progress)
+    with showing_progress(progress):
+        baseline = load_baseline(experiment.task, task, log=progress)
     run_dir = Path(out) if out else Path("runs") / experiment.name
     study, storage_obj = open_study(run_dir, experiment, space, task.metric_name, storage)
     try:
@@ -124,9 +126,16 @@ def run_search(
         ctx = SearchContext(
             experiment, space, task, baseline.model, {}, run_dir, experiment.search.seed
         )
-        _run_study(
-            study, storage_obj, ctx, baseline, backend=backend, address=address, progress=progress
-        )
+        with showing_progress(progress):  # fine-tunes draw bars below the search's
+            _run_study(
+                study,
+                storage_obj,
+                ctx,
+                baseline,
+                backend=backend,
+                address=address,
+                progress=progress,
+            )
     finally:
         release_worker_slot(run_dir)
         # Even after Ctrl-C the outputs describe every trial the study holds.

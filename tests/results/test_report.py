@@ -82,6 +82,11 @@ def test_points_table_ratios_against_the_baseline(run):
     report = build_report(run, stages=False)
     frame = points_table(report)
     assert frame.iloc[0]["point"] == "fp32 baseline" and frame.iloc[0]["size ×"] == 1.0
+    trials = list(frame["trial"].iloc[1:])
+    assert len(trials) == len(set(trials))  # a trial with several roles is one row
+    assert set(trials) == set(report.points.values())
+    for number, roles in zip(trials, frame["point"].iloc[1:], strict=True):
+        assert roles.count(",") == sum(n == number for n in report.points.values()) - 1
     for _, row in frame.iloc[1:].iterrows():
         assert row["size ×"] == pytest.approx(row["size_bytes"] / run.baseline["size_bytes"])
         assert row["accuracy drop (pt)"] == pytest.approx(

@@ -12,6 +12,7 @@ from autoslim.errors import AutoslimError
 from autoslim.results.select import (
     Condition,
     Rule,
+    compromise_point,
     knee_point,
     parse_rule,
     select_named_points,
@@ -106,11 +107,37 @@ def test_select_min_max_with_drop_and_ratio(table: pd.DataFrame) -> None:
     assert select_trial(table, DIRECTIONS, BASELINE, parse_rule("min latency_ms_ratio")) == 5
 
 
-def test_select_knee_uses_feasible_front(table: pd.DataFrame) -> None:
+def test_select_knee_and_compromise_use_the_feasible_front(table: pd.DataFrame) -> None:
     # Feasible finite front: trials 0, 1, 2, 3, 5 and 7 (a duplicate of 0); 4 would
-    # dominate all but is infeasible. Normalised over the front, squared distances
-    # to the ideal are 0: 0.607, 1: 0.245, 2: 0.261, 3: 2.0, 5: 1.0.
-    assert select_trial(table, DIRECTIONS, BASELINE, "knee") == 1
+    # dominate all but is infeasible. Normalised over the front (accuracy, size, latency):
+    # 0 (0.026, 0.529, 0.571), 1 (0.077, 0.235, 0.429), 2 (0.487, 0.059, 0.143),
+    # 3 (0, 1, 1), 5 (1, 0, 0).
+    # Compromise: squared distances to the ideal 0: 0.607, 1: 0.245, 2: 0.261, 3: 2, 5: 1.
+    assert select_trial(table, DIRECTIONS, BASELINE, "compromise") == 1
+    # Knee: trial 5 is the extreme of both size and latency, so the extremes do not span
+    # a plane and x + y + z = 1 stands in; 1 - sum is 0: -0.126, 1: 0.259, 2: 0.311.
+    assert select_trial(table, DIRECTIONS, BASELINE, "knee") == 2
+
+
+def test_the_knee_is_the_point_farthest_below_the_line_joining_the_ends() -> None:
+    # Already normalised. The line through (0, 1) and (1, 0) is x + y = 1: the knee
+    # minimises x + y (B: 0.52 against C: 0.6); the compromise minimises x² + y²
+    # (B: 0.2504 against C: 0.18). They differ on this front.
+    values = np.array([[0.0, 1.0], [0.02, 0.5], [0.3, 0.3], [1.0, 0.0]])
+    assert knee_point(values, ["minimize", "minimize"]) == 1
+    assert compromise_point(values, ["minimize", "minimize"]) == 2
+
+
+def test_the_knee_in_three_objectives_uses_the_plane_through_the_extremes() -> None:
+    # Extremes (0, 1, 1), (1, 0, 1), (1, 1, 0) span the plane x + y + z = 2 (w = 1/2 each):
+    # P (0.4, 0.4, 0.4) lies 1 - 0.6 = 0.4 below it, Q (0.1, 0.1, 0.9) 1 - 0.55 = 0.45:
+    # Q is the knee. Nearest the ideal is P (0.48 against 0.83).
+    values = np.array(
+        [[0, 1, 1], [1, 0, 1], [1, 1, 0], [0.4, 0.4, 0.4], [0.1, 0.1, 0.9]], dtype=float
+    )
+    directions = ["minimize"] * 3
+    assert knee_point(values, directions) == 4
+    assert compromise_point(values, directions) == 3
 
 
 def test_select_errors(table: pd.DataFrame) -> None:
@@ -135,10 +162,17 @@ def test_select_errors(table: pd.DataFrame) -> None:
 
 def test_select_named_points(table: pd.DataFrame) -> None:
     points = select_named_points(table, DIRECTIONS, BASELINE, "accuracy")
-    assert points == {"knee": 1, "most_accurate_within_1pt": 3, "smallest": 5, "fastest": 5}
+    assert points == {
+        "knee": 2,
+        "compromise": 1,
+        "most_accurate_within_1pt": 3,
+        "smallest": 5,
+        "fastest": 5,
+    }
     two = {"accuracy": "maximize", "size_bytes": "minimize"}
     # Baseline 0.99: nobody is within 1 pt, so that entry is omitted, not an error.
-    # Two-objective knee: squared distances 0: 0.281, 1: 0.061, 2: 0.241.
+    # Two objectives: compromise by squared distances 0: 0.281, 1: 0.061, 2: 0.241; knee
+    # by 1 - (x + y) below the line through trials 3 and 5: 0: 0.445, 1: 0.688, 2: 0.454.
     points = select_named_points(table, two, {"accuracy": 0.99}, "accuracy")
-    assert points == {"knee": 1, "smallest": 5}
-    assert select_named_points(table, two, {}, "accuracy") == {"knee": 1, "smallest": 5}
+    assert points == {"knee": 1, "compromise": 1, "smallest": 5}
+    assert select_named_points(table, two, {}, "accuracy") == points

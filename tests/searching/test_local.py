@@ -58,6 +58,9 @@ def test_search_writes_run_folder_and_exported_recipe_replays_exactly(
     assert payload["objectives"] == {"accuracy": "maximize", "size_bytes": "minimize"}
     assert set(payload["baseline"]) == {"accuracy", "size_bytes"}
     assert payload["front"] and {"trial", "values"} <= set(payload["front"][0])
+    assert main(["pareto", str(run.path), "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("trial,") and len(lines) == 1 + len(payload["front"])
 
     chosen = payload["front"][-1]
     recipe_path = tmp_path / "recipe.yaml"
