@@ -67,6 +67,7 @@ def compress(
     lr: float = 1e-3,
     seed: int = 0,
     search: Mapping[str, Any] | None = None,
+    tracking: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Run:
     """Search compressions of the trained ``model``; returns the run (``run.front()``,
@@ -85,6 +86,8 @@ def compress(
     - ``target``: where it runs and is measured (:class:`autoslim.Target`).
     - ``device``/``threads``/``amp``: where fine-tunes run (``"auto"``: CUDA when there
       is one), CPU threads (default: the machine's cores) and bf16/fp16 autocast on GPU.
+    - ``search``: further search settings (``sampler``, ``timeout``, ``early_stopping``, ...);
+      ``tracking``: e.g. ``{"mlflow": {"uri": "sqlite:///mlflow.db"}}`` logs every trial.
     - ``loss``/``train_step``/``optimizer``: the fine-tune objective
       (``loss(outputs, targets)``, default cross-entropy), or a whole step
       ``train_step(model, inputs, targets) -> loss`` for models with their own loss, and
@@ -135,6 +138,7 @@ def compress(
                 what="search settings",
             ),
             "target": target or {},
+            "tracking": dict(tracking or {}),
         },
         what="compress() arguments",
     )

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from autoslim.errors import AutoslimError
 from autoslim.recipe import StrictModel, Target, TaskRef, read_yaml, validate_model
+from autoslim.searching.tracking import Tracking
 from autoslim.space import SearchSpace
 
 Direction = Literal["minimize", "maximize"]
@@ -125,6 +126,8 @@ class Experiment(StrictModel):
     constraints: list[Constraint] = Field(default_factory=list)
     search: SearchSettings = Field(default_factory=SearchSettings)
     target: Target = Field(default_factory=Target)
+    # Where trials are also logged (MLflow); the run folder stays the source of truth.
+    tracking: Tracking = Field(default_factory=Tracking)
 
     @model_validator(mode="after")
     def _constraints_name_objectives(self) -> Experiment:

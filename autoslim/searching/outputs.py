@@ -35,6 +35,7 @@ from autoslim.results.plot import plot_front
 from autoslim.run import Run, read_run_info
 from autoslim.searching.experiment import Experiment
 from autoslim.searching.record import TEST_METRICS, TrialRecord
+from autoslim.searching.tracking import sync_trials
 
 
 def front_numbers(study: optuna.Study, objectives: dict[str, str]) -> list[int]:
@@ -154,6 +155,7 @@ def refresh_tables(run_dir: Path, study: optuna.Study) -> None:
     run = Run(path=Path(run_dir), study=study, info=read_run_info(run_dir))
     cache = run.study.user_attrs.get(TEST_METRICS, {})
     write_tables(run, lambda number: cache.get(str(number), math.nan))
+    sync_trials(run)
 
 
 def write_tables(
@@ -262,4 +264,5 @@ def write_outputs(run: Run, experiment: Experiment) -> dict:
         ],
     }
     write_text_atomic(Path(run.path) / "summary.json", json.dumps(summary, indent=2))
+    sync_trials(run, front=[int(n) for n in front["trial"]])
     return summary
