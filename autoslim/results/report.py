@@ -171,8 +171,29 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def human_bytes(value: float) -> str:
+    """A byte count as people read it: 364512 -> "356.0 KiB"."""
+    if value != value:
+        return ""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{int(value)} B"
+
+
+def _human(frame: pd.DataFrame) -> pd.DataFrame:
+    """Byte columns in human units (the CSV and JSON outputs keep exact counts)."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if str(column).endswith("_bytes"):
+            frame[column] = [
+                human_bytes(float(v)) if isinstance(v, (int, float)) else v for v in frame[column]
+            ]
+    return frame
+
+
 def _html_table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=_fmt, na_rep="", border=0, escape=True)
+    return _human(frame).to_html(index=False, float_format=_fmt, na_rep="", border=0, escape=True)
 
 
 def render_html(report: Report) -> str:
@@ -203,7 +224,8 @@ def _summary_paragraph(report: Report, *, markdown: bool) -> str:
     source = run.baseline.get("energy_source", "estimated")
     text = (
         f"{len(table)} trials ({counts.get('COMPLETE', 0)} complete, {counts.get('FAIL', 0)} failed); "
-        f"objectives {json.dumps(run.objectives)}; every value measured on the saved artifact; "
+        f"objectives: {', '.join(f'{k} ({v})' for k, v in run.objectives.items())}; "
+        "every value measured on the saved artifact; "
         f"energy is {source}."
     )
     return text if markdown else f"<p>{html.escape(text)}</p>"
@@ -247,7 +269,7 @@ def render_markdown(report: Report) -> str:
         "",
         "## Baseline and selected points",
         "",
-        _md_table(points_table(report)),
+        _md_table(_human(points_table(report))),
     ]
     for number, roles in roles_by_trial(report).items():
         if number in report.stages:
@@ -255,7 +277,7 @@ def render_markdown(report: Report) -> str:
                 "",
                 f"### Per-stage breakdown: {roles} (trial {number})",
                 "",
-                _md_table(report.stages[number]),
+                _md_table(_human(report.stages[number])),
             ]
     return "\n".join(lines) + "\n"
 

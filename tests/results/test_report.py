@@ -99,3 +99,12 @@ def test_markdown_table_formats_bytes_exactly():
 
     text = _md_table(pd.DataFrame([{"a": 364610.0, "b": 0.123456, "c": "x|y"}]))
     assert text.splitlines() == ["| a | b | c |", "|---|---|---|", "| 364610 | 0.1235 | x\\|y |"]
+
+
+def test_byte_counts_read_in_human_units():
+    from autoslim.results.report import human_bytes
+
+    assert human_bytes(364512.0) == "356.0 KiB"
+    assert human_bytes(900.0) == "900 B"
+    assert human_bytes(3 * 2**20) == "3.0 MiB"
+    assert human_bytes(float("nan")) == ""
