@@ -12,10 +12,12 @@ metric's difference from the search's record, and seconds per trial::
 
     python benchmarks/byo_model.py --json [--quick] [--device cpu|cuda|auto]
 
-``--devices cuda,cpu`` instead times the same trials of a CIFAR-shaped ResNet-18 (11 M
-parameters) with fine-tunes on each device, in one run (the GPU comparison)::
+``--gpu-vs-cpu`` instead times the same trials of a CIFAR-shaped ResNet-18 (11 M
+parameters) with fine-tunes on the GPU and on ``--cpu-threads`` CPU threads, in one run;
+``--images`` sizes the data so that fine-tuning, not the costs both arms share, fills a
+trial (``--dry-run`` runs both arms on the CPU, to check the script without a GPU)::
 
-    python benchmarks/byo_model.py --json --gpu-vs-cpu --cpu-threads 16
+    python benchmarks/byo_model.py --json --gpu-vs-cpu --cpu-threads 16 --cpu-trials 2
 """
 
 from __future__ import annotations
@@ -218,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cpu-threads", type=int, default=16, help="CPU arm's threads")
     parser.add_argument("--cpu-trials", type=int, default=4, help="trials in the CPU arm")
-    parser.add_argument("--images", type=int, default=4096, help="training images (GPU run)")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=16384,
+        help="training images: enough that fine-tunes dominate a trial",
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="--gpu-vs-cpu without a GPU: both arms on the CPU"
     )
