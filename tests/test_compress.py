@@ -205,3 +205,24 @@ def test_a_tensor_dataset_keeps_the_users_loader_settings():
     split = LoaderSplit(loader)
     assert split.loader(64) is loader  # evaluation reads the user's own loader
     assert [len(y) for _, y in split.batches(64, shuffle=True)] == [3, 3, 3, 1]
+
+
+def test_a_run_folder_of_another_model_under_the_same_name_is_refused(tmp_path):
+    x, y = torch.randn(32, 4), torch.zeros(32, dtype=torch.long)
+    arguments = {
+        "train": (x, y),
+        "val": (x, y),
+        "space": QUANT_ONLY,
+        "trials": 1,
+        "target": QUICK_TARGET,
+        "out": tmp_path / "run",
+        "name": "mine",
+        "device": "cpu",
+        "progress": False,
+    }
+    torch.manual_seed(0)
+    run = autoslim.compress(nn.Linear(4, 2), **arguments)
+    assert run.recipe(0).task.params["weights_sha"] == run.task.identity  # provenance
+    torch.manual_seed(1)  # the same class, other weights: another baseline
+    with pytest.raises(AutoslimError, match="holds a study whose task differ"):
+        autoslim.compress(nn.Linear(4, 2), **arguments)

@@ -118,7 +118,9 @@ def compress(
         loss=loss,
     )
     entry = f"{SESSION_MODULE}:{name}"
-    register_task(entry, lambda: task)
+    # The params name the weights: a run folder of another model (or of this one
+    # retrained) under the same name is then a changed task, refused on resume.
+    register_task(entry, lambda **_: task)
     training = validate_model(
         Training, {"device": device, "threads": threads, "amp": amp}, what="training settings"
     )
@@ -126,7 +128,9 @@ def compress(
         Experiment,
         {
             "name": name,
-            "task": TaskRef(entry=entry, train=training).model_dump(),
+            "task": TaskRef(
+                entry=entry, params={"weights_sha": task.identity}, train=training
+            ).model_dump(),
             "space": space.spec() if isinstance(space, SearchSpace) else _space_spec(space),
             "objectives": objectives,
             "constraints": [
