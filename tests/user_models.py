@@ -69,12 +69,12 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def image_data(n: int, seed: int, size: int = 16) -> TensorDataset:
+def image_data(n: int, seed: int, size: int = 16, noise: float = 0.8) -> TensorDataset:
     """Images whose class is which quadrant-colour pattern they carry, plus noise."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 10, (n,), generator=g)
     patterns = torch.randn(10, 3, size, size, generator=torch.Generator().manual_seed(99))
-    images = patterns[labels] + 0.8 * torch.randn(n, 3, size, size, generator=g)
+    images = patterns[labels] + noise * torch.randn(n, 3, size, size, generator=g)
     return TensorDataset(images, labels)
 
 
@@ -102,15 +102,19 @@ def bert_classifier(num_labels: int = 2):
 
 class TokenDataset(Dataset):
     """Hugging Face style samples: a dict of input_ids, attention_mask and labels. The
-    label is whether token 7 occurs among the real (unpadded) tokens."""
+    label is whether token 7 occurs among the real (unpadded) tokens: at position 1, or
+    ``anywhere`` among them (harder for a recurrent model)."""
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, anywhere: bool = False) -> None:
         g = torch.Generator().manual_seed(seed)
         self.ids = torch.randint(10, VOCAB, (n, SEQ), generator=g)
         lengths = torch.randint(SEQ // 2, SEQ + 1, (n,), generator=g)
         self.mask = (torch.arange(SEQ)[None, :] < lengths[:, None]).long()
         plant = torch.rand(n, generator=g) < 0.5
-        self.ids[plant, 1] = 7
+        where = torch.ones(n, dtype=torch.long)
+        if anywhere:
+            where = (torch.rand(n, generator=g) * lengths).long()
+        self.ids[plant, where[plant]] = 7
         self.ids = self.ids * self.mask
         self.labels = plant.long()
 
@@ -148,20 +152,25 @@ class OddMix(nn.Module):
         return self.classify(out[:, -1]) + 0.0 * vocab_logits[:, :1]
 
 
-def token_data(n: int, seed: int) -> TensorDataset:
+def token_data(n: int, seed: int, anywhere: bool = False) -> TensorDataset:
     """(tokens, label) pairs for OddMix: the label is whether token 7 occurs."""
-    data = TokenDataset(n, seed)
+    data = TokenDataset(n, seed, anywhere)
     return TensorDataset(data.ids, data.labels)
 
 
 def loaders(
-    kind: str, sizes=(256, 128, 128), batch_size: int = 32, image_size: int = 16
+    kind: str,
+    sizes=(256, 128, 128),
+    batch_size: int = 32,
+    image_size: int = 16,
+    hard: bool = False,
 ) -> dict[str, DataLoader]:
-    """Train, val and test DataLoaders for ``"image"``, ``"bert"`` or ``"tokens"``."""
+    """Train, val and test DataLoaders for ``"image"``, ``"bert"`` or ``"tokens"``;
+    ``hard``: noisier images, and the token planted anywhere."""
     make = {
-        "image": lambda n, seed: image_data(n, seed, image_size),
-        "bert": TokenDataset,
-        "tokens": token_data,
+        "image": lambda n, seed: image_data(n, seed, image_size, 2.0 if hard else 0.8),
+        "bert": lambda n, seed: TokenDataset(n, seed, hard),
+        "tokens": lambda n, seed: token_data(n, seed, hard),
     }[kind]
     return {
         name: DataLoader(make(n, seed), batch_size=batch_size, shuffle=(name == "train"))
