@@ -182,7 +182,7 @@ def save_artifact(
             str(tmp / WEIGHTS_FILE),
             metadata={LAYOUT_KEY: json.dumps(layout, sort_keys=True, separators=(",", ":"))},
         )
-        _set_default_permissions(tmp)
+        set_default_permissions(tmp)
         _move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -265,13 +265,13 @@ def artifact_recipe_text(recipe: Recipe, task: Task | None = None) -> str:
     return compact if Recipe.from_dict(yaml.safe_load(compact)) == shipped else shipped.to_yaml()
 
 
-def _set_default_permissions(folder: Path) -> None:
+def set_default_permissions(folder: Path) -> None:
     """mkdtemp makes a private 0700 folder; a shipped artifact should be readable like any file."""
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
     for f in folder.iterdir():
-        f.chmod(0o666 & ~umask)
+        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
 
 
 def is_artifact(path: Path) -> bool:

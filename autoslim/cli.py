@@ -153,11 +153,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autoslim.run import load_run
     from autoslim.searching.record import BASELINE_SHA_ATTR, TrialRecord
 
+    if not args.bundle and len(args.trial) + len(args.select) != 1:
+        raise AutoslimError("export needs one --trial or one --select (several: add --bundle)")
     run = load_run(args.run_dir)
+    if args.bundle:
+        return _export_bundle(run, args)
     number = (
-        args.trial
-        if args.trial is not None
-        else select_trial(run.table(), run.objectives, run.baseline, args.select)
+        args.trial[0]
+        if args.trial
+        else select_trial(run.table(), run.objectives, run.baseline, args.select[0])
     )
     recipe = run.recipe(number)
     trial = next(t for t in run.study.get_trials(deepcopy=False) if t.number == number)
@@ -172,6 +176,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     recipe.model_copy(update={"provenance": provenance}).save(args.output)
     print(f"exported trial {number} of {run.info['experiment']} to {args.output}")
+    return 0
+
+
+def _export_bundle(run, args: argparse.Namespace) -> int:
+    from autoslim.bundle.from_run import bundle_run
+    from autoslim.results.report import human_bytes
+
+    manifest = bundle_run(run, args.output, trials=args.trial, rules=args.select, quiet=args.quiet)
+    saved = manifest.bytes_saved
+    share = saved / manifest.bytes_separate if manifest.bytes_separate else 0.0
+    print(f"bundle of {len(manifest.points)} points written to {args.output}")
+    for point in manifest.points:
+        roles = f" ({', '.join(point.roles)})" if point.roles else ""
+        print(f"  {point.name}{roles}: {human_bytes(point.bytes_alone)} alone")
+    print(
+        f"{human_bytes(manifest.bytes_bundle)} on disk against {human_bytes(manifest.bytes_separate)} "
+        f"as separate artifacts: {human_bytes(saved)} ({share:.1%}) saved, "
+        f"{manifest.shared_tensors} tensors stored once for several points"
+    )
     return 0
 
 
@@ -318,6 +341,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from autoslim.results.dashboard import serve
+
+    serve(args.run_dir, host=args.host, port=args.port)
+    return 0
+
+
 def _quiet_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quiet",
@@ -341,8 +371,13 @@ EXAMPLES = {
     "sensitivity": "autoslim sensitivity experiments/digits.yaml --bits 2,4,8 --hessian",
     "pareto": "autoslim pareto runs/digits\nautoslim pareto runs/digits --format csv > front.csv",
     "export": "autoslim export runs/digits --select 'min size_bytes where accuracy_drop <= 0.01' "
-    "-o best.yaml\nautoslim export runs/digits --trial 12 -o t12.yaml",
+    "-o best.yaml\nautoslim export runs/digits --trial 12 -o t12.yaml\n"
+    "autoslim export runs/digits --bundle -o bundles/digits\n"
+    "autoslim export runs/digits --bundle --select 'max accuracy' --select knee "
+    "--select 'min latency_ms' -o bundles/three",
     "report": "autoslim report runs/digits -o report.html",
+    "dashboard": "autoslim dashboard runs/digits\n"
+    "autoslim dashboard runs/digits --host 0.0.0.0 --port 8081",
     "apply": "autoslim apply best.yaml -o artifacts/best",
     "export-model": "autoslim export-model artifacts/best --format onnx -o model.onnx\n"
     "autoslim export-model artifacts/best --format torch-export -o model.pt2",
@@ -407,14 +442,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="same as --format json")
     p.set_defaults(func=cmd_pareto)
-    p = _command(sub, "export", "write one trial's replayable recipe")
+    p = _command(sub, "export", "write one trial's replayable recipe, or a bundle of several")
     p.add_argument("run_dir", help="run folder")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, help="the trial number")
-    which.add_argument(
-        "--select", help="knee | compromise | min NAME [where COND and ...] | max NAME [...]"
+    p.add_argument(
+        "--trial", type=int, action="append", default=[], help="the trial number (repeatable)"
     )
-    p.add_argument("-o", "--output", required=True, help="recipe YAML file to write")
+    p.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        help="knee | compromise | min NAME [where COND and ...] | max NAME [...] (repeatable)",
+    )
+    p.add_argument(
+        "--bundle",
+        action="store_true",
+        help="write a bundle folder of several points (default: the whole front) that "
+        "autoslim.load_bundle switches between at run time",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="recipe YAML file (a folder with --bundle) to write"
+    )
+    _quiet_flag(p)
+    _trust_flag(p)
     p.set_defaults(func=cmd_export)
     p = _command(sub, "report", "self-contained HTML report (+ Markdown summary) of a run")
     p.add_argument("run_dir", help="run folder")
@@ -423,6 +472,20 @@ def build_parser() -> argparse.ArgumentParser:
     _quiet_flag(p)
     _trust_flag(p)
     p.set_defaults(func=cmd_report)
+    p = _command(
+        sub,
+        "dashboard",
+        "browse a run's study in optuna-dashboard (pip install autoslim[dashboard])",
+    )
+    p.add_argument("run_dir", help="run folder")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every "
+        "interface, for anyone who can reach it: the dashboard has no login)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.set_defaults(func=cmd_dashboard)
     p = _command(sub, "apply", "build an artifact from a recipe and measure it")
     p.add_argument("recipe", help="recipe YAML file (autoslim export writes one)")
     p.add_argument(

@@ -90,10 +90,16 @@ class BertLogits(nn.Module):
         return self.bert(input_ids=input_ids).logits
 
 
+TASK = {"entry": "deploy_benchmark:make_task"}
+# Half the encoder layers, evenly spaced: DistilBERT's depth, which kept about 97 % of
+# BERT-base's GLUE score after distillation, so a random-weight row at it is realistic.
+DEPTH_HALF = {"kind": "drop_layers", "fraction": 0.5}
+
+
 def build(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor], Recipe]:
     """The model in eval mode, a batch maker, and autoslim's structured recipe for it."""
     torch.manual_seed(0)
-    task = {"entry": "deploy_benchmark:make_task"}
+    task = TASK
     if name == "resnet18":
         stage = {
             "kind": "prune_structured",
@@ -285,6 +291,12 @@ def cpu_rows(
         files["autoslim structured + onnxruntime int8"] = quantize_onnx(
             pruned_fp32, folder / "pruned_int8.onnx", static=static, calibration=calibration
         )
+        if not static:  # DistilBERT's depth (6 of 12 layers), a published, accuracy-kept level
+            shallow = structured(model, Recipe.from_dict({"task": TASK, "stages": [DEPTH_HALF]}))
+            shallow_fp32 = export_onnx(shallow, example, folder / "depth.onnx")
+            files["autoslim depth 6/12 + onnxruntime int8"] = quantize_onnx(
+                shallow_fp32, folder / "depth_int8.onnx", static=False, calibration=calibration
+            )
         if static:  # int8 activations (S8S8): slower on x86 than uint8 (U8S8), kept to show it
             files["onnxruntime int8, int8 activations (peer)"] = quantize_onnx(
                 files["onnxruntime fp32"],
@@ -366,6 +378,12 @@ def gpu_rows(name: str, batches: list[int], rounds: int, cap: float, log) -> lis
                 safetensors_bytes(pruned, folder, "pruned16", torch.float16),
             ),
         }
+        if name == "bert-base":
+            shallow = structured(model, Recipe.from_dict({"task": TASK, "stages": [DEPTH_HALF]}))
+            forms["autoslim depth 6/12 + fp16 + torch.compile + CUDA graphs"] = (
+                shallow,
+                safetensors_bytes(shallow, folder, "depth16", torch.float16),
+            )
         if name == "bert-base":  # fp8 GEMMs: Linear layers only, so not the CNN
             forms["autoslim structured + fp8 (e4m3) + torch.compile + CUDA graphs"] = (
                 float8(pruned),

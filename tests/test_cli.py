@@ -124,7 +124,7 @@ def test_pareto_export_evaluate_reject_non_runs(capsys, tmp_path):
     code, _, err = run_cli(capsys, "evaluate", str(tmp_path))
     assert_one_line_error(code, err, "not an autoslim artifact")
     code, _, err = run_cli(capsys, "export", str(tmp_path), "-o", "r.yaml")
-    assert_one_line_error(code, err, "one of the arguments --trial --select is required")
+    assert_one_line_error(code, err, "export needs one --trial or one --select")
 
 
 def test_real_process_exit_status_and_no_traceback(tmp_path):

@@ -3,7 +3,17 @@
 The artifact's model is loaded as plain ``nn`` modules (``runtime=False``: its weights
 decoded to fp32, no autoslim kernel), exported by torch's dynamo exporter (the TorchScript
 exporter if that fails or gives different outputs) with a dynamic batch axis, checked
-against the model on ONNX Runtime, and optionally quantized by ONNX Runtime:
+against the model on ONNX Runtime, and optionally quantized by ONNX Runtime.
+
+The graph takes the model's inputs by name: ``input`` for one tensor, ``input_0``,
+``input_1``, ... for a tuple (``model(*inputs)``), and a dict's own keys for a dict
+(``model(**inputs)``, the Hugging Face way). Every input's first axis is the batch; a
+rank-2 integer input (token ids, attention masks) also gets a dynamic ``sequence`` axis
+where the dynamo exporter finds the model allows it. The graph's one output,
+``output``, is the model's output tensor (a Hugging Face output's ``logits``).
+:func:`graph_feeds` turns a batch of any of the three shapes into the graph's feeds.
+
+Quantization modes:
 
 - ``none`` (the default): the fp32 graph, the artifact's outputs to float rounding;
 - ``static``: QDQ int8, per-channel symmetric int8 weights and uint8 activations (U8S8,
@@ -27,6 +37,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -37,6 +48,7 @@ import numpy as np
 import torch
 
 from autoslim.artifact import RECIPE_FILE, WEIGHTS_FILE, LoadedArtifact, load_artifact
+from autoslim.data import batch_len, call_model, model_output
 from autoslim.deploy._files import (
     check_output_files,
     file_sha256,
@@ -49,7 +61,9 @@ from autoslim.errors import AutoslimError
 QUANTIZE_MODES = ("none", "dynamic", "static")
 RECIPE_KEY = "autoslim.recipe"
 PROVENANCE_KEY = "autoslim.provenance"
-INPUT_NAME = "input"
+INPUT_NAME = "input"  # the graph's input for a model of one tensor input
+OUTPUT_NAME = "output"
+SEQUENCE_AXIS = "sequence"
 MATMUL_OP_TYPES = ["MatMul", "Gemm"]
 # The graph is traced on EXPORT_BATCH validation samples and checked on the first
 # CHECK_BATCH (another batch size, as the axis is dynamic; enough real samples to catch a
@@ -108,7 +122,8 @@ def build_onnx(
     tables = embedding_bits(loaded.recipe) if gather_bits is None else gather_bits
     if quantize == "static":
         batches = calibration_data(loaded, calibration_batches)
-        provenance["calibration"] = {"split": "train", "samples": sum(len(b) for b in batches)}
+        samples = sum(batch_len(b) for b in batches)
+        provenance["calibration"] = {"split": "train", "samples": samples}
         graph = quantize_static(graph, tmp / "static.onnx", batches)
     elif quantize == "dynamic":
         ops = [*MATMUL_OP_TYPES, *(["Gather"] if tables == 8 else [])]
@@ -127,15 +142,13 @@ def build_onnx(
 
 
 def export_graph(
-    model: torch.nn.Module, example: Callable[[int], torch.Tensor], path: Path
+    model: torch.nn.Module, example: Callable[[int], Any], path: Path
 ) -> tuple[Path, dict[str, str]]:
     """The fp32 graph, by the dynamo exporter or else the TorchScript one; each result is
-    kept only if ONNX Runtime reproduces the model's outputs on a real batch."""
-    if not isinstance(example(CHECK_BATCH), torch.Tensor):
-        raise AutoslimError(
-            "the ONNX Runtime and OpenVINO runtimes take models with one tensor input; this one "
-            "takes a tuple or dict (use runtime torch or torch-compile)"
-        )
+    kept only if ONNX Runtime reproduces the model's outputs on a real batch. ``example(n)``
+    gives ``n`` rows of the model's inputs: a tensor, a tuple or a dict of tensors."""
+    model = model.eval()
+    input_names(example(EXPORT_BATCH))  # inputs of another kind: one line, before any export
     failures: dict[str, str] = {}
     for dynamo in (True, False):
         name = "dynamo" if dynamo else "torchscript"
@@ -150,19 +163,116 @@ def export_graph(
     raise AutoslimError(f"torch could not export the model to ONNX ({detail})")
 
 
-def _torch_export(model: torch.nn.Module, x: torch.Tensor, path: Path, *, dynamo: bool) -> None:
+def input_names(inputs: Any) -> list[str]:
+    """The graph's input names for a batch of this shape (see the module docstring)."""
+    if isinstance(inputs, torch.Tensor):
+        return [INPUT_NAME]
+    if isinstance(inputs, dict):
+        named = [(str(k), v) for k, v in inputs.items()]
+    elif isinstance(inputs, (tuple, list)):
+        named = [(f"input_{i}", v) for i, v in enumerate(inputs)]
+    else:
+        named = [(INPUT_NAME, inputs)]
+    for name, value in named:
+        if not isinstance(value, torch.Tensor):
+            raise AutoslimError(
+                "ONNX export takes a model whose inputs are a tensor, a tuple or a dict of "
+                f"tensors; its input {name!r} is {type(value).__name__}"
+            )
+    if not named:
+        raise AutoslimError("ONNX export needs a model that takes at least one tensor")
+    return [name for name, _ in named]
+
+
+def _tensors(inputs: Any) -> tuple[torch.Tensor, ...]:
+    """The batch's tensors in the order of :func:`input_names`."""
+    if isinstance(inputs, dict):
+        return tuple(inputs.values())
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+class _Positional(torch.nn.Module):
+    """The model behind a call of positional tensors, one per graph input in order, made
+    the way its batches call it (``model(**batch)`` for a dict), and reduced to its output
+    tensor (:func:`~autoslim.data.model_output`): both exporters see one signature and
+    one output whatever the model takes and returns."""
+
+    def __init__(self, model: torch.nn.Module, inputs: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = list(inputs) if isinstance(inputs, dict) else None
+        self.spread = isinstance(inputs, (tuple, list))
+        # An exporter puts back the mode it found. A new module is in training mode, and
+        # restoring that would switch the model's dropout on for everything after.
+        self.train(model.training)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        if self.keys is not None:
+            return model_output(self.model(**dict(zip(self.keys, tensors, strict=True))))
+        return model_output(self.model(*tensors) if self.spread else self.model(tensors[0]))
+
+
+def _torch_export(model: torch.nn.Module, inputs: Any, path: Path, *, dynamo: bool) -> None:
     path.unlink(missing_ok=True)
-    names = {"input_names": [INPUT_NAME], "output_names": ["output"]}
+    names, tensors = input_names(inputs), _tensors(inputs)
+    wrapped = _Positional(model, inputs)
+    io_names = {"input_names": names, "output_names": [OUTPUT_NAME]}
     with _quiet(), torch.no_grad():
         if dynamo:
             batch = torch.export.Dim("batch")
-            torch.onnx.export(
-                model, (x,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
-                external_data=False, verbose=False, **names,
+            shapes = tuple(
+                {0: batch, 1: torch.export.Dim.AUTO} if _is_token_input(t) else {0: batch}
+                for t in tensors
+            )  # in a tuple of their own below: they are the one parameter, *tensors
+            program = torch.onnx.export(
+                wrapped, tensors, str(path), dynamo=True, dynamic_shapes=(shapes,),
+                external_data=False, verbose=False, **io_names,
             )  # fmt: skip
+            _settle_axes(path, getattr(program, "exported_program", None))
         else:
-            axes = {INPUT_NAME: {0: "batch"}, "output": {0: "batch"}}
-            torch.onnx.export(model, (x,), str(path), dynamo=False, dynamic_axes=axes, **names)
+            # A trace keeps shapes as constants: only the batch axis, which the check on a
+            # batch of another size covers, is declared dynamic.
+            axes = {name: {0: "batch"} for name in [*names, OUTPUT_NAME]}
+            torch.onnx.export(
+                wrapped, tensors, str(path), dynamo=False, dynamic_axes=axes, **io_names
+            )
+
+
+def _is_token_input(t: torch.Tensor) -> bool:
+    """An integer (or boolean) rank-2 input: token ids or a mask, its second axis the
+    sequence."""
+    return t.dim() == 2 and not (t.is_floating_point() or t.is_complex())
+
+
+def _settle_axes(path: Path, program: Any) -> None:
+    """The graph's declared axes made to say what the trace found. An axis left free for
+    the exporter that the model holds to one size (a ``Linear`` over the flattened
+    sequence) is traced with that size as a check, which the ONNX graph drops, so it is
+    declared fixed here: ONNX Runtime then refuses another size instead of failing
+    inside. The free second axes of the token inputs, named after their symbol
+    (``s50``), are renamed ``sequence`` (``sequence_1``, ... where they differ)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    fixed = {}
+    for symbol, bounds in getattr(program, "range_constraints", {}).items():
+        if bounds.is_singleton():
+            fixed[str(symbol)] = int(bounds.lower)
+    symbols: list[str] = []
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        token = value.type.tensor_type.elem_type not in _FLOAT_TYPES
+        free = len(dims) == 2 and dims[1].dim_param and dims[1].dim_param not in fixed
+        if token and free and dims[1].dim_param not in symbols:
+            symbols.append(dims[1].dim_param)
+    rename = {s: SEQUENCE_AXIS + (f"_{i}" if i else "") for i, s in enumerate(symbols)}
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in fixed:
+                dim.dim_value = fixed[dim.dim_param]
+            elif dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+    onnx.save(model, str(path))
 
 
 @contextlib.contextmanager
@@ -183,46 +293,73 @@ def _quiet():
         logging.disable(disabled)
 
 
-def _check_matches(path: Path, model: torch.nn.Module, x: torch.Tensor) -> None:
+def _check_matches(path: Path, model: torch.nn.Module, inputs: Any) -> None:
+    """ONNX Runtime gives the model's outputs on ``inputs`` and, where the graph has a
+    dynamic sequence axis, on the same rows cut to half their length."""
+    run = onnx_session(path)
+    outputs = len(run.session.get_outputs())
+    if outputs != 1:
+        raise AutoslimError(f"the graph has {outputs} outputs, the model one")
+    _compare(run, model, inputs)
+    shorter = _shorter_sequences(run.session, inputs)
+    if shorter is not None:
+        _compare(run, model, shorter, "on shorter sequences ")
+
+
+def _compare(run: Callable[[Any], np.ndarray], model: torch.nn.Module, inputs: Any, how=""):
     with torch.no_grad():
-        expected = _arrays(model(x))
-    got = onnx_session(path).session.run(None, {INPUT_NAME: x.numpy()})
-    if len(got) != len(expected):
-        raise AutoslimError(f"the graph has {len(got)} outputs, the model {len(expected)}")
-    for g, e in zip(got, expected, strict=True):
-        if g.shape != e.shape or not np.allclose(g, e, rtol=1e-3, atol=1e-4):
-            worst = float(np.max(np.abs(g - e))) if g.shape == e.shape else float("nan")
-            raise AutoslimError(f"its outputs differ from the model's (max abs diff {worst:.3g})")
+        expected = call_model(model, inputs).numpy()
+    got = run(inputs)
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-4):
+        worst = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else np.nan
+        raise AutoslimError(f"its outputs {how}differ from the model's (max abs diff {worst:.3g})")
 
 
-def _arrays(output: Any) -> list[np.ndarray]:
-    if isinstance(output, torch.Tensor):
-        return [output.numpy()]
-    if isinstance(output, (tuple, list)):
-        return [a for item in output for a in _arrays(item)]
-    raise AutoslimError(f"the model returns {type(output).__name__}; export needs tensors")
+def _shorter_sequences(session: Any, inputs: Any) -> Any | None:
+    """``inputs`` with every input on a dynamic sequence axis cut to half its length, or
+    None where the graph has no such axis (or its sequences are too short to cut)."""
+    symbols = {
+        i.shape[1]
+        for i in session.get_inputs()
+        if len(i.shape) == 2 and isinstance(i.shape[1], str) and i.type not in _FLOAT_ORT
+    }
+    cut = {i.name for i in session.get_inputs() if len(i.shape) >= 2 and i.shape[1] in symbols}
+    named = dict(zip(input_names(inputs), _tensors(inputs), strict=True))
+    lengths = [named[name].shape[1] for name in cut if name in named]
+    length = min(lengths, default=0) // 2
+    if length < 2:  # a size the exporter may treat as fixed (0 or 1), or no such axis
+        return None
+    short = [t[:, :length] if k in cut else t for k, t in named.items()]
+    if isinstance(inputs, dict):
+        return dict(zip(inputs, short, strict=True))
+    return type(inputs)(short) if isinstance(inputs, (tuple, list)) else short[0]
 
 
-def calibration_data(loaded: LoadedArtifact, batches: int) -> list[np.ndarray]:
-    """``batches`` shuffled (seeded) batches of the train split at the task's batch size."""
-    loader = loaded.task.data.train.loader(loaded.task.train.batch_size, shuffle=True, seed=0)
+def calibration_data(loaded: LoadedArtifact, batches: int) -> list[Any]:
+    """``batches`` shuffled (seeded) batches of the train split's inputs (tensors, tuples
+    or dicts, as the model takes them) at the task's batch size."""
+    split = loaded.task.data.train
     out = []
-    for inputs, _ in loader:
-        out.append(inputs.numpy())
+    for inputs, _ in split.batches(loaded.task.train.batch_size, shuffle=True, seed=0):
+        out.append(inputs)
         if len(out) == batches:
             break
     return out
 
 
-def quantize_static(src: Path, dst: Path, batches: list[np.ndarray]) -> Path:
+def quantize_static(src: Path, dst: Path, batches: list[Any]) -> Path:
     """QDQ int8: per-channel symmetric int8 weights, uint8 activations (min-max calibrated;
-    int8 activations ran 3.3x slower on x86, BENCHMARKS.md)."""
+    int8 activations ran 3.3x slower on x86, BENCHMARKS.md). ``batches`` are the model's
+    inputs, fed to the graph by name (:func:`graph_feeds`); integer inputs keep their
+    dtype."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
+    specs = graph_inputs(src)
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._feeds = iter({INPUT_NAME: b} for b in batches)
+            self._feeds = (graph_feeds(b, specs) for b in batches)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._feeds, None)
@@ -298,12 +435,26 @@ def _prepared(src: Path, dst: Path) -> Path:
     from onnxruntime.quantization import quant_pre_process
 
     prepared = dst.with_suffix(".pre.onnx")
+    # auto_merge: without it, symbolic shape inference gives up on a graph with a dynamic
+    # sequence axis (a Hugging Face BERT), and the graph goes unprepared. Where it still
+    # gives up, it writes its partial model and weights into the working folder: that is
+    # the scratch folder here, not the user's.
     try:
-        with _quiet():
-            quant_pre_process(str(src), str(prepared))
+        with _quiet(), _working_folder(prepared.parent):
+            quant_pre_process(str(src.resolve()), str(prepared.resolve()), auto_merge=True)
     except Exception:  # noqa: BLE001 — quantize the graph as exported
         return src
     return prepared
+
+
+@contextlib.contextmanager
+def _working_folder(folder: Path):
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def finish(src: Path, dst: Path, metadata: dict[str, str], *, keep: bool = True) -> Path:
@@ -336,9 +487,10 @@ def _strip(graph) -> None:
 
 
 def onnx_session(file: str | Path, threads: int = 1) -> Callable[[Any], np.ndarray]:
-    """``run(batch)``: the first output of the ONNX file for a numpy or torch batch, on
-    ONNX Runtime's CPU provider with ``threads`` threads that do not spin between runs.
-    ``run.session`` is the session."""
+    """``run(batch)``: the first output of the ONNX file for a batch shaped as the model
+    takes it (a tensor, tuple or dict, of torch tensors or numpy arrays: see
+    :func:`graph_feeds`), on ONNX Runtime's CPU provider with ``threads`` threads that do
+    not spin between runs. ``run.session`` is the session."""
     _, ort = require_runtime("onnx_session")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -348,17 +500,65 @@ def onnx_session(file: str | Path, threads: int = 1) -> Callable[[Any], np.ndarr
     # about 2x and made ONNX Runtime look 3x faster than it is (benchmarks/runtime_timing.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    specs = [(i.name, _ORT_TYPES.get(i.type)) for i in session.get_inputs()]
 
     def run(batch: Any) -> np.ndarray:
-        array = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else batch
-        return session.run(None, {name: np.asarray(array)})[0]
+        return session.run(None, graph_feeds(batch, specs))[0]
 
     run.session = session
     return run
 
 
-def _run_once(path: Path, x: torch.Tensor) -> None:
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}  # fmt: skip
+_FLOAT_ORT = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")
+_FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def graph_inputs(file: str | Path) -> list[tuple[str, Any]]:
+    """The ONNX file's inputs as ``(name, numpy dtype)``."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(str(file), load_external_data=False).graph
+    return [(i.name, tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in graph.input]
+
+
+def graph_feeds(batch: Any, inputs: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
+    """A graph's feeds, ``{name: array}`` for its ``inputs`` (``(name, dtype)``, a dtype
+    of None kept as given), from a batch shaped as the model takes it: one tensor (the
+    graph's one input), a tuple (``input_0``, ``input_1``, ...) or a dict (by key), of
+    torch tensors or numpy arrays. Each array takes its input's dtype, so int64 token ids
+    stay int64; entries the graph does not take (an exporter may drop an unused input)
+    are left out."""
+    names = [name for name, _ in inputs]
+    if isinstance(batch, dict):
+        given = {str(k): v for k, v in batch.items()}
+    elif isinstance(batch, (tuple, list)) and not len(batch) == len(inputs) == 1:
+        given = {f"input_{i}": v for i, v in enumerate(batch)}
+    elif len(inputs) == 1:
+        given = {names[0]: batch[0] if isinstance(batch, (tuple, list)) else batch}
+    else:
+        raise AutoslimError(
+            f"the graph takes {len(inputs)} inputs ({', '.join(names)}): give a tuple or dict"
+        )
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise AutoslimError(
+            f"the batch has no {', '.join(missing)} for the graph (it has {', '.join(given)})"
+        )
+    return {name: _array(given[name], dtype) for name, dtype in inputs}
+
+
+def _array(value: Any, dtype: Any) -> np.ndarray:
+    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return array if dtype is None or array.dtype == dtype else array.astype(dtype)
+
+
+def _run_once(path: Path, x: Any) -> None:
     try:
         onnx_session(path)(x)
     except Exception as exc:  # noqa: BLE001 — a graph ONNX Runtime cannot run is not shipped

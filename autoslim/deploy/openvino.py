@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from autoslim.artifact import load_artifact
 from autoslim.deploy import onnx as onnx_export
@@ -70,8 +69,19 @@ def export_openvino(
             if key.startswith(f"{RT_INFO}."):
                 model.set_rt_info(_with_openvino(key, value), [RT_INFO, key.split(".", 1)[1]])
         ov.save_model(model, str(tmp / xml.name), compress_to_fp16=compress_to_fp16)
+        _run_once(tmp / xml.name, loaded.task.example_batch(onnx_export.CHECK_BATCH))
         _place_pair([tmp / f.name for f in files], files, force=force)
     return xml
+
+
+def _run_once(xml: Path, batch: Any) -> None:
+    """The IR must take a real batch by its inputs' names, as the ONNX graph did."""
+    try:
+        openvino_session(xml)(batch)
+    except Exception as exc:  # noqa: BLE001 — an IR OpenVINO cannot run is not shipped
+        raise AutoslimError(
+            f"OpenVINO cannot run the converted model: {onnx_export._one_line(exc)}"
+        ) from None
 
 
 def _with_openvino(key: str, value: str) -> str:
@@ -106,14 +116,25 @@ def read_rt_info(file: str | Path) -> dict[str, str]:
 
 def openvino_session(file: str | Path, threads: int = 1) -> Callable[[Any], np.ndarray]:
     """``run(batch)``: the IR's first output on OpenVINO's CPU plugin in fp32 (the plugin
-    would otherwise pick bf16 on CPUs that have it) with ``threads`` threads."""
+    would otherwise pick bf16 on CPUs that have it) with ``threads`` threads, for a batch
+    shaped as the model takes it (a tensor, tuple or dict), fed to the IR's inputs by
+    name as :func:`autoslim.deploy.onnx.graph_feeds` does. ``run.compiled`` is the
+    compiled model."""
     ov = require_runtime("openvino_session")
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
     compiled = ov.Core().compile_model(str(file), "CPU", config)
+    specs = [(port.get_any_name(), _dtype(port)) for port in compiled.inputs]
 
     def run(batch: Any) -> np.ndarray:
-        array = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else batch
-        return compiled(np.asarray(array))[0]
+        return compiled(onnx_export.graph_feeds(batch, specs))[0]
 
     run.compiled = compiled
     return run
+
+
+def _dtype(port: Any) -> Any:
+    """The numpy dtype of a compiled model's input (None where OpenVINO leaves it open)."""
+    try:
+        return np.dtype(port.get_element_type().to_dtype())
+    except Exception:  # noqa: BLE001 — a dynamic element type has no numpy dtype
+        return None

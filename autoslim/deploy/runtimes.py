@@ -294,14 +294,23 @@ def deployed_values(deployed: Deployed, recipe: Recipe) -> dict[str, Any]:
 
 class SessionModule(nn.Module):
     """A runtime's session behind ``nn.Module``'s call, so code written for the model
-    (the task's metric, the timers) runs the shipped file unchanged."""
+    (the task's metric, the timers) runs the shipped file unchanged. It is called as the
+    model is (:func:`~autoslim.data.call_model`): ``m(x)``, ``m(*tuple)`` or
+    ``m(**dict)``; ``run`` takes the batch in that same shape and feeds the graph's
+    inputs by name."""
 
     def __init__(self, run: Any) -> None:
         super().__init__()
         self.run = run
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.run(inputs)))
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if kwargs and args:
+            raise AutoslimError(
+                "a shipped model takes one tensor, a tuple or a dict of inputs, not both "
+                "positional and keyword inputs"
+            )
+        batch = kwargs or (args[0] if len(args) == 1 else args)
+        return torch.from_numpy(np.ascontiguousarray(self.run(batch)))
 
 
 class CastInputs(nn.Module):

@@ -3,8 +3,10 @@
 
 The program is exported from the artifact's plain-module form (``runtime=False``: weights
 decoded to fp32, no autoslim kernel, since ``torch.export`` cannot trace the int8
-kernels' custom ops), with a dynamic batch axis, and kept only if it reproduces the
-artifact's outputs on a real batch of another size. The recipe and provenance travel as
+kernels' custom ops), with a dynamic batch axis on each input, and kept only if it
+reproduces the artifact's outputs on a real batch of another size. It takes the inputs
+as the model does (one tensor, a tuple as positional arguments, a dict as keyword
+arguments) and returns what the model returns. The recipe and provenance travel as
 the archive's extra files :data:`RECIPE_FILE_KEY` and :data:`PROVENANCE_FILE_KEY`. An
 integer artifact is stored in fp32 here; ``--format onnx --quantize static`` keeps int8.
 """
@@ -14,9 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from autoslim.artifact import RECIPE_FILE, WEIGHTS_FILE, load_artifact
+from autoslim.data import call_model, example_args
 from autoslim.deploy._files import (
     check_output_files,
     file_sha256,
@@ -70,22 +74,26 @@ def export_torch(
 
 
 def export_program(model: torch.nn.Module, example) -> torch.export.ExportedProgram:
-    """The model traced with a dynamic batch axis, checked on a batch of another size."""
+    """The model traced with a dynamic batch axis on every input, checked on a batch of
+    another size. It is called as the model is: ``m(x)``, ``m(*inputs)`` for a tuple,
+    ``m(**inputs)`` for a dict (whose keys must then be ``forward``'s parameter names),
+    and returns what the model returns: loading a program whose output is a Hugging
+    Face ``ModelOutput`` needs ``transformers``, which defines that class."""
     model = model.eval()
+    args, kwargs = example_args(example(EXPORT_BATCH))
+    batch = torch.export.Dim("batch", max=1 << 16)
+    shapes = {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
     try:
         with _quiet(), torch.no_grad():
-            program = torch.export.export(
-                model,
-                (example(EXPORT_BATCH),),
-                dynamic_shapes=({0: torch.export.Dim("batch", max=1 << 16)},),
-            )
+            program = torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
+            module = program.module()  # rebuilding the module fails for some traces too
     except Exception as exc:  # noqa: BLE001 — torch.export fails in many ways; one line
         raise AutoslimError(f"torch.export could not trace the model ({_one_line(exc)})") from None
     check = example(CHECK_BATCH)
     with torch.no_grad():
-        expected, got = model(check), program.module()(check)
-    if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4):
-        worst = float((got - expected).abs().max())
+        expected, got = call_model(model, check), call_model(module, check)
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-4):
+        worst = float((got - expected).abs().max()) if got.shape == expected.shape else np.nan
         raise AutoslimError(f"the exported program's outputs differ from the model's ({worst:.3g})")
     return program
 

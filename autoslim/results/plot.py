@@ -6,6 +6,9 @@ and drawing is a thin layer on top. Figures are built with
 ``matplotlib.figure.Figure`` and the Agg canvas directly, never pyplot, so no
 global backend or figure registry is touched: plotting is thread-safe, works
 headless, and figures are freed as soon as they go out of scope.
+
+:func:`front_figures` draws the same data as interactive plotly figures for the HTML
+report (hover a point for its trial). plotly is an optional extra, imported only there.
 """
 
 from __future__ import annotations
@@ -48,11 +51,12 @@ def front_projection_data(
 ) -> list[dict[str, Any]]:
     """One dict per objective pair (i < j, in ``directions`` order) with what to draw.
 
-    Keys: ``x_name``/``y_name``, ``x_direction``/``y_direction``; ``x``/``y``
-    of all feasible trials and ``infeasible_x``/``infeasible_y`` (rows with a
-    non-finite value in the pair are left out); ``front_x``/``front_y``/
-    ``front_trials`` of the front trials sorted by x (then y); ``baseline``
-    as an (x, y) tuple or None when either baseline value is unknown.
+    Keys: ``x_name``/``y_name``, ``x_direction``/``y_direction``; ``x``/``y``/
+    ``trials`` of all feasible trials and ``infeasible_x``/``infeasible_y``/
+    ``infeasible_trials`` (rows with a non-finite value in the pair are left out);
+    ``front_x``/``front_y``/``front_trials`` of the front trials sorted by x (then y);
+    ``baseline`` as an (x, y) tuple or None when either baseline value is unknown.
+    The trial numbers are what interactive plots show on hover.
     """
     names = list(directions)
     validate_table(table, names)
@@ -73,8 +77,10 @@ def front_projection_data(
                 "y_direction": directions[y_name],
                 "x": xs[finite & feasible],
                 "y": ys[finite & feasible],
+                "trials": trials[finite & feasible],
                 "infeasible_x": xs[finite & ~feasible],
                 "infeasible_y": ys[finite & ~feasible],
+                "infeasible_trials": trials[finite & ~feasible],
                 "front_x": xs[front][order],
                 "front_y": ys[front][order],
                 "front_trials": trials[front][order],
@@ -207,3 +213,123 @@ def plot_sensitivity(table: pd.DataFrame, value: str, path: str | Path) -> Path:
         ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
     fig.colorbar(image, ax=ax)
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- interactive figures
+
+_FIGURE_HEIGHT = 420
+# Matplotlib's default cycle, so the PNG and the interactive plots read alike.
+_GREY, _DARK_GREY, _RED, _BLUE, _GREEN = "#b3b3b3", "#808080", "#d62728", "#1f77b4", "#2ca02c"
+
+
+def front_figures(
+    table: pd.DataFrame,
+    directions: Mapping[str, str],
+    baseline: Mapping[str, float],
+    front_trials: Sequence[int],
+    *,
+    hover: Mapping[int, str] | None = None,
+    hv_history: np.ndarray | None = None,
+) -> list[tuple[str, Any]]:
+    """Plotly figures of :func:`plot_front`'s panels, each with its caption: one per
+    objective pair, then the hypervolume. One figure each rather than subplots, so a
+    narrow page stacks them; the caption is left to the page, where a long one wraps
+    instead of running under plotly's toolbar.
+
+    Hovering a point shows ``hover[trial]``, HTML as plotly's hover labels take it (``<br>``,
+    ``<b>``; escape anything else), or just the trial number. Raises ImportError without
+    plotly: the caller falls back to the PNG.
+    """
+    import plotly.graph_objects as go
+
+    hover = hover or {}
+
+    def texts(trials: np.ndarray) -> list[str]:
+        return [hover.get(int(t), f"trial {int(t)}") for t in trials]
+
+    figures = []
+    for pair in front_projection_data(table, directions, baseline, front_trials):
+        fig = go.Figure()
+        fig.add_scatter(
+            x=pair["x"],
+            y=pair["y"],
+            mode="markers",
+            name="trials",
+            marker={"color": _GREY, "size": 7},
+            hovertext=texts(pair["trials"]),
+        )
+        if len(pair["infeasible_x"]):
+            fig.add_scatter(
+                x=pair["infeasible_x"],
+                y=pair["infeasible_y"],
+                mode="markers",
+                name="infeasible",
+                marker={"color": _DARK_GREY, "symbol": "x", "size": 8},
+                hovertext=texts(pair["infeasible_trials"]),
+            )
+        # As in the PNG: a line only with two objectives, where the projection is the front.
+        fig.add_scatter(
+            x=pair["front_x"],
+            y=pair["front_y"],
+            name="Pareto front",
+            mode="lines+markers" if len(directions) == 2 else "markers",
+            marker={"color": _RED, "size": 9},
+            line={"color": _RED},
+            hovertext=texts(pair["front_trials"]),
+        )
+        xs = [pair["x"], pair["infeasible_x"]]
+        ys = [pair["y"], pair["infeasible_y"]]
+        if pair["baseline"] is not None:
+            bx, by = pair["baseline"]
+            fig.add_scatter(
+                x=[bx],
+                y=[by],
+                mode="markers",
+                name="fp32 baseline",
+                marker={"color": _BLUE, "symbol": "star", "size": 16},
+                hovertext=[
+                    f"<b>fp32 baseline</b><br>{pair['x_name']}: {bx:.4g}<br>"
+                    f"{pair['y_name']}: {by:.4g}"
+                ],
+            )
+            xs.append(np.array([bx]))
+            ys.append(np.array([by]))
+        fig.update_traces(hovertemplate="%{hovertext}<extra></extra>")
+        fig.update_xaxes(
+            title_text=_label(pair["x_name"], pair["x_direction"]),
+            type="log" if _wants_log(np.concatenate(xs)) else "linear",
+        )
+        fig.update_yaxes(
+            title_text=_label(pair["y_name"], pair["y_direction"]),
+            type="log" if _wants_log(np.concatenate(ys)) else "linear",
+        )
+        figures.append((f"{pair['y_name']} against {pair['x_name']}", _layout(fig)))
+    if hv_history is not None:
+        hv = np.asarray(hv_history, dtype=float).ravel()
+        fig = go.Figure()
+        fig.add_scatter(
+            x=np.arange(1, len(hv) + 1),
+            y=hv,
+            mode="lines",
+            line={"color": _GREEN, "shape": "hv"},
+            name="hypervolume",
+            hovertemplate="%{x} trials: %{y:.4g}<extra></extra>",
+        )
+        fig.update_xaxes(title_text="trials completed")
+        fig.update_yaxes(title_text="hypervolume")
+        figures.append(("hypervolume over trials", _layout(fig)))
+    return figures
+
+
+def _layout(fig: Any) -> Any:
+    # No fixed width: the page sizes the figure, so it fits a phone as well as a monitor.
+    # The legend goes below the plot, where it does not narrow the plotting area.
+    fig.update_layout(
+        height=_FIGURE_HEIGHT,
+        autosize=True,
+        template="plotly_white",
+        hovermode="closest",
+        margin={"l": 60, "r": 20, "t": 30, "b": 40},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
+    )
+    return fig

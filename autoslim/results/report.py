@@ -1,5 +1,8 @@
 """Self-contained reports of a run: one HTML file (plots embedded) and a Markdown summary.
 
+The HTML's plots are interactive where plotly is installed (the ``report`` extra), with
+plotly.js inline once, so the file still opens offline; without plotly they are one PNG.
+
 The report puts the fp32 baseline next to the points a user most often wants (knee, most
 accurate within 1 pt, smallest, fastest). For each point it gives the per-stage
 breakdown, as the seed article's ResNet-50 table does, but measured. Every stage prefix
@@ -14,9 +17,11 @@ import html
 import io
 import json
 import math
+import numbers
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -146,20 +151,113 @@ def _png_data_uri(draw) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _plots(run: Run) -> list[tuple[str, str]]:
-    from autoslim.results.plot import plot_front
+PLOTS_CAPTION = "Pareto front (projections) and hypervolume over trials"
+
+
+def _plot_inputs(run: Run) -> tuple[pd.DataFrame, list[int], Any] | None:
+    """The completed trials, the front's trial numbers and the hypervolume history that
+    both kinds of plot draw; None when no trial completed."""
     from autoslim.searching.outputs import hypervolume_summary
 
     table = run.table()
     done = table[table["state"] == "COMPLETE"]
     if done.empty:
-        return []
+        return None
     _, _, history = hypervolume_summary(run, table)
-    front = run.front()["trial"].tolist()
+    return done, run.front()["trial"].tolist(), history
+
+
+def _plots(run: Run) -> list[tuple[str, str]]:
+    """The static fallback: one PNG (as data URI) of every panel, for when plotly is missing."""
+    from autoslim.results.plot import plot_front
+
+    inputs = _plot_inputs(run)
+    if inputs is None:
+        return []
+    done, front, history = inputs
     uri = _png_data_uri(
         lambda buf: plot_front(done, run.objectives, run.baseline, front, buf, hv_history=history)
     )
-    return [("Pareto front (projections) and hypervolume over trials", uri)]
+    return [(PLOTS_CAPTION, uri)]
+
+
+def interactive_figures(run: Run) -> list[tuple[str, str]] | None:
+    """The plots as (caption, plotly figure JSON), hover text included; None without
+    plotly (the report then embeds the PNG instead)."""
+    from autoslim.results.plot import front_figures
+
+    inputs = _plot_inputs(run)
+    if inputs is None:
+        return []
+    done, front, history = inputs
+    try:
+        figures = front_figures(
+            done,
+            run.objectives,
+            run.baseline,
+            front,
+            hover=hover_texts(run, done),
+            hv_history=history,
+        )
+    except ImportError:
+        return None
+    return [(caption, figure.to_json()) for caption, figure in figures]
+
+
+# Shown on hover: a recipe's parameters beyond this many are counted, not listed.
+HOVER_PARAMS = 6
+
+
+def hover_texts(run: Run, table: pd.DataFrame) -> dict[int, str]:
+    """What hovering a trial's point shows: its number, its recipe in short (the sampled
+    parameters and how it ships) and what was measured, as plotly hover HTML."""
+    texts = {}
+    for _, row in table.iterrows():
+        lines = [f"<b>trial {int(row['trial'])}</b>" + ("" if row["feasible"] else " (infeasible)")]
+        lines += _recipe_lines(row)
+        # The metric first, even where it is no objective; latency below, with its spread.
+        names = [n for n in dict.fromkeys([run.metric_name, *run.objectives]) if n != "latency_ms"]
+        lines += [f"{name}: {_hover_value(name, row.get(name))}" for name in names]
+        lines += _latency_lines(row, run.baseline)
+        texts[int(row["trial"])] = "<br>".join(lines)
+    return texts
+
+
+def _recipe_lines(row: pd.Series) -> list[str]:
+    params = [
+        f"{key.removeprefix('param:')}={_fmt(value) if isinstance(value, float) else value}"
+        for key, value in row.items()
+        if str(key).startswith("param:") and not (isinstance(value, float) and value != value)
+    ]
+    if len(params) > HOVER_PARAMS:
+        params = [*params[:HOVER_PARAMS], f"… {len(params) - HOVER_PARAMS} more"]
+    # Three parameters a line keeps the label narrow enough for a phone.
+    lines = [html.escape(", ".join(params[i : i + 3])) for i in range(0, len(params), 3)]
+    shipped = shipped_form_text(row)
+    return lines + ([f"runs as: {html.escape(shipped)}"] if shipped else [])
+
+
+def _hover_value(name: str, value: object) -> str:
+    if not isinstance(value, numbers.Real) or value != value:  # numpy scalars included
+        return ""
+    text = _fmt(float(value))
+    return f"{text} ({human_bytes(float(value))})" if name.endswith("_bytes") else text
+
+
+def _latency_lines(row: pd.Series, baseline: dict) -> list[str]:
+    """Latency with its spread over the timed runs and, against the baseline, the paired
+    ratio with its interval (what the tables show), where the run measured them."""
+    latency = row.get("latency_ms")
+    if not isinstance(latency, float) or latency != latency:
+        return []
+    text = f"latency_ms: {_fmt(latency)}"
+    lo, hi = row.get("latency_p10_ms"), row.get("latency_p90_ms")
+    if isinstance(lo, float) and isinstance(hi, float) and lo == lo and hi == hi:
+        text += f" (p10–p90 {_fmt(lo)}–{_fmt(hi)})"
+    lines = [text]
+    if baseline.get("latency_ms"):
+        lines.append(f"latency ×: {html.escape(latency_ratio_text(row, baseline))}")
+    return lines
 
 
 def _fmt(value: float) -> str:
@@ -193,7 +291,9 @@ def _human(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _html_table(frame: pd.DataFrame) -> str:
-    return _human(frame).to_html(index=False, float_format=_fmt, na_rep="", border=0, escape=True)
+    # Wide tables scroll inside their box, so the page itself never scrolls sideways.
+    table = _human(frame).to_html(index=False, float_format=_fmt, na_rep="", border=0, escape=True)
+    return f'<div class="table-scroll">{table}</div>'
 
 
 def render_html(report: Report) -> str:
@@ -209,13 +309,36 @@ def render_html(report: Report) -> str:
                     report.stages[number].rename(columns={"energy_mj": _energy_label(run)})
                 ),
             ]
-    for caption, uri in _plots(run):
+    figures = interactive_figures(run)
+    if figures:
         parts += [
-            f"<h2>{html.escape(caption)}</h2>",
-            f'<img class="plot" alt="{html.escape(caption)}" src="{uri}">',
+            f"<h2>{PLOTS_CAPTION}</h2>",
+            "<p>Hover a point for its trial, recipe and measured values; drag to zoom, "
+            "double-click to zoom out.</p>",
+            *(_figure_html(i, *figure) for i, figure in enumerate(figures)),
         ]
+    elif figures is None:  # no plotly: the same plots as one static PNG
+        for caption, uri in _plots(run):
+            parts += [
+                f"<h2>{html.escape(caption)}</h2>",
+                f'<img class="plot" alt="{html.escape(caption)}" src="{uri}">',
+            ]
     parts += ["<h2>Pareto front</h2>", _html_table(run.front())]
-    return _page(title, "\n".join(parts))
+    return _page(title, "\n".join(parts), plotly=bool(figures))
+
+
+def _figure_html(index: int, caption: str, spec: str) -> str:
+    """A caption, a placeholder the page's script draws the figure into, and the figure
+    as JSON.
+
+    ``<`` is written as its JSON escape, so no value (a parameter, a task name) can end
+    the script element early: the JSON parses to the same figure."""
+    data = spec.replace("<", "\\u003c")
+    return (
+        f"<h3>{html.escape(caption)}</h3>\n"
+        f'<div class="plot plotly-figure" id="plot-{index}"></div>\n'
+        f'<script type="application/json" id="plot-{index}-data">{data}</script>'
+    )
 
 
 def _summary_paragraph(report: Report, *, markdown: bool) -> str:
@@ -231,23 +354,65 @@ def _summary_paragraph(report: Report, *, markdown: bool) -> str:
     return text if markdown else f"<p>{html.escape(text)}</p>"
 
 
-def _page(title: str, body: str) -> str:
-    # The inline script records how many plots decoded, so a headless browser can check them.
+# Draws the interactive figures, then records on <body> how many plots exist
+# (data-plots) and how many actually drew (data-plots-loaded): a decoded PNG, or a plotly
+# figure with its SVG. A headless browser reads both to check the page really renders.
+_PAGE_SCRIPT = """
+(function () {
+  function drawn(plot) {
+    if (plot.tagName === "IMG") return plot.naturalWidth > 0;
+    return plot.classList.contains("js-plotly-plot") && plot.querySelector(".main-svg") !== null;
+  }
+  function record() {
+    // Not ".plot": plotly's own SVG has groups of that class.
+    var plots = Array.from(document.querySelectorAll("img.plot, div.plotly-figure"));
+    document.body.dataset.plotsLoaded = plots.filter(drawn).length;
+    document.body.dataset.plots = plots.length;
+  }
+  var figures = Array.from(document.querySelectorAll("div.plotly-figure"));
+  var drawing = Promise.all(figures.map(function (div) {
+    if (typeof Plotly === "undefined") return null;
+    var spec = JSON.parse(document.getElementById(div.id + "-data").textContent);
+    return Plotly.newPlot(div, spec.data, spec.layout, {responsive: true, displaylogo: false});
+  }));
+  window.addEventListener("load", function () { drawing.then(record, record); });
+})();
+"""
+
+_STYLE = (
+    # A scrollbar from the start: one appearing once the figures are drawn would leave
+    # them wider than the page.
+    "html{overflow-y:scroll}"
+    "body{font-family:sans-serif;margin:0 auto;padding:1em;max-width:1200px}"
+    "h1,h2,h3,p{overflow-wrap:anywhere}"
+    ".table-scroll{overflow-x:auto;margin:1em 0}"
+    "table{border-collapse:collapse}"
+    "td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}"
+    "img.plot{max-width:100%;height:auto}"
+    "div.plotly-figure{width:100%;margin:1em 0}"
+)
+
+
+def _page(title: str, body: str, *, plotly: bool = False) -> str:
+    # plotly.js goes in once, inline, however many figures: the file works offline.
+    library = f"<script>{_plotly_js()}</script>" if plotly else ""
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}img.plot{{max-width:100%}}</style>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{_STYLE}</style>
 </head><body>
 {body}
-<script>
-window.addEventListener("load", function () {{
-  var imgs = Array.from(document.querySelectorAll("img.plot"));
-  document.body.dataset.plotsLoaded = imgs.filter(function (i) {{ return i.naturalWidth > 0; }}).length;
-  document.body.dataset.plots = imgs.length;
-}});
-</script>
+{library}
+<script>{_PAGE_SCRIPT}</script>
 </body></html>
 """
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
 
 
 def _md_table(frame: pd.DataFrame) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import optuna
 from torch import nn
 
-from autoslim.space import SearchSpace, compressible_layers
+from autoslim.space import SearchSpace, compressible_layers, quantizable_layers
 from autoslim.task import Task
 from autoslim.techniques.quantize import QuantizeConfig, WeightQuantSpace
 from autoslim.techniques.quantize._mixed_precision import allocate, sensitivity_table, weight_bytes
@@ -38,10 +38,17 @@ def plan_params(
     *,
     cost: str = "kl",
 ) -> list[dict]:
-    """Trial parameters of one allocator plan per budget (fraction of fp32 weight bytes)."""
+    """Trial parameters of one allocator plan per budget (a fraction of the fp32 bytes of
+    the weights the plan covers).
+
+    Where the component quantizes GRU/LSTM layers (``recurrent``), they are layers of the
+    plan, as in the component's own trials: a recurrent layer is often most of a small
+    sequence model's weights, and left out it would be sampled at random beside a plan
+    that counted it at no bytes."""
     from autoslim.recipe import resolve_layer_map
 
-    layers = compressible_layers(model)
+    recurrent = getattr(component, "recurrent", False)
+    layers = quantizable_layers(model) if recurrent else compressible_layers(model)
     targets = component.matching_layers(
         list(layers)
     )  # model order: ties resolve the same way every run
@@ -59,7 +66,7 @@ def plan_params(
         rows = table[table["layer"] == name].set_index("bits") if table is not None else None
         costs[name] = {b: (float(rows.loc[b, cost]) if b in INT_WIDTHS else 0.0) for b in options}
         sizes[name] = {b: weight_bytes(layers[name], b, config) for b in options}
-    fp32_bytes = sum(layers[n].weight.numel() * 4 for n in targets)
+    fp32_bytes = sum(weight_bytes(layers[n], "fp32", config) for n in targets)
     plans = []
     for budget in budgets:
         plan = allocate(costs, sizes, int(budget * fp32_bytes))

@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 
 from autoslim.errors import AutoslimError
-from autoslim.results.plot import front_projection_data, plot_front, plot_hypervolume
+from autoslim.results.plot import (
+    front_figures,
+    front_projection_data,
+    plot_front,
+    plot_hypervolume,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -35,7 +40,9 @@ def test_front_projection_data_two_objectives(table: pd.DataFrame) -> None:
     assert pair["x_direction"] == "maximize"
     np.testing.assert_array_equal(pair["x"], [0.9, 0.8, 0.7])
     np.testing.assert_array_equal(pair["y"], [4e6, 2e4, 1e3])
+    np.testing.assert_array_equal(pair["trials"], [10, 11, 13])
     np.testing.assert_array_equal(pair["infeasible_x"], [0.95])
+    np.testing.assert_array_equal(pair["infeasible_trials"], [12])
     np.testing.assert_array_equal(pair["front_x"], [0.7, 0.8, 0.9])
     np.testing.assert_array_equal(pair["front_y"], [1e3, 2e4, 4e6])
     np.testing.assert_array_equal(pair["front_trials"], [13, 11, 10])
@@ -89,3 +96,46 @@ def test_plot_front_three_objectives_and_errors(table: pd.DataFrame, tmp_path: P
 def test_plot_hypervolume_writes_png(tmp_path: Path) -> None:
     out = plot_hypervolume(np.array([0.0, 0.5, 0.5, 0.9]), tmp_path / "hv.png")
     assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_front_figures_hover_each_trial_and_follow_the_png(table: pd.DataFrame) -> None:
+    pytest.importorskip("plotly")
+    directions = {"accuracy": "maximize", "size_bytes": "minimize"}
+    figures = front_figures(
+        table,
+        directions,
+        {"accuracy": 0.92, "size_bytes": 8e6},
+        [10, 11, 13],
+        hover={10: "<b>trial 10</b><br>quant.bits=8"},
+        hv_history=np.array([0.0, 1.0, 2.0]),
+    )
+    assert [caption for caption, _ in figures] == [
+        "size_bytes against accuracy",
+        "hypervolume over trials",
+    ]
+    pair = figures[0][1]
+    traces = {trace.name: trace for trace in pair.data}
+    assert list(traces) == ["trials", "infeasible", "Pareto front", "fp32 baseline"]
+    # a trial without hover text shows its number; each point's text follows its trial
+    assert list(traces["trials"].hovertext) == [
+        "<b>trial 10</b><br>quant.bits=8",
+        "trial 11",
+        "trial 13",
+    ]
+    assert list(traces["infeasible"].hovertext) == ["trial 12"]
+    assert list(traces["Pareto front"].hovertext)[-1].startswith("<b>trial 10</b>")
+    assert traces["Pareto front"].mode == "lines+markers"  # two objectives: the front is a line
+    assert pair.layout.yaxis.type == "log" and pair.layout.xaxis.type == "linear"
+    assert pair.layout.width is None  # the page sizes it
+
+
+def test_front_figures_three_objectives_project_without_lines(table: pd.DataFrame) -> None:
+    pytest.importorskip("plotly")
+    table = table.assign(latency_ms=[3.0, 2.0, 1.0, 1.5, 1.0])
+    directions = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+    figures = front_figures(table, directions, {}, [10, 11, 13])
+    assert len(figures) == 3  # the pairs; no hypervolume history given
+    for _, figure in figures:
+        front = next(trace for trace in figure.data if trace.name == "Pareto front")
+        assert front.mode == "markers"
+        assert all(trace.name != "fp32 baseline" for trace in figure.data)

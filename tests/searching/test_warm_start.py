@@ -1,4 +1,5 @@
-"""Warm starts that replay uniform baselines: `baseline_params` and `normalise_stage`."""
+"""Warm starts: uniform baselines replayed (`baseline_params`, `normalise_stage`) and the
+mixed-precision allocator's plans (`plan_params`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import math
 
 import optuna
 import pytest
+import torch
 from torch import nn
 
-from autoslim.searching.warm_start import baseline_params, normalise_stage
-from autoslim.space import ModelInfo, SearchSpace, searched_float
+from autoslim.searching.warm_start import baseline_params, normalise_stage, plan_params
+from autoslim.space import ModelInfo, SearchSpace, quantizable_layers, searched_float
+from autoslim.techniques.quantize import QuantizeConfig
+from autoslim.techniques.quantize._mixed_precision import weight_bytes
 
 LR_MID = searched_float(math.sqrt(1e-4 * 3e-3))  # a searched float has 4 significant digits
 
@@ -178,3 +182,36 @@ def test_normalise_stage_makes_equivalent_spellings_equal(info):
     ) != normalise_stage(
         {"kind": "prune", "sparsity": 0.5, "fine_tune_epochs": 1, "lr": 0.2}, names
     )
+
+
+def oddmix():
+    from tests.user_models import OddMix
+
+    torch.manual_seed(0)
+    return OddMix().eval()
+
+
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_allocator_plans_cover_the_gru_where_the_component_quantizes_it(recurrent):
+    """OddMix's GRU holds most of its weights (9216 of 14752). A plan that left it out
+    would be a trial with its width drawn at random, beside a budget that never counted
+    it; with ``recurrent`` on, it is a layer of the plan and of the budget."""
+    from tests.user_models import loader_task
+
+    task, model = loader_task("tokens", oddmix, sizes=(32, 32, 32)), oddmix()
+    info = ModelInfo.from_model(model)
+    spec = {"type": "quantize.weight", "bits": [2, 4, 8, "fp32"], "optional": False}
+    space = SearchSpace.from_spec([{**spec, "recurrent": recurrent}])
+    (plan,) = plan_params(task, model, "oddmix", space.components[0], [0.2])
+    widths = {k.removeprefix("quant.bits."): v for k, v in plan.items()}
+    assert list(widths) == (info.width_names if recurrent else info.names)
+    layers, config = quantizable_layers(model), QuantizeConfig()
+    used = sum(weight_bytes(layers[name], width, config) for name, width in widths.items())
+    assert used <= 0.2 * sum(weight_bytes(layers[name], "fp32", config) for name in widths)
+    # the plan is a whole trial of the space: every width it asks for is given
+    (stage,) = space.suggest(optuna.trial.FixedTrial(plan), info)
+    assert stage.recurrent is recurrent
+    layer_widths = normalise_stage(stage, info.width_names)["layers"]
+    assert {name: layer_widths[name] for name in widths} == widths
+    if recurrent:
+        assert widths["gru"] != "fp32"  # too big to keep in fp32 at a fifth of the bytes
