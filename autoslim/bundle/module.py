@@ -199,7 +199,12 @@ def _load_point(
         raise AutoslimError(
             f"bundle {path}: point {point.name} does not fit the task's model ({first})"
         ) from None
-    return deploy_runtime(model.eval(), recipe, task_example(task, recipe.target.batch_size))
+    model = deploy_runtime(model.eval(), recipe, task_example(task, recipe.target.batch_size))
+    if point.runtime == "torch-compile":  # compiled as it was measured
+        from autoslim.deploy.runtimes import runtime_named
+
+        model, _ = runtime_named(point.runtime).compiled(model, recipe, recipe.target)
+    return model
 
 
 def _share(state: dict[str, torch.Tensor], shared: dict[str, torch.Tensor]) -> dict:

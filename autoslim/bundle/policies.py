@@ -6,9 +6,10 @@ returns the ladder index to run next. All the budget policies follow one rule, t
 runtime controller of the "dynamic precision adjustment" kind: step to a cheaper point
 when a reading is over budget, and step back to a more accurate one only when the
 reading *predicted* for it stays under the budget by a margin. The prediction scales
-the current reading by the two points' measured costs, so a policy never climbs onto a
-point that would put it straight back over budget; with a minimum dwell between
-switches, that is the hysteresis that keeps the choice from flapping.
+the current reading, and the server's utilization where the loop reports it, by the two
+points' measured costs, so a policy never climbs onto a point that would put it straight
+back over budget; with a minimum dwell between switches, that is the hysteresis that
+keeps the choice from flapping.
 
 Write your own by subclassing :class:`Policy` (one method, :meth:`Policy.choose`).
 """
@@ -39,6 +40,7 @@ class Signals:
     arrival_rate: float | None = None  # requests per second
     power_w: float | None = None
     since_switch: int = 0  # requests served since the last switch
+    utilization: float | None = None  # share of recent time the server was busy
 
 
 class Policy(ABC):
@@ -106,15 +108,21 @@ class BudgetLadder(Policy):
             return current
         if value > self.budget:
             return min(current + 1, len(ladder) - 1)
-        if current > 0 and self._fits(value, ladder[current], ladder[current - 1]):
+        up = ladder[current - 1] if current > 0 else None
+        if up is not None and self._fits(value, ladder[current], up, signals.utilization):
             return current - 1
         return current
 
-    def _fits(self, value: float, here: Point, up: Point) -> bool:
+    def _fits(self, value: float, here: Point, up: Point, utilization: float | None) -> bool:
         cost_here, cost_up = self.cost(here), self.cost(up)
         if not cost_here or cost_up is None:
             return False  # unmeasured: never climb blind
-        return value * cost_up / cost_here < self.budget * (1 - self.margin)
+        scale = cost_up / cost_here
+        # A queue's latency grows without bound as the server's utilization nears 1, so
+        # a reading scaled by cost alone would climb onto a point the load overwhelms.
+        if utilization is not None and utilization * scale >= 1 - self.margin:
+            return False
+        return value * scale < self.budget * (1 - self.margin)
 
 
 @dataclass

@@ -11,6 +11,7 @@ served it.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -92,6 +93,7 @@ def replay(
     point = np.zeros(count, dtype=int)
     correct = np.zeros(count, dtype=bool)
     recent = LatencyWindow(window)
+    busy = BusyTime()
     switch_ms: list[float] = []
     clock, served = 0.0, 0
     with torch.inference_mode():
@@ -104,6 +106,7 @@ def replay(
                 arrival_rate=_rate(arrivals, served, clock),
                 power_w=power_w() if power_w else None,
                 since_switch=recent.since_switch,
+                utilization=busy.share(clock),
             )
             chosen = policy.choose(bundle.active, bundle.ladder, signals)
             if chosen != bundle.active:
@@ -112,12 +115,32 @@ def replay(
                 switch_ms.append((time.perf_counter() - start) * 1e3)
                 recent.reset()
             batch = np.arange(served, served + min(waiting, max_batch))
-            clock += _serve(bundle, inputs, targets, batch, correct)
+            seconds = _serve(bundle, inputs, targets, batch, correct)
+            clock += seconds
+            busy.add(clock, seconds)
             finish[batch], point[batch] = clock, bundle.active
             for i in batch:
                 recent.add((clock - arrivals[i]) * 1e3)
             served += len(batch)
     return Trace(arrivals, finish, point, correct, switch_ms)
+
+
+class BusyTime:
+    """The share of the last ``span`` seconds the server spent serving."""
+
+    def __init__(self, span: float = 1.0) -> None:
+        self.span = span
+        self.batches: deque[tuple[float, float]] = deque()  # (finish, seconds)
+
+    def add(self, finish: float, seconds: float) -> None:
+        self.batches.append((finish, seconds))
+
+    def share(self, now: float) -> float | None:
+        while self.batches and self.batches[0][0] < now - self.span:
+            self.batches.popleft()
+        if now < self.span:
+            return None  # not a full span yet
+        return sum(seconds for _, seconds in self.batches) / self.span
 
 
 def _serve(bundle, inputs, targets, batch: np.ndarray, correct: np.ndarray) -> float:

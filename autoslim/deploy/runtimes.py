@@ -130,11 +130,15 @@ class TorchCompileRuntime(TorchRuntime):
 
         eager = TorchRuntime.deploy(self, artifact_dir, task, target)
         recipe = Recipe.load(artifact_dir / RECIPE_FILE)
+        compiled, form = self.compiled(eager.module, recipe, target)
+        return Deployed(compiled, eager.files, form)
+
+    def compiled(self, module: nn.Module, recipe: Recipe, target: Target) -> tuple[nn.Module, str]:
+        """The loaded eager model as this runtime runs it, and the form's name."""
         dtype = execution_dtype(recipe) if target.device == "cuda" else torch.float32
         mode = "reduce-overhead" if target.device == "cuda" else None  # CUDA graphs
-        compiled = torch.compile(CastInputs(eager.module.to(dtype), dtype), mode=mode)
-        form = f"torch.compile {_dtype_name(dtype)}" + (" + CUDA graphs" if mode else "")
-        return Deployed(compiled, eager.files, form)
+        compiled = torch.compile(CastInputs(module.to(dtype), dtype), mode=mode)
+        return compiled, f"torch.compile {_dtype_name(dtype)}" + (" + CUDA graphs" if mode else "")
 
 
 class OnnxRuntime(Runtime):

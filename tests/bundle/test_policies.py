@@ -80,3 +80,11 @@ def test_manual_names_a_ladder_index():
     assert Manual(2).choose(0, LADDER, Signals()) == 2
     with pytest.raises(AutoslimError, match="points 0..2, not 3"):
         Manual(3).choose(0, LADDER, Signals())
+
+
+def test_no_climb_onto_a_point_the_load_would_overwhelm():
+    policy = LatencyBudget(budget=20.0, margin=0.2, min_dwell=32)
+    # latency alone says climb (7 ms x 10/5 = 14 < 16), but the knee is 45 % busy and
+    # the accurate point costs twice as much: 90 % busy there, over 1 - margin
+    assert policy.choose(1, LADDER, signals(7.0, utilization=0.45)) == 1
+    assert policy.choose(1, LADDER, signals(7.0, utilization=0.35)) == 0

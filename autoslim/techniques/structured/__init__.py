@@ -30,9 +30,14 @@ that fraction of FFN neurons per block. With ``ffn`` set, FFN up-projections are
 of Torch-Pruning, so ``ratio`` and ``ffn`` never both shrink one FFN. Attention
 projections (children of any module with a head count or size) are only ever changed by
 ``heads``: Torch-Pruning would cut them channel by channel under the head size the module
-reshapes by. Embedding tables are never pruned, which also keeps a transformer's residual
-stream (and ``config.hidden_size``) whole; so ``ratio`` on BERT shrinks the FFN (unless
-``ffn`` governs it) and the pooler.
+reshapes by. ``ratio`` never prunes embedding tables, which also keeps a transformer's
+residual stream (and ``config.hidden_size``) whole; so ``ratio`` on BERT shrinks the FFN
+(unless ``ffn`` governs it) and the pooler.
+
+Hidden size: ``hidden`` removes that fraction of a BERT-style encoder's residual stream,
+everywhere it flows (:mod:`autoslim.techniques.structured._hidden`), after channels, heads
+and FFN neurons. None of those touches the stream, so its dimensions keep their numbering
+and the scores taken on the unpruned model still apply.
 
 Tracing: Torch-Pruning runs the model on ``input_shape`` ones when the recipe or the model
 (``example_input_shape``) gives a shape, else on the task's real example inputs
@@ -98,6 +103,7 @@ from autoslim.techniques.structured._heads import (
     prune_ffn,
     transformer_scores,
 )
+from autoslim.techniques.structured._hidden import WidthRestore, hidden_scores, prune_hidden
 from autoslim.train import on_training_device
 
 __all__ = [
@@ -108,6 +114,7 @@ __all__ = [
     "StructuredPruneConfig",
     "StructuredPruneHandler",
     "StructuredPruneSpace",
+    "WidthRestore",
     "drop_blocks",
     "prune_channels",
     "prune_heads",
@@ -122,7 +129,8 @@ class StructuredPruneConfig(StageConfig):
     """Remove ``ratio`` of each prunable group's channels (``group_ratios`` sets a group's
     ratio outright, ``group_multipliers`` scales ``ratio``; keys are the group's layer
     names or ``re:`` regexes), ``heads`` of each attention's heads (``nn.MultiheadAttention``
-    and BERT-style layers) and ``ffn`` of each transformer block's FFN neurons, then fine-tune."""
+    and BERT-style layers), ``ffn`` of each transformer block's FFN neurons and ``hidden`` of
+    a BERT-style encoder's residual-stream dimensions, then fine-tune."""
 
     kind: Literal["prune_structured"] = "prune_structured"
     ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -132,6 +140,7 @@ class StructuredPruneConfig(StageConfig):
     importance: CriterionName = "l1"
     heads: float = Field(default=0.0, ge=0.0, lt=1.0)
     ffn: float = Field(default=0.0, ge=0.0, lt=1.0)
+    hidden: float = Field(default=0.0, ge=0.0, lt=1.0)
     ignore: list[str] = Field(default_factory=list)
     ignore_output: bool = True
     input_shape: list[int] | None = None
@@ -146,13 +155,15 @@ class StructuredPruneConfig(StageConfig):
     )
 
     def milder(self, fraction: float) -> StructuredPruneConfig:
-        """Every removed share (channels, group ratios, heads, FFN neurons) scaled by ``fraction``."""
+        """Every removed share (channels, group ratios, heads, FFN neurons, hidden
+        dimensions) scaled by ``fraction``."""
         return self.model_validate(
             {
                 **self.model_dump(),
                 "ratio": self.ratio * fraction,
                 "heads": self.heads * fraction,
                 "ffn": self.ffn * fraction,
+                "hidden": self.hidden * fraction,
                 "group_ratios": {
                     name: value * fraction for name, value in self.group_ratios.items()
                 },
@@ -680,6 +691,60 @@ def prune_transformer(
     return skipped
 
 
+def _hidden_scores(
+    model: nn.Module, config: StructuredPruneConfig, stats: GradStats
+) -> dict[str, torch.Tensor]:
+    """Scores of the residual stream's dimensions, traced in eval mode on the example."""
+    was_training = model.training
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            example = example_input(model, config)
+            return hidden_scores(model.eval(), config.importance, stats, example, _trace_forward)
+    finally:
+        model.train(was_training)
+
+
+def prune_residual(
+    model: nn.Module, config: StructuredPruneConfig, scores: dict[str, torch.Tensor] | None
+) -> tuple[list[int] | None, dict[str, str]]:
+    """``hidden`` of a BERT-style residual stream; a model without one (a CNN) is left
+    alone, a transformer of another layout is reported skipped. ``scores=None`` is the
+    structural replay. Returns the kept dimensions (None if none went) and skips."""
+    if config.hidden <= 0:
+        return None, {}
+    if not bert_layers(model):
+        if _attention_like(model) or any(
+            isinstance(m, (*ATTENTION, PrunedMultiheadAttention)) for m in model.modules()
+        ):
+            return None, {"hidden": "this transformer's layout is not one hidden prunes"}
+        return None, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prune_hidden(
+            model,
+            config.hidden,
+            scores,
+            example=example_input(model, config),
+            forward=_trace_forward,
+            tied=tied_modules(model),
+            round_to=config.round_to,
+            keep_output_width=config.ignore_output,
+        )
+
+
+def _tied_to_stream(info: ModelInfo) -> bool:
+    """A BERT-style model (it has q projections) with a layer of the stream's input width
+    whose weight another module shares: an output head tied to the word embeddings."""
+    widths = {
+        layer.shape[1] for layer in info.layers if layer.name.endswith("attention.self.query")
+    }
+    return any(
+        layer.name in info.tied and len(layer.shape) == 2 and layer.shape[1] in widths
+        for layer in info.layers
+    )
+
+
 def tie_groups(model: nn.Module) -> list[list[str]]:
     """Names of parameters that are one tensor (``head.weight`` and ``embed.weight``)."""
     names: dict[int, list[str]] = {}
@@ -728,8 +793,14 @@ class StructuredPruneHandler(StageHandler[StructuredPruneConfig]):
         }
         if config.heads > 0 or config.ffn > 0:
             scores |= transformer_scores(model, config.importance, stats)
+        if config.hidden > 0:
+            scores |= _hidden_scores(model, config, stats)
         prune_channels(model, config, GroupImportance(config.importance, stats))
         skipped = prune_transformer(model, config, scores)
+        kept, hidden_skipped = prune_residual(model, config, scores)
+        skipped |= hidden_skipped
+        if kept is not None:
+            ctx.records["structured.hidden_kept"] = kept
         _check_ties(model, ties)
         if _shapes(model) != expected:
             raise AutoslimError(
@@ -760,6 +831,7 @@ class StructuredPruneHandler(StageHandler[StructuredPruneConfig]):
         structural = "bn_scale" if config.importance == "bn_scale" else "l1"
         prune_channels(model, config, GroupImportance(structural, GradStats()))
         prune_transformer(model, config, None)
+        prune_residual(model, config, None)
         _check_ties(model, ties)
         return model
 
@@ -778,7 +850,7 @@ class StructuredPruneHandler(StageHandler[StructuredPruneConfig]):
             config.model_copy(update={"importance": default})
         ):
             config = config.model_copy(update={"importance": default})
-        for field in ("ratio", "heads", "ffn"):
+        for field in ("ratio", "heads", "ffn", "hidden"):
             for shorter in _fewer_digits(getattr(config, field)):
                 if same_structure(candidate := config.model_copy(update={field: shorter})):
                     config = candidate
@@ -805,8 +877,8 @@ def _fewer_digits(value: float) -> list[float]:
 
 
 class StructuredPruneSpace(ComponentSpec):
-    """Search dimensions: channel ratio, per-group multipliers, head and FFN fractions, criterion,
-    channel rounding, fine-tune epochs and learning rate."""
+    """Search dimensions: channel ratio, per-group multipliers, head, FFN and hidden-size
+    fractions, criterion, channel rounding, fine-tune epochs and learning rate."""
 
     type: Literal["prune.structured"] = "prune.structured"
     name: str = "structured"
@@ -814,6 +886,7 @@ class StructuredPruneSpace(ComponentSpec):
     group_multipliers: dict[str, FloatRange] = Field(default_factory=dict)
     heads: FloatRange = FloatRange(low=0.0, high=0.0)
     ffn: FloatRange = FloatRange(low=0.0, high=0.0)
+    hidden: FloatRange = FloatRange(low=0.0, high=0.0)
     importance: list[CriterionName] = Field(default=["l1"], min_length=1)
     round_to: list[int] = Field(default=[1], min_length=1)
     ignore: list[str] = Field(default_factory=list)
@@ -841,6 +914,11 @@ class StructuredPruneSpace(ComponentSpec):
         reason = _unsupported(info.module_types)
         if reason and (self.ratio.high > 0 or self.group_multipliers):
             raise AutoslimError(f"{self.name}: {reason} (ratio: {{low: 0.0, high: 0.0}})")
+        if self.hidden.high > 0 and _tied_to_stream(info):
+            raise AutoslimError(
+                f"{self.name}: hidden cannot narrow a residual stream whose word embeddings "
+                "are tied to an output head (hidden: {low: 0.0, high: 0.0})"
+            )
         if not self.enabled(trial):
             return None
         n = self.name
@@ -854,6 +932,7 @@ class StructuredPruneSpace(ComponentSpec):
             group_multipliers=multipliers,
             heads=self.heads.suggest(trial, f"{n}.heads"),
             ffn=self.ffn.suggest(trial, f"{n}.ffn"),
+            hidden=self.hidden.suggest(trial, f"{n}.hidden"),
             importance=self._pick(trial, "importance", self.importance),
             round_to=self._pick(trial, "round_to", self.round_to),
             ignore=self.ignore,
