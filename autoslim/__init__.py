@@ -8,6 +8,7 @@ Public API (imported lazily, so ``import autoslim`` stays cheap)::
     model = autoslim.apply(recipe)                         # compressed nn.Module
     autoslim.save_artifact(model, recipe, "out/")          # safetensors + packed bits
     model = autoslim.load("out/")                          # runnable nn.Module again
+    bundle = autoslim.load_bundle("bundle/")               # several points, switched in place
 
 A recipe is data: its task entry is imported only if it is bundled, registered
 (``autoslim.register_task`` or the ``autoslim.tasks`` entry-point group) or trusted for
@@ -39,6 +40,7 @@ _EXPORTS = {
     "register_task": "autoslim.trust",
     "search": "autoslim.searching.driver",
     "compress": "autoslim.searching.compress",
+    "load_bundle": "autoslim.bundle.module",
 }
 
 __all__ = ["apply", *_EXPORTS]

@@ -183,19 +183,31 @@ def _export_bundle(run, args: argparse.Namespace) -> int:
     from autoslim.bundle.from_run import bundle_run
     from autoslim.results.report import human_bytes
 
-    manifest = bundle_run(run, args.output, trials=args.trial, rules=args.select, quiet=args.quiet)
-    saved = manifest.bytes_saved
-    share = saved / manifest.bytes_separate if manifest.bytes_separate else 0.0
+    manifest = bundle_run(
+        run, args.output, trials=args.trial, rules=args.select, quiet=args.quiet, force=args.force
+    )
     print(f"bundle of {len(manifest.points)} points written to {args.output}")
     for point in manifest.points:
         roles = f" ({', '.join(point.roles)})" if point.roles else ""
         print(f"  {point.name}{roles}: {human_bytes(point.bytes_alone)} alone")
-    print(
-        f"{human_bytes(manifest.bytes_bundle)} on disk against {human_bytes(manifest.bytes_separate)} "
-        f"as separate artifacts: {human_bytes(saved)} ({share:.1%}) saved, "
-        f"{manifest.shared_tensors} tensors stored once for several points"
-    )
+    print(_bundle_bytes_line(manifest, human_bytes))
     return 0
+
+
+def _bundle_bytes_line(manifest, human_bytes) -> str:
+    saved, separate = manifest.bytes_saved, manifest.bytes_separate
+    share = abs(saved) / separate if separate else 0.0
+    verdict = (
+        f"{human_bytes(saved)} ({share:.1%}) saved"
+        if saved >= 0
+        else f"{human_bytes(-saved)} ({share:.1%}) more: the points share too little to pay for its index"
+    )
+    shared = manifest.shared_tensors
+    noun = "tensor" if shared == 1 else "tensors"
+    return (
+        f"{human_bytes(manifest.bytes_bundle)} on disk against {human_bytes(separate)} as "
+        f"separate artifacts: {verdict}; {shared} {noun} stored once for several points"
+    )
 
 
 def _print_values(values: dict, *, as_json: bool) -> None:
@@ -458,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write a bundle folder of several points (default: the whole front) that "
         "autoslim.load_bundle switches between at run time",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="with --bundle: replace a bundle already there"
     )
     p.add_argument(
         "-o", "--output", required=True, help="recipe YAML file (a folder with --bundle) to write"

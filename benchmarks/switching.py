@@ -1,7 +1,8 @@
 """Ship the front: a bundle of front points switched at run time, against each point alone.
 
-A search's front (by default MNIST-1D's residual CNN under structured pruning, searched
-here) gives three points: the most accurate, the knee and the fastest. They are packed
+A search's front (by default MNIST-1D's residual CNN under structured pruning, on accuracy
+and latency: ``benchmarks/experiments/switching_rescnn.yaml``, searched here) gives three
+points: the most accurate, the knee and the fastest. They are packed
 into one bundle (``autoslim export --bundle``), loaded once, and a request trace is
 replayed through three arms:
 
@@ -10,12 +11,17 @@ replayed through three arms:
 - ``bundle``: the bundle under a p90 latency budget (:class:`LatencyBudget`).
 
 Arrivals are Poisson, with a rate that steps up and one that swings as a sinusoid; the
-rates are set from the points' throughputs measured here, so the peak overloads the most
-accurate point and not the fastest. Service times are real calls of each point on this
+rates are set from the points' throughputs measured here (the peak is their geometric
+mean), so the peak overloads the most accurate point and not the fastest. Service times are real calls of each point on this
 machine; the queue runs in virtual time (:mod:`autoslim.bundle.replay`). Each request
 is scored with the point that served it, on the task's test split.
 
     python benchmarks/switching.py --json [--run RUN_DIR] [--quick] [--out FILE]
+
+Bytes: each point of that front was pruned and fine-tuned on its own, so the points share
+almost no tensor and the bundle costs about their sum. A second front, the digits search
+(post-training quantization, which leaves tensors equal across points), is bundled too,
+for its bytes alone (``"bytes"`` in the JSON).
 
 Bad input (an unknown point, a non-positive budget, a bundle of another task) is one
 line and exit status 2.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -57,56 +64,76 @@ from autoslim.run import load_run  # noqa: E402
 from autoslim.task import load_task  # noqa: E402
 from autoslim.trust import trusted  # noqa: E402
 
-EXPERIMENT = ROOT / "experiments" / "mnist1d_rescnn.yaml"
+EXPERIMENT = ROOT / "benchmarks" / "experiments" / "switching_rescnn.yaml"
+# Post-training quantization leaves tensors equal across points: where bundles save bytes.
+BYTES_EXPERIMENT = ROOT / "experiments" / "digits.yaml"
 RULES = ["max accuracy", "knee", "min latency_ms"]
+BYTES_RULES = ["max accuracy", "knee", "min size_bytes"]
 MAX_BATCH = 16
 WINDOW_S = 0.5  # violation windows of virtual time
 # The default p90 budget, in full-batch service times of the most accurate point: room
 # for a request to wait out a batch in service and its own, with Poisson bursts on top.
 BUDGET_SERVICE_TIMES = 6
-PEAK_LOAD = 1.15  # the peak rate, in the most accurate point's full-batch capacity
 
 
-def searched_run(folder: Path, trials: int) -> Path:
-    """The front to bundle: a fresh search of the MNIST-1D residual CNN."""
-    out = folder / "run"
+def searched_run(folder: Path, experiment: Path, trials: int) -> Path:
+    """A fresh search of ``experiment`` under ``folder``."""
+    out = folder / experiment.stem
     subprocess.run(
-        [sys.executable, "-m", "autoslim", "search", str(EXPERIMENT), "--trials", str(trials)]
+        [sys.executable, "-m", "autoslim", "search", str(experiment), "--trials", str(trials)]
         + ["--out", str(out), "--quiet"],
         check=True,
     )
     return out
 
 
-def service_seconds(bundle, inputs, rows: int, repeats: int = 30) -> list[float]:
-    """Median seconds of one call on ``rows`` rows, per point of the ladder."""
-    x = inputs[:rows]
-    times = []
+def bytes_of(run_dir: Path, folder: Path) -> dict:
+    """What bundling three points of a run saves on disk, without loading them."""
+    run = load_run(run_dir)
+    try:
+        manifest = bundle_run(run, folder, rules=BYTES_RULES, quiet=True)
+    except AutoslimError:  # the rules chose fewer than two trials: the whole front
+        manifest = bundle_run(run, folder, quiet=True)
+    return {
+        "experiment": run.info["experiment"],
+        "points": [p.name for p in manifest.points],
+        "bundle_bytes": manifest.bytes_bundle,
+        "separate_bytes": manifest.bytes_separate,
+        "saved_bytes": manifest.bytes_saved,
+        "shared_tensors": manifest.shared_tensors,
+    }
+
+
+def service_seconds(bundle, inputs, rows: int, rounds: int = 60, seed: int = 0) -> list[float]:
+    """Mean seconds of one call on ``rows`` random rows, per point of the ladder: served
+    as the replay serves (random rows, each call timed alone), round-robin over the points
+    so that a noisy stretch of the machine falls on all of them alike."""
+    rng = np.random.default_rng(seed)
+    times = [[] for _ in bundle.ladder]
     with torch.inference_mode():
-        for point in bundle.ladder:
-            bundle.select(point.index)
-            for _ in range(5):
-                bundle(x)
-            samples = []
-            for _ in range(repeats):
+        for round_ in range(rounds + 5):
+            for point in bundle.ladder:
+                index = torch.as_tensor(rng.integers(0, len(inputs), rows))
+                x = inputs[index]
+                bundle.select(point.index)
                 start = time.perf_counter()
                 bundle(x)
-                samples.append(time.perf_counter() - start)
-            times.append(float(np.median(samples)))
+                if round_ >= 5:  # the first rounds warm caches and allocators
+                    times[point.index].append(time.perf_counter() - start)
     bundle.select(0)
-    return times
+    return [float(np.mean(t)) for t in times]
 
 
 def traces(capacity: list[float], duration: float, seed: int) -> dict[str, np.ndarray]:
     """Arrival times of the step and the sinusoid, in requests set by the capacities."""
     slow, fast = capacity[0], capacity[-1]
-    if fast < PEAK_LOAD * slow * 1.1:
+    if fast < 1.3 * slow:
         print(
-            f"warning: the fastest point serves {fast / slow:.2f}x the most accurate one's "
-            "requests; the peak may overload both",
+            f"warning: the fastest point serves only {fast / slow:.2f}x the most accurate "
+            "one's requests; the peak leaves little room on either",
             file=sys.stderr,
         )
-    high = PEAK_LOAD * slow  # over the most accurate point's capacity, under the fastest's
+    high = math.sqrt(slow * fast)  # over the most accurate point's capacity, under the fastest's
     low = 0.5 * slow
     mean = (low + high) / 2
     return {
@@ -142,11 +169,14 @@ def pooled(results: list, budget_ms: float) -> dict:
 def run_benchmark(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="switching-") as tmp:
         folder = Path(tmp)
-        run_dir = args.run or searched_run(folder, args.trials)
+        run_dir = args.run or searched_run(folder, EXPERIMENT, args.trials)
         run = load_run(run_dir)
         bundle_dir = args.bundle or folder / "bundle"
         if args.bundle is None:
-            bundle_run(run, bundle_dir, rules=RULES, quiet=True)
+            try:
+                bundle_run(run, bundle_dir, rules=RULES, quiet=True)
+            except AutoslimError:  # the rules chose one trial: bundle the whole front
+                bundle_run(run, bundle_dir, quiet=True)
         manifest = read_manifest(bundle_dir)
         recipe = run.recipe(int(run.front()["trial"].iloc[0]))
         if not same_task(task_ref(recipe), manifest.task):
@@ -161,6 +191,11 @@ def run_benchmark(args) -> dict:
         test = task.data.test
         inputs = test.inputs.to(args.device)
         result = replay_arms(bundle, inputs, test.targets, manifest, args)
+        bytes_dir = args.bytes_run or searched_run(folder, BYTES_EXPERIMENT, args.trials)
+        result["bytes"] = {
+            "switched": {k: result[k] for k in ("bundle_bytes", "separate_bytes", "saved_bytes")},
+            "quantized_front": bytes_of(bytes_dir, folder / "bytes_bundle"),
+        }
     return result
 
 
@@ -222,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON object to this file")
     parser.add_argument("--run", type=Path, help="a finished run (default: search one here)")
     parser.add_argument("--bundle", type=Path, help="a bundle of --run's task (default: build)")
+    parser.add_argument(
+        "--bytes-run",
+        type=Path,
+        help="a finished run whose three points are bundled for bytes alone "
+        "(default: search experiments/digits.yaml)",
+    )
     parser.add_argument("--trials", type=int, default=14, help="trials of the search")
     parser.add_argument(
         "--budget-ms",

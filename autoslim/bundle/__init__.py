@@ -11,19 +11,30 @@ from autoslim.bundle.module import BundleModule, Point, load_bundle
 from autoslim.bundle.policies import (
     BudgetLadder,
     LatencyBudget,
+    LatencyWindow,
     Manual,
     Policy,
     PowerBudget,
     QueueLength,
     Signals,
 )
-from autoslim.bundle.replay import Trace, poisson_arrivals, replay, sine_rate, step_rate
+from autoslim.bundle.replay import (
+    FullBatchLoad,
+    Trace,
+    poisson_arrivals,
+    replay,
+    sine_rate,
+    step_rate,
+    top1,
+)
 from autoslim.bundle.store import Manifest, read_manifest, write_bundle
 
 __all__ = [
     "BudgetLadder",
     "BundleModule",
+    "FullBatchLoad",
     "LatencyBudget",
+    "LatencyWindow",
     "Manifest",
     "Manual",
     "Point",
@@ -38,5 +49,6 @@ __all__ = [
     "replay",
     "sine_rate",
     "step_rate",
+    "top1",
     "write_bundle",
 ]

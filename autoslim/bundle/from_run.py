@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from autoslim.bundle.store import Manifest, PointEntry, write_bundle
+from autoslim.bundle.store import Manifest, PointEntry, check_bundle_folder, write_bundle
 from autoslim.errors import AutoslimError
 from autoslim.results.select import select_named_points, select_trial
 from autoslim.run import Run
@@ -24,6 +24,8 @@ ROLE_NAMES = {
 }
 # What a point's manifest entry keeps of its trial's row besides the objectives.
 KEPT_VALUES = (
+    "size_bytes",
+    "latency_ms",
     "latency_p10_ms",
     "latency_p90_ms",
     "latency_ratio",
@@ -82,11 +84,32 @@ def point_values(row: pd.Series, objectives: dict[str, str], metric: str) -> dic
     return values
 
 
+def slower_steps(entries: list[PointEntry]) -> list[str]:
+    """Points the ladder reaches by stepping "faster" that are no faster: a latency policy
+    skips them (it steps to the nearest cheaper point), so say they buy nothing there."""
+    lines = []
+    for above, below in zip(entries, entries[1:], strict=False):
+        a, b = above.values.get("latency_ms"), below.values.get("latency_ms")
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b >= a:
+            lines.append(
+                f"{below.name} is less accurate than {above.name} and no faster "
+                f"({b:.3g} ms against {a:.3g} ms): latency policies skip it"
+            )
+    return lines
+
+
 def bundle_run(
-    run: Run, out: str | Path, *, trials: list[int] = (), rules: list[str] = (), quiet: bool = False
+    run: Run,
+    out: str | Path,
+    *,
+    trials: list[int] = (),
+    rules: list[str] = (),
+    quiet: bool = False,
+    force: bool = False,
 ) -> Manifest:
     """Write the bundle of the chosen points of ``run`` to ``out``. A point whose artifact
     the search did not keep is rebuilt from its recipe first."""
+    check_bundle_folder(Path(out), force=force)  # before minutes of rebuilding, not after
     chosen = chosen_trials(run, list(trials), list(rules))
     table = run.table().set_index("trial", drop=False)
     rows = table.loc[list(chosen)]
@@ -101,13 +124,18 @@ def bundle_run(
                 roles=chosen[number],
                 runtime=str(row.get("runtime") or "torch"),
                 values=point_values(row, run.objectives, run.metric_name),
+                measured_batch=run.recipe(number).target.batch_size,
                 bytes_alone=0,
             )
             points.append((entry, _artifact(run, number, Path(scratch), quiet)))
+        if not quiet:
+            for line in slower_steps([entry for entry, _ in points]):
+                print(f"warning: {line}", file=sys.stderr)
         baseline = {k: v for k, v in run.baseline.items() if isinstance(v, (int, float, str))}
         return write_bundle(
             points,
             out,
+            force=force,
             metric_name=run.metric_name,
             objectives=run.objectives,
             baseline=baseline,

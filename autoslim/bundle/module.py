@@ -40,7 +40,8 @@ from autoslim.trust import trusted
 
 @dataclass(frozen=True)
 class Point:
-    """What a policy may know of a point: its place and its measured costs."""
+    """What a policy may know of a point: its place and its measured costs (latency per
+    call as measured; energy per request)."""
 
     index: int
     name: str
@@ -52,8 +53,11 @@ class Point:
 class BundleModule(nn.Module):
     """Every point of a bundle; calls go to the active one (:meth:`select`)."""
 
-    def __init__(self, models: dict[str, nn.Module], manifest: Manifest) -> None:
+    def __init__(
+        self, models: dict[str, nn.Module], manifest: Manifest, task: Task | None = None
+    ) -> None:
         super().__init__()
+        self.task = task  # what the points were loaded for: its data serves replay
         self.points = nn.ModuleDict(models)
         self.manifest = manifest
         self.ladder = [_point(i, entry, manifest) for i, entry in enumerate(manifest.points)]
@@ -94,12 +98,13 @@ def _point(index: int, entry: PointEntry, manifest: Manifest) -> Point:
         value = entry.values.get(key)
         return float(value) if isinstance(value, (int, float)) else None
 
+    energy = number("energy_mj")  # measured per call of measured_batch rows
     return Point(
         index,
         entry.name,
         number(manifest.metric_name),
         number("latency_ms"),
-        number("energy_mj"),
+        None if energy is None else energy / entry.measured_batch,
     )
 
 
@@ -156,7 +161,7 @@ def load_bundle(
         point.name: _load_point(path, point, manifest, task, store, shared)
         for point in manifest.points
     }
-    return BundleModule(models, manifest)
+    return BundleModule(models, manifest, task).eval()
 
 
 def _task_fits(task: Task, manifest: Manifest) -> bool:

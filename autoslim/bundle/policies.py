@@ -40,7 +40,7 @@ class Signals:
     arrival_rate: float | None = None  # requests per second
     power_w: float | None = None
     since_switch: int = 0  # requests served since the last switch
-    utilization: float | None = None  # share of recent time the server was busy
+    utilization: float | None = None  # arrival rate over the active point's throughput
 
 
 class Policy(ABC):
@@ -77,9 +77,9 @@ def _fraction(name: str, value: float) -> float:
 
 @dataclass
 class BudgetLadder(Policy):
-    """Over budget: one step faster. Under it with room: one step more accurate, when
-    the reading predicted there is below ``budget × (1 - margin)``. Subclasses say what
-    the reading is and what a point costs."""
+    """Over budget: the next cheaper point down the ladder. Under it with room: one step
+    more accurate, when the reading predicted there is below ``budget × (1 - margin)``.
+    Subclasses say what the reading is and what a point costs."""
 
     budget: float
     margin: float = 0.2
@@ -107,10 +107,20 @@ class BudgetLadder(Policy):
         if value is None:
             return current
         if value > self.budget:
-            return min(current + 1, len(ladder) - 1)
+            return self._cheaper(current, ladder)
         up = ladder[current - 1] if current > 0 else None
         if up is not None and self._fits(value, ladder[current], up, signals.utilization):
             return current - 1
+        return current
+
+    def _cheaper(self, current: int, ladder: Sequence[Point]) -> int:
+        """The next point down the ladder that costs less (a point as costly as this one
+        buys nothing here); one step down where costs are unmeasured."""
+        here = self.cost(ladder[current])
+        for point in ladder[current + 1 :]:
+            cost = self.cost(point)
+            if here is None or cost is None or cost < here:
+                return point.index
         return current
 
     def _fits(self, value: float, here: Point, up: Point, utilization: float | None) -> bool:
@@ -132,6 +142,11 @@ class LatencyBudget(BudgetLadder):
     quantile: float = 0.9
     unit = "milliseconds"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.quantile <= 1:
+            raise AutoslimError(f"quantile must be in (0, 1], not {self.quantile}")
+
     def reading(self, point: Point, signals: Signals) -> float | None:
         if len(signals.latencies_ms) < self.min_dwell:
             return None
@@ -144,7 +159,8 @@ class LatencyBudget(BudgetLadder):
 @dataclass
 class PowerBudget(BudgetLadder):
     """A power budget in watts: measured power where the loop reads it (NVML on a GPU),
-    else estimated as arrival rate × the point's measured energy per request."""
+    else estimated as arrival rate × the point's measured energy per request (the
+    search's energy per call, divided by the rows it was timed at)."""
 
     unit = "watts"
 

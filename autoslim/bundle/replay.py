@@ -11,7 +11,6 @@ served it.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,7 +46,8 @@ def poisson_arrivals(
 
 @dataclass
 class Trace:
-    """Per request: arrival, finish (seconds), the point that served it and its score."""
+    """Per request: arrival, finish (seconds), the point that served it and its score
+    (``correct``: its metric value, 0/1 for top-1)."""
 
     arrival: np.ndarray
     finish: np.ndarray
@@ -84,29 +84,33 @@ def replay(
     max_batch: int = 16,
     window: int = 64,
     power_w: Callable[[], float] | None = None,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Trace:
     """Serve every arrival (request ``i`` reads row ``i % len(targets)`` of ``inputs``)
     on the point ``policy`` picks before each batch; see the module docstring.
-    ``power_w`` reads the device's power for power budgets (:func:`nvml_power`)."""
+    ``power_w`` reads the device's power for power budgets (:func:`nvml_power`);
+    ``score(outputs, targets)`` gives each request its metric value (default: top-1
+    correct, for classifiers)."""
     count = len(arrivals)
     finish = np.zeros(count)
     point = np.zeros(count, dtype=int)
-    correct = np.zeros(count, dtype=bool)
+    correct = np.zeros(count)
     recent = LatencyWindow(window)
-    busy = BusyTime()
+    load = FullBatchLoad(max_batch)
     switch_ms: list[float] = []
     clock, served = 0.0, 0
     with torch.inference_mode():
         while served < count:
             clock = max(clock, arrivals[served])
             waiting = int(np.searchsorted(arrivals, clock, side="right")) - served
+            rate = _rate(arrivals, served, clock)
             signals = Signals(
                 latencies_ms=tuple(recent.values),
                 queue_length=waiting,
-                arrival_rate=_rate(arrivals, served, clock),
+                arrival_rate=rate,
                 power_w=power_w() if power_w else None,
                 since_switch=recent.since_switch,
-                utilization=busy.share(clock),
+                utilization=load.utilization(bundle.active, rate),
             )
             chosen = policy.choose(bundle.active, bundle.ladder, signals)
             if chosen != bundle.active:
@@ -115,9 +119,9 @@ def replay(
                 switch_ms.append((time.perf_counter() - start) * 1e3)
                 recent.reset()
             batch = np.arange(served, served + min(waiting, max_batch))
-            seconds = _serve(bundle, inputs, targets, batch, correct)
+            seconds = _serve(bundle, inputs, targets, batch, correct, score or top1)
             clock += seconds
-            busy.add(clock, seconds)
+            load.observe(bundle.active, len(batch), seconds)
             finish[batch], point[batch] = clock, bundle.active
             for i in batch:
                 recent.add((clock - arrivals[i]) * 1e3)
@@ -125,25 +129,32 @@ def replay(
     return Trace(arrivals, finish, point, correct, switch_ms)
 
 
-class BusyTime:
-    """The share of the last ``span`` seconds the server spent serving."""
+class FullBatchLoad:
+    """The active point's load: arrival rate × its seconds per request at full batches,
+    as measured in this replay. A server that batches is busy at any load (a small batch
+    costs nearly what a full one does), so its busy share says nothing of headroom; the
+    arrival rate against its full-batch throughput does."""
 
-    def __init__(self, span: float = 1.0) -> None:
-        self.span = span
-        self.batches: deque[tuple[float, float]] = deque()  # (finish, seconds)
+    def __init__(self, max_batch: int) -> None:
+        self.max_batch = max_batch
+        self.seconds: dict[int, float] = {}  # point -> smoothed seconds of a full batch
 
-    def add(self, finish: float, seconds: float) -> None:
-        self.batches.append((finish, seconds))
+    def observe(self, point: int, rows: int, seconds: float) -> None:
+        if rows == self.max_batch:
+            old = self.seconds.get(point)
+            self.seconds[point] = seconds if old is None else 0.8 * old + 0.2 * seconds
 
-    def share(self, now: float) -> float | None:
-        while self.batches and self.batches[0][0] < now - self.span:
-            self.batches.popleft()
-        if now < self.span:
-            return None  # not a full span yet
-        return sum(seconds for _, seconds in self.batches) / self.span
+    def utilization(self, point: int, rate: float) -> float | None:
+        full = self.seconds.get(point)
+        return None if full is None else rate * full / self.max_batch
 
 
-def _serve(bundle, inputs, targets, batch: np.ndarray, correct: np.ndarray) -> float:
+def top1(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 where the highest logit is the target's class."""
+    return (outputs.argmax(-1) == targets).float()
+
+
+def _serve(bundle, inputs, targets, batch: np.ndarray, correct: np.ndarray, score) -> float:
     """Run the batch's rows on the active point; the seconds it took."""
     index = torch.as_tensor(batch % len(targets))
     x = map_tensors(inputs, lambda t: t[index])
@@ -152,7 +163,7 @@ def _serve(bundle, inputs, targets, batch: np.ndarray, correct: np.ndarray) -> f
     if out.is_cuda:
         torch.cuda.synchronize(out.device)
     seconds = time.perf_counter() - start
-    correct[batch] = (out.argmax(-1).cpu() == targets[index]).numpy()
+    correct[batch] = score(out.float().cpu(), targets[index]).numpy()
     return seconds
 
 

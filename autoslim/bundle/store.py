@@ -68,6 +68,7 @@ class PointEntry(BaseModel):
     # objective and measured values (latency with its p10/p90 and paired-ratio interval)
     values: dict[str, float | int | str | bool | None] = {}
     bytes_alone: int = Field(ge=0)  # the point as a separate artifact, on disk
+    measured_batch: int = Field(default=1, ge=1)  # rows per call its latency/energy were timed at
 
 
 class Manifest(BaseModel):
@@ -130,11 +131,13 @@ def write_bundle(
     metric_name: str,
     objectives: dict[str, str],
     baseline: dict[str, Any],
+    force: bool = False,
 ) -> Manifest:
     """Pack the artifacts (``PointEntry`` and its artifact folder, most accurate first)
-    into ``out_dir``, atomically: readers never see half a bundle."""
+    into ``out_dir``, atomically: readers never see half a bundle. ``force`` replaces a
+    previous bundle there (never a folder holding anything else)."""
     out_dir = Path(out_dir)
-    _check_new_folder(out_dir)
+    check_bundle_folder(out_dir, force=force)
     recipes = {entry.name: Recipe.load(folder / RECIPE_FILE) for entry, folder in points}
     task = _one_task(recipes)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +160,7 @@ def write_bundle(
         manifest.bytes_bundle = _folder_bytes(tmp) + len(_manifest_text(manifest))
         (tmp / MANIFEST_FILE).write_text(_manifest_text(manifest))
         set_default_permissions(tmp)
-        tmp.rename(out_dir)
+        _move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
@@ -182,6 +185,7 @@ def _write_points(
             key = by_content.setdefault(content, f"t{len(by_content)}")
             store.setdefault(key, tensor.contiguous())
             keys[name] = key
+        for key in set(keys.values()):  # points using each tensor, not uses within one
             users[key] = users.get(key, 0) + 1
         point_dir = folder / POINTS_DIR / entry.name
         point_dir.mkdir(parents=True)
@@ -214,13 +218,38 @@ def _one_task(recipes: dict[str, Recipe]) -> dict[str, Any]:
     return first
 
 
-def _check_new_folder(out_dir: Path) -> None:
+def check_bundle_folder(out_dir: Path, *, force: bool) -> None:
+    """Refuse a folder that is not new, empty, or (with ``force``) a previous bundle."""
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise AutoslimError(f"{out_dir} exists and is not a folder; refusing to overwrite it")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise AutoslimError(f"{out_dir} is not empty; choose a new or empty folder")
-    if out_dir.is_dir():
-        out_dir.rmdir()  # empty: the atomic rename below takes its place
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not force:
+        raise AutoslimError(
+            f"{out_dir} is not empty; choose a new or empty folder (--force replaces a bundle)"
+        )
+    if not _only_bundle_files(out_dir):
+        raise AutoslimError(
+            f"{out_dir} holds files autoslim did not write; --force only replaces a bundle"
+        )
+
+
+def _only_bundle_files(folder: Path) -> bool:
+    return {p.name for p in folder.iterdir()} <= {MANIFEST_FILE, TENSORS_FILE, POINTS_DIR}
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """``tmp`` becomes ``out_dir``; a previous bundle there is set aside first and removed
+    only once the new one is in place."""
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        tmp.rename(out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _folder_bytes(folder: Path) -> int:

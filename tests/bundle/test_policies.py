@@ -88,3 +88,8 @@ def test_no_climb_onto_a_point_the_load_would_overwhelm():
     # the accurate point costs twice as much: 90 % busy there, over 1 - margin
     assert policy.choose(1, LADDER, signals(7.0, utilization=0.45)) == 1
     assert policy.choose(1, LADDER, signals(7.0, utilization=0.35)) == 0
+
+
+def test_over_budget_steps_past_a_point_that_is_no_cheaper():
+    ladder = [LADDER[0], Point(1, "as slow", 0.98, 10.0, 4.0), LADDER[2]]
+    assert LatencyBudget(budget=20.0, min_dwell=1).choose(0, ladder, signals(25.0, n=1)) == 2

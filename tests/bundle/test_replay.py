@@ -78,3 +78,14 @@ def test_violation_share_is_the_share_of_windows_over_budget():
     assert trace.violation_share(400.0, 1.0) == pytest.approx(2 / 3)
     assert trace.violation_share(800.0, 1.0) == 0.0
     assert trace.mean_metric() == pytest.approx(0.8)
+
+
+def test_load_is_the_arrival_rate_over_the_full_batch_throughput():
+    from autoslim.bundle import FullBatchLoad
+
+    load = FullBatchLoad(max_batch=16)
+    load.observe(0, rows=3, seconds=0.009)  # a partial batch says nothing of throughput
+    assert load.utilization(0, rate=100.0) is None
+    load.observe(0, rows=16, seconds=0.010)
+    load.observe(0, rows=16, seconds=0.020)  # smoothed: 0.8 x 10 ms + 0.2 x 20 ms
+    assert load.utilization(0, rate=800.0) == pytest.approx(800 * 0.012 / 16)

@@ -124,34 +124,64 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(run, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    assert (
-        main(["export", str(run.path), "--bundle", "--trial", "0", "--trial", "1", "-o", str(mine)])
-        == 2
-    )
+    both = ["--trial", "0", "--trial", "1"]
+    calls = [
+        ["--bundle", *both, "-o", str(mine)],
+        ["--bundle", "--force", *both, "-o", str(mine)],  # --force replaces only a bundle
+        ["--bundle", "--trial", "99", "-o", str(tmp_path / "x")],
+        ["--bundle", "--trial", "0", "-o", str(tmp_path / "y")],
+        [*both, "-o", str(tmp_path / "z.yaml")],
+    ]
+    assert [main(["export", str(run.path), *call]) for call in calls] == [2] * 5
     assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
-    assert (
-        main(["export", str(run.path), "--bundle", "--trial", "99", "-o", str(tmp_path / "x")]) == 2
-    )
-    assert (
-        main(["export", str(run.path), "--bundle", "--trial", "0", "-o", str(tmp_path / "y")]) == 2
-    )
-    assert (
-        main(
-            [
-                "export",
-                str(run.path),
-                "--trial",
-                "0",
-                "--trial",
-                "1",
-                "-o",
-                str(tmp_path / "z.yaml"),
-            ]
-        )
-        == 2
-    )
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 4
-    assert "not empty" in lines[0] and "no completed trial 99" in lines[1]
-    assert "at least two points" in lines[2] and "several: add --bundle" in lines[3]
+    assert len(lines) == 5
+    assert "not empty" in lines[0] and "only replaces a bundle" in lines[1]
+    assert "no completed trial 99" in lines[2]
+    assert "at least two points" in lines[3] and "several: add --bundle" in lines[4]
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_force_replaces_a_bundle_in_place(run, bundle_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "again"
+    shutil.copytree(bundle_dir, copy)
+    args = ["export", str(run.path), "--bundle", "--trial", "0", "--trial", "1", "-o", str(copy)]
+    assert main([*args, "--quiet"]) == 2
+    assert main([*args, "--quiet", "--force"]) == 0
+    assert read_manifest(copy).bytes_bundle == read_manifest(bundle_dir).bytes_bundle
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]  # the old one is gone
+
+
+def _switching_main():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "switching.py"
+    spec = importlib.util.spec_from_file_location("switching_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_switching_benchmark_refuses_bad_input_in_one_line(run, bundle_dir, tmp_path, capsys):
+    import shutil
+
+    main_ = _switching_main()
+    assert main_(["--budget-ms", "-1"]) == 2
+    common = ["--run", str(run.path), "--bundle", str(bundle_dir)]
+    assert main_([*common, "--point", "trial_9"]) == 2
+    other = tmp_path / "other"
+    shutil.copytree(bundle_dir, other)
+    manifest = json.loads((other / "bundle.json").read_text())
+    manifest["task"]["params"]["width"] = 8  # made from another model
+    (other / "bundle.json").write_text(json.dumps(manifest))
+    assert main_(["--run", str(run.path), "--bundle", str(other)]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == [
+        "error: LatencyBudget's budget must be a positive number of milliseconds, not -1.0",
+        lines[1],
+        lines[2],
+    ]
+    assert "no point 'trial_9'" in lines[1] and "made for another task" in lines[2]
