@@ -36,6 +36,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the user-style models the tests also use
 
+from _output import emit  # noqa: E402
 from user_models import CifarResNet, OddMix, bert_classifier, loaders  # noqa: E402
 
 import autoslim  # noqa: E402
@@ -232,12 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     result = gpu_vs_cpu(args) if args.gpu_vs_cpu else byo(args)
-    text = json.dumps(result, indent=2, default=str)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    if args.json:
-        print(text)
+    emit(result, out=args.out, print_json=args.json)
     return 0
 
 

@@ -48,6 +48,8 @@ from autoslim.recipe import Recipe
 from autoslim.task import model_only_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import emit  # noqa: E402
 from user_models import BasicBlock  # noqa: E402  torchvision's block, written out
 
 # --- models -----------------------------------------------------------------------------
@@ -598,12 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir in args.runs:
         rows += run_rows(run_dir)
     result = {"machine": machine(), "rows": rows}
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    if args.json:
-        print(text)
+    emit(result, out=args.out, print_json=args.json)
     return 0
 
 

@@ -30,7 +30,6 @@ line and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _output import emit  # noqa: E402
 from deploy import machine  # noqa: E402
 
 from autoslim.bundle import (  # noqa: E402
@@ -286,12 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     except AutoslimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    if args.json:
-        print(text)
+    emit(result, out=args.out, print_json=args.json)
     return 0
 
 
