@@ -5,45 +5,28 @@ identity, artifacts load exactly, and what cannot be narrowed is refused or left
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
 import torch
+import user_models as um  # tests/ is on sys.path (conftest.py)
 from torch import nn
 
-transformers = pytest.importorskip("transformers")
-
-from autoslim.artifact import load_artifact, save_artifact  # noqa: E402
-from autoslim.data import as_split, call_model, tracing_example  # noqa: E402
-from autoslim.errors import AutoslimError  # noqa: E402
-from autoslim.pipeline import apply_recipe, rebuild_structure  # noqa: E402
-from autoslim.recipe import Recipe  # noqa: E402
-from autoslim.space import ModelInfo  # noqa: E402
-from autoslim.task import Splits, Task, TrainSettings  # noqa: E402
-from autoslim.techniques.structured import (  # noqa: E402
+from autoslim.artifact import load_artifact, save_artifact
+from autoslim.data import as_split, call_model, tracing_example
+from autoslim.errors import AutoslimError
+from autoslim.pipeline import apply_recipe, rebuild_structure
+from autoslim.recipe import Recipe
+from autoslim.space import ModelInfo
+from autoslim.task import Splits, Task, TrainSettings
+from autoslim.techniques.structured import (
     StructuredPruneConfig,
     StructuredPruneHandler,
     StructuredPruneSpace,
     WidthRestore,
 )
 
-
-def _user_models():
-    """``tests/user_models.py`` (pytest imports with ``--import-mode=importlib``)."""
-    if "user_models" in sys.modules:
-        return sys.modules["user_models"]
-    path = Path(__file__).resolve().parents[2] / "user_models.py"
-    spec = importlib.util.spec_from_file_location("user_models", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["user_models"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-um = _user_models()
+transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(autouse=True)

@@ -11,12 +11,10 @@ artifact loads) gives the same state-dict shapes, and that tied weights stay tie
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+import user_models as um  # tests/ is on sys.path (conftest.py)
 from torch import nn
 
 from autoslim.artifact import load_artifact, save_artifact
@@ -35,22 +33,6 @@ from autoslim.techniques.structured import (
     prune_channels,
     tie_groups,
 )
-
-
-def _user_models():
-    """``tests/user_models.py`` (pytest runs with ``--import-mode=importlib``, so ``tests/``
-    is not on ``sys.path``)."""
-    if "user_models" in sys.modules:
-        return sys.modules["user_models"]
-    path = Path(__file__).resolve().parents[2] / "user_models.py"
-    spec = importlib.util.spec_from_file_location("user_models", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["user_models"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-um = _user_models()
 
 
 def n_params(model: nn.Module) -> int:
