@@ -413,6 +413,9 @@ class Run:
         return Recipe.from_dict(recipe)
 
 
+TRIAL_PHASES = ("compress", "save", "measure")
+
+
 def trials_table(study: optuna.Study, objectives: dict[str, str]) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -429,6 +432,8 @@ def trials_table(study: optuna.Study, objectives: dict[str, str]) -> pd.DataFram
         # a repeat of an earlier trial's parameters reuses its measurement (no training)
         row["repeat_of"] = math.nan if record.repeat_of is None else record.repeat_of
         row["seconds"] = t.duration.total_seconds() if t.duration else math.nan
+        for phase in TRIAL_PHASES:  # where the time went: compressing or measuring
+            row[f"{phase}_s"] = (record.phase_seconds or {}).get(phase, math.nan)
         row.update({f"param:{k}": v for k, v in t.params.items()})
         rows.append(row)
     columns = ["trial", "state", *objectives, "feasible"]

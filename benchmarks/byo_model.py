@@ -18,6 +18,11 @@ parameters) with fine-tunes on the GPU and on ``--cpu-threads`` CPU threads, in 
 trial (``--dry-run`` runs both arms on the CPU, to check the script without a GPU)::
 
     python benchmarks/byo_model.py --json --gpu-vs-cpu --cpu-threads 16 --cpu-trials 2
+
+Every trial of that comparison prunes channels and fine-tunes one epoch; the data is
+sized (``--cpu-finetune-s``) from the CPU's measured training throughput. Beside the
+whole-trial speed-up it reports the compress phase's alone (pruning and fine-tune,
+without measuring the artifact, which costs both arms the same).
 """
 
 from __future__ import annotations
@@ -156,6 +161,85 @@ def resnet18_cifar() -> nn.Module:
     return CifarResNet(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2))
 
 
+# Every trial prunes channels and fine-tunes for one epoch (the preset also has trials
+# without a fine-tune, which would time the measurement, not the training), then picks a
+# width. Fixed epochs make each arm's trial the same work.
+GPU_VS_CPU_SPACE = [
+    {
+        "type": "prune.structured",
+        "ratio": {"low": 0.2, "high": 0.6},
+        "fine_tune_epochs": {"low": 1, "high": 1},
+        "lr": {"low": 1.0e-3, "high": 1.0e-3},
+        "optional": False,
+    },
+    {"type": "quantize.weight", "bits": [8, 4, "fp32"], "per_layer": False},
+]
+GPU_VS_CPU_BATCH = 128
+
+
+def cpu_images_per_second(threads: int, steps: int = 3) -> float:
+    """Training throughput of the unpruned ResNet-18 on ``threads`` CPU threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = resnet18_cifar().train()
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        x = torch.randn(GPU_VS_CPU_BATCH, 3, 32, 32)
+        y = torch.randint(0, 10, (GPU_VS_CPU_BATCH,))
+        times = []
+        for _ in range(steps + 1):  # the first step warms up
+            start = time.perf_counter()
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        return GPU_VS_CPU_BATCH / (sum(times[1:]) / steps)
+    finally:
+        torch.set_num_threads(before)
+
+
+def sized_images(args) -> int:
+    """``--images``, or (0) as many as the CPU arm fine-tunes in ``--cpu-finetune-s``."""
+    if args.images:
+        return args.images
+    rate = cpu_images_per_second(args.cpu_threads)
+    batches = max(8, round(rate * args.cpu_finetune_s / GPU_VS_CPU_BATCH))
+    print(f"CPU trains {rate:.0f} images/s: {batches} batches of training data", file=sys.stderr)
+    return batches * GPU_VS_CPU_BATCH
+
+
+def timed_arm(model, data, *, device: str, gpu: str, trials: int, out: Path, threads: int):
+    start = time.perf_counter()
+    run = autoslim.compress(
+        model,
+        train=data["train"],
+        val=data["val"],
+        space=GPU_VS_CPU_SPACE,
+        trials=trials,
+        out=out,
+        name=out.name,
+        device=device,
+        threads=threads,
+        target={"device": gpu, "batch_size": GPU_VS_CPU_BATCH, "repeats": 10, "threads": threads},
+        progress=True,
+    )
+    table = run.table().set_index("trial")
+    fresh = table[(table["state"] == "COMPLETE") & table["repeat_of"].isna()]
+
+    def per_trial(column: str) -> dict[int, float]:
+        return {int(t): round(float(v), 2) for t, v in fresh[column].items()}
+
+    return {
+        "trials_completed": int((table["state"] == "COMPLETE").sum()),
+        "trials_failed": int((table["state"] == "FAIL").sum()),
+        "params": {int(t): run.study.trials[t].params for t in fresh.index},
+        "seconds": per_trial("seconds"),
+        "compress_s": per_trial("compress_s"),
+        "measure_s": per_trial("measure_s"),
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
 def gpu_vs_cpu(args) -> dict:
     """The same trials (same seed, so the same suggestions) with fine-tunes on CUDA and on
     ``--cpu-threads`` CPU threads; latency measured on the GPU in both arms."""
@@ -163,49 +247,39 @@ def gpu_vs_cpu(args) -> dict:
     if gpu is None and not args.dry_run:
         raise SystemExit("error: --gpu-vs-cpu needs a CUDA GPU (--dry-run: both arms on the CPU)")
     gpu = gpu or "cpu"
-    data = loaders("image", sizes=(args.images, 256, 256), batch_size=128, image_size=32)
+    images = sized_images(args)
+    data = loaders("image", sizes=(images, 256, 256), batch_size=GPU_VS_CPU_BATCH, image_size=32)
     model = user_training(resnet18_cifar(), data["train"], 1, gpu)
     arms = {}
     with tempfile.TemporaryDirectory(prefix="byo-gpu-") as tmp:
         for arm, device, trials in (("cuda", gpu, args.trials), ("cpu", "cpu", args.cpu_trials)):
-            start = time.perf_counter()
-            run = autoslim.compress(
-                model,
-                train=data["train"],
-                val=data["val"],
-                space=SPACE,
-                trials=trials,
-                out=Path(tmp) / arm,
-                name=f"resnet18_{arm}",
-                device=device,
-                threads=args.cpu_threads,
-                target={
-                    "device": gpu,
-                    "batch_size": 128,
-                    "repeats": 10,
-                    "threads": args.cpu_threads,
-                },
-                progress=False,
-            )
-            table = run.table().set_index("trial")
-            arms[arm] = {
-                "trials_completed": int((table["state"] == "COMPLETE").sum()),
-                "trials_failed": int((table["state"] == "FAIL").sum()),
-                "seconds": {int(t): round(float(s), 2) for t, s in table["seconds"].items()},
-                "wall_s": round(time.perf_counter() - start, 1),
-            }
+            arms[arm] = timed_arm(
+                model, data, device=device, gpu=gpu, trials=trials,
+                out=Path(tmp) / f"resnet18_{arm}", threads=args.cpu_threads,
+            )  # fmt: skip
             print(f"{arm}: {json.dumps(arms[arm])}", file=sys.stderr)
-    shared = sorted(set(arms["cuda"]["seconds"]) & set(arms["cpu"]["seconds"]))
-    mean = {d: sum(arms[d]["seconds"][t] for t in shared) / len(shared) for d in arms}
+    shared = sorted(
+        t for t in set(arms["cuda"]["seconds"]) & set(arms["cpu"]["seconds"])
+        if arms["cuda"]["params"][t] == arms["cpu"]["params"][t]
+    )  # fmt: skip
+
+    def mean(arm: str, column: str) -> float:
+        return sum(arms[arm][column][t] for t in shared) / len(shared) if shared else math.nan
+
+    trial_s = {arm: round(mean(arm, "seconds"), 2) for arm in arms}
+    compress_s = {arm: round(mean(arm, "compress_s"), 2) for arm in arms}
     return {
         "model": "resnet18_cifar",
         "parameters": sum(p.numel() for p in model.parameters()),
-        "train_images": args.images,
+        "train_images": images,
         "cpu_threads": args.cpu_threads,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "compared_trials": shared,
-        "mean_trial_s": {d: round(v, 2) for d, v in mean.items()},
-        "speedup": round(mean["cpu"] / mean["cuda"], 2),
+        "mean_trial_s": trial_s,
+        "speedup": round(trial_s["cpu"] / trial_s["cuda"], 2) if shared else None,
+        # pruning and its fine-tune alone, without measuring the artifact (same in both)
+        "mean_compress_s": compress_s,
+        "compress_speedup": round(compress_s["cpu"] / compress_s["cuda"], 2) if shared else None,
         "arms": arms,
     }
 
@@ -221,12 +295,18 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-vs-cpu", action="store_true", help="time ResNet-18 fine-tunes on GPU vs CPU"
     )
     parser.add_argument("--cpu-threads", type=int, default=16, help="CPU arm's threads")
-    parser.add_argument("--cpu-trials", type=int, default=4, help="trials in the CPU arm")
+    parser.add_argument("--cpu-trials", type=int, default=2, help="trials in the CPU arm")
     parser.add_argument(
         "--images",
         type=int,
-        default=16384,
-        help="training images: enough that fine-tunes dominate a trial",
+        default=0,
+        help="training images (default: what the CPU arm fine-tunes in --cpu-finetune-s)",
+    )
+    parser.add_argument(
+        "--cpu-finetune-s",
+        type=float,
+        default=90.0,
+        help="CPU seconds per fine-tune that size the data when --images is 0",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="--gpu-vs-cpu without a GPU: both arms on the CPU"

@@ -10,9 +10,11 @@ exactly as the local runner does (:func:`autoslim.searching.study.record_outcome
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -104,19 +106,18 @@ def suggest_recipe(trial: optuna.Trial, ctx: SearchContext) -> Recipe:
     return Recipe(task=ctx.experiment.task, seed=ctx.seed, target=target, stages=stages)
 
 
+def applied_to_baseline(recipe: Recipe, ctx: SearchContext, **options: Any) -> nn.Module:
+    """The recipe applied to a copy of the baseline (the baseline itself stays as it is)."""
+    return apply_recipe(recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), **options)
+
+
 def dry_run_costs(
     recipe: Recipe, ctx: SearchContext, out: Path
 ) -> tuple[dict[str, float], list[int] | None]:
     """Cost objectives of the recipe's structure, from an artifact built without training,
     and the fine-tunes the recipe plans (each one's epochs, in order; None: unknown)."""
     records: dict[str, Any] = {}
-    model = apply_recipe(
-        recipe,
-        task=ctx.task,
-        model=copy.deepcopy(ctx.baseline_model),
-        dry_run=True,
-        records=records,
-    )
+    model = applied_to_baseline(recipe, ctx, dry_run=True, records=records)
     save_artifact(model, recipe, out, task=ctx.task)
     try:
         if set(ctx.cost_objectives) <= {"size_bytes"} and recipe.target.runtime == "torch":
@@ -238,22 +239,40 @@ def evaluate_trial(
         if stop is not None:
             raise_stop(trial, stop)
         hooks.on_epoch_end.append(_epoch_hook(trial, ctx, stopper, costs, recipe, records, planned))
-    model = apply_recipe(
-        recipe, task=ctx.task, model=copy.deepcopy(ctx.baseline_model), hooks=hooks, records=records
-    )
+    clock = PhaseClock()
+    with clock("compress"):
+        model = applied_to_baseline(recipe, ctx, hooks=hooks, records=records)
     recipe = realised_recipe(recipe, records)  # e.g. the phases an adaptive schedule chose
     TrialRecord(recipe=recipe.to_dict()).write_to(trial)
-    save_artifact(model, recipe, out, task=ctx.task)
+    with clock("save"):
+        save_artifact(model, recipe, out, task=ctx.task)
     try:
-        values = ctx.measure_artifact(out, recipe.target)
+        with clock("measure"):
+            values = ctx.measure_artifact(out, recipe.target)
     finally:
         if ctx.experiment.search.keep_artifacts == "none":
             shutil.rmtree(out, ignore_errors=True)
+        TrialRecord(phase_seconds=clock.seconds).write_to(trial)
     for name in ctx.experiment.objectives:
         value = values.get(name)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise TrialFailed(f"objective {name} is {value!r} after measurement")
     return values
+
+
+class PhaseClock:
+    """Wall seconds per named phase of a trial, rounded to milliseconds."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = round(time.perf_counter() - start, 3)
 
 
 @dataclass

@@ -31,6 +31,7 @@ TRAINED_CURVE = "trained_curve"
 DRY_RUN_COSTS = "dry_run_costs"
 PLANNED_FINE_TUNES = "planned_fine_tunes"
 REPEAT_OF = "repeat_of"
+PHASE_SECONDS = "phase_seconds"
 HOST = ATTR_PREFIX + "host"
 PID = ATTR_PREFIX + "pid"
 BACKEND = ATTR_PREFIX + "backend"
@@ -91,6 +92,9 @@ class TrialRecord:
     fine_tunes_unknown: bool = False
     # The completed trial with the same parameters whose measurement this one reused.
     repeat_of: int | None = _attr(REPEAT_OF)
+    # Where the trial's time went: "compress" (every stage, fine-tunes included), "save"
+    # and "measure" (the artifact timed and scored), in seconds.
+    phase_seconds: dict[str, float] | None = _attr(PHASE_SECONDS)
     # The process that holds the trial, so a re-run can tell a dead owner's trial apart.
     host: str | None = _attr(HOST)
     pid: int | None = _attr(PID)

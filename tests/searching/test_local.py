@@ -52,6 +52,10 @@ def test_search_writes_run_folder_and_exported_recipe_replays_exactly(
     assert summary["notes"] == []  # no distill stage, so no teacher warning
     assert summary["labels"] == {"accuracy": "accuracy", "size_bytes": "size_bytes"}
     assert summary["baseline"]["size_bytes"] > 0 and "test_accuracy" in summary["baseline"]
+    done = run.table().query("state == 'COMPLETE' and repeat_of.isna()")  # a repeat ran nothing
+    phases = done[["compress_s", "save_s", "measure_s"]]
+    assert (phases > 0).all().all()
+    assert (phases.sum(axis=1) <= done["seconds"]).all()  # parts of the trial's own time
 
     assert main(["pareto", str(run.path), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
