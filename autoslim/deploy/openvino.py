@@ -2,23 +2,35 @@
 OpenVINO installed.
 
 The IR is converted (``openvino.convert_model``) from the checked ONNX graph of
-:mod:`autoslim.deploy.onnx`, so both formats share one exporter and one quantizer: with
-``quantize="static"`` OpenVINO reads the QDQ int8 graph and keeps its weights in int8.
-``compress_to_fp16`` stores float weights in fp16 instead (OpenVINO's own compression;
-off by default, since it changes outputs). Int8 compression by NNCF is not used.
-The recipe and provenance travel in the IR's ``rt_info`` under ``autoslim``.
+:mod:`autoslim.deploy.onnx`, so both formats share one exporter. Static int8
+(``quantize="static"``) is quantized by one of two tools, by model family:
+
+- a model with attention goes through NNCF, OpenVINO's own post-training quantizer, with
+  its transformer preset (SmoothQuant, the sensitive ops kept in float, int8 embedding
+  tables). ONNX Runtime's QDQ of the same MiniLM graph kept a Spearman fidelity of 0.31
+  (0.92 with only MatMuls quantized), NNCF's 0.997, and ran faster;
+- any other model (CNNs, MLPs) reads ONNX Runtime's QDQ int8 graph, which OpenVINO keeps
+  in int8 (the form measured on the CPU benchmarks).
+
+``compress_to_fp16`` stores float weights in fp16 instead (off by default, since it
+changes outputs). The recipe and provenance travel in the IR's ``rt_info`` under
+``autoslim``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
-from autoslim.artifact import load_artifact
+from autoslim.artifact import LoadedArtifact, load_artifact
+from autoslim.data import batch_len
 from autoslim.deploy import onnx as onnx_export
 from autoslim.deploy._files import check_output_files, package_version, place, scratch_folder
 from autoslim.errors import AutoslimError
@@ -54,24 +66,117 @@ def export_openvino(
             f"--format openvino takes --quantize none or static, not {quantize!r} "
             "(dynamic is ONNX Runtime's integer kernels)"
         )
-    ov = require_runtime()
+    require_runtime()
     onnx_export.require_runtime("export-model --format openvino")  # it converts the ONNX graph
     files = [xml.with_suffix(".bin"), xml]
     check_output_files(files[::-1], force=force)
     loaded = load_artifact(artifact_dir, runtime=False, trust_task=trust_task)
+    if quantize == "static" and uses_nncf(loaded.model):
+        require_nncf()
     with scratch_folder(xml) as tmp:
-        graph = onnx_export.build_onnx(
-            loaded, Path(artifact_dir), tmp, quantize, calibration_batches
-        )
-        metadata = onnx_export.read_metadata(graph)
-        model = ov.convert_model(str(onnx_export.finish(graph, tmp / "bare.onnx", {}, keep=False)))
-        for key, value in metadata.items():
-            if key.startswith(f"{RT_INFO}."):
-                model.set_rt_info(_with_openvino(key, value), [RT_INFO, key.split(".", 1)[1]])
-        ov.save_model(model, str(tmp / xml.name), compress_to_fp16=compress_to_fp16)
-        _run_once(tmp / xml.name, loaded.task.example_batch(onnx_export.CHECK_BATCH))
-        _place_pair([tmp / f.name for f in files], files, force=force)
+        built = build_ir(
+            loaded, Path(artifact_dir), tmp / xml.name, quantize, calibration_batches,
+            compress_to_fp16=compress_to_fp16,
+        )  # fmt: skip
+        _place_pair([built.with_suffix(".bin"), built], files, force=force)
     return xml
+
+
+def build_ir(
+    loaded: LoadedArtifact,
+    artifact_dir: Path,
+    xml: Path,
+    quantize: str,
+    calibration_batches: int,
+    *,
+    compress_to_fp16: bool = False,
+) -> Path:
+    """The IR of a loaded artifact at ``xml`` (a scratch path: its folder takes the
+    intermediate files too), fp32 or static int8, checked on a real batch."""
+    ov = require_runtime()
+    tmp = xml.parent
+    by_nncf = quantize == "static" and uses_nncf(loaded.model)
+    graph = onnx_export.build_onnx(
+        loaded, artifact_dir, tmp, "none" if by_nncf else quantize, calibration_batches,
+        gather_bits=0,
+    )  # fmt: skip
+    metadata = onnx_export.read_metadata(graph)
+    model = ov.convert_model(str(onnx_export.finish(graph, tmp / "bare.onnx", {}, keep=False)))
+    if by_nncf:
+        batches = onnx_export.calibration_data(loaded, calibration_batches)
+        model = nncf_int8(model, batches)
+        metadata[onnx_export.PROVENANCE_KEY] = _quantized_by_nncf(
+            metadata[onnx_export.PROVENANCE_KEY], batches
+        )
+    for key, value in metadata.items():
+        if key.startswith(f"{RT_INFO}."):
+            model.set_rt_info(_with_openvino(key, value), [RT_INFO, key.split(".", 1)[1]])
+    ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+    _run_once(xml, loaded.task.example_batch(onnx_export.CHECK_BATCH))
+    return xml
+
+
+def uses_nncf(model: nn.Module) -> bool:
+    """Whether static int8 of ``model`` goes through NNCF: it has attention layers
+    (``nn.MultiheadAttention``, or a Hugging Face / timm block that counts its heads)."""
+    return any(
+        isinstance(m, nn.MultiheadAttention) or hasattr(m, "num_attention_heads")
+        or hasattr(m, "n_heads") or hasattr(m, "num_heads")
+        for m in model.modules()
+    )  # fmt: skip
+
+
+def require_nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise AutoslimError(
+            "static int8 of a model with attention on OpenVINO needs nncf: "
+            "pip install 'autoslim[openvino]'"
+        ) from None
+    return nncf
+
+
+def nncf_int8(model: Any, batches: list[Any]) -> Any:
+    """``model`` (an OpenVINO model) quantized to int8 by NNCF's transformer preset,
+    calibrated on ``batches`` (fed by input name, as the IR takes them)."""
+    nncf = require_nncf()
+    specs = [(port.get_any_name(), None) for port in model.inputs]
+    feeds = [onnx_export.graph_feeds(batch, specs) for batch in batches]
+    samples = sum(batch_len(batch) for batch in batches)
+    with _quiet_nncf():
+        return nncf.quantize(
+            model, nncf.Dataset(feeds), subset_size=samples,
+            model_type=nncf.ModelType.TRANSFORMER,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF draws progress bars and logs each step: a trial's log keeps none of them."""
+    import logging
+
+    from nncf.common.logging.logger import nncf_logger
+
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        nncf_logger.setLevel(level)
+
+
+def _quantized_by_nncf(provenance: str, batches: list[Any]) -> str:
+    record = json.loads(provenance)
+    record["quantize"] = "static"
+    record["quantizer"] = "nncf"
+    record["calibration"] = {
+        "split": "train",
+        "samples": sum(batch_len(b) for b in batches),
+    }
+    record["versions"]["nncf"] = package_version("nncf")
+    return json.dumps(record, sort_keys=True)
 
 
 def _run_once(xml: Path, batch: Any) -> None:

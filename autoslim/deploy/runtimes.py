@@ -193,7 +193,6 @@ class OnnxRuntime(Runtime):
         """The runtime's file under ``deploy/``, built once per artifact (the ONNX graph
         is kept beside it: it carries the recipe and provenance)."""
         from autoslim.artifact import load_artifact
-        from autoslim.deploy.onnx import build_onnx
 
         folder = artifact_dir / DEPLOY_DIR
         out = folder / self.file_name
@@ -205,28 +204,33 @@ class OnnxRuntime(Runtime):
         _remove_tree(tmp)
         tmp.mkdir()
         try:
-            mode = self.quantize_mode(loaded)
-            built = build_onnx(
-                loaded, artifact_dir, tmp, mode, CALIBRATION_BATCHES, gather_bits=self.gather_bits
-            )
-            self._finish(built, folder)
+            self._write(loaded, artifact_dir, tmp, folder)
         finally:
             _remove_tree(tmp)
         return out
 
-    def _finish(self, built: Path, folder: Path) -> None:
-        built.replace(folder / "model.onnx")
+    def _write(self, loaded: LoadedArtifact, artifact_dir: Path, tmp: Path, folder: Path) -> None:
+        """Build the shipped file in ``tmp``, then move it into ``folder``."""
+        from autoslim.deploy.onnx import build_onnx
+
+        mode = self.quantize_mode(loaded)
+        built = build_onnx(
+            loaded, artifact_dir, tmp, mode, CALIBRATION_BATCHES, gather_bits=self.gather_bits
+        )
+        built.replace(folder / self.file_name)
 
 
 class OpenVinoRuntime(OnnxRuntime):
-    """An OpenVINO IR (``model.xml`` + ``model.bin``) converted from the same ONNX graph;
-    an integer artifact goes through static QDQ int8, which OpenVINO keeps in int8."""
+    """An OpenVINO IR (``model.xml`` + ``model.bin``) converted from the same ONNX graph.
+    An integer artifact ships in static int8: NNCF's transformer preset for a model with
+    attention (its embedding tables int8 too), ONNX Runtime's QDQ graph otherwise
+    (:mod:`autoslim.deploy.openvino`)."""
 
     name = "openvino"
-    packages = ("onnx", "onnxruntime", "openvino")
+    packages = ("onnx", "onnxruntime", "openvino", "nncf")
     extra = "openvino"
     file_name = "model.xml"
-    # OpenVINO reads no GatherBlockQuantized; its tables stay fp32.
+    # Tables as the quantizer leaves them: OpenVINO reads no GatherBlockQuantized (4-bit).
     embedding_bits = frozenset()
     gather_bits = 0
 
@@ -241,16 +245,21 @@ class OpenVinoRuntime(OnnxRuntime):
         files = [path, path.with_suffix(".bin")]
         return Deployed(SessionModule(run), files, self.form(artifact_dir))
 
-    def _finish(self, built: Path, folder: Path) -> None:
-        import openvino as ov
+    def form(self, artifact_dir: Path) -> str:
+        from autoslim.deploy.onnx import PROVENANCE_KEY
+        from autoslim.deploy.openvino import read_rt_info
 
-        from autoslim.deploy.onnx import finish
+        info = read_rt_info(artifact_dir / DEPLOY_DIR / self.file_name)
+        provenance = json.loads(info[PROVENANCE_KEY.split(".", 1)[1]])
+        form = f"{self.name} {_mode_name(provenance['quantize'])}"
+        return f"{form} (NNCF)" if provenance.get("quantizer") == "nncf" else form
 
-        bare = finish(built, built.with_name("bare.onnx"), {}, keep=False)
-        xml = built.with_name(self.file_name)
-        ov.save_model(ov.convert_model(str(bare)), str(xml))
-        built.replace(folder / "model.onnx")  # recipe and provenance, for the form's name
-        xml.with_suffix(".bin").replace(folder / "model.bin")
+    def _write(self, loaded: LoadedArtifact, artifact_dir: Path, tmp: Path, folder: Path) -> None:
+        from autoslim.deploy.openvino import build_ir
+
+        mode = self.quantize_mode(loaded)
+        xml = build_ir(loaded, artifact_dir, tmp / self.file_name, mode, CALIBRATION_BATCHES)
+        xml.with_suffix(".bin").replace(folder / "model.bin")  # the weights before their XML
         xml.replace(folder / self.file_name)
 
 

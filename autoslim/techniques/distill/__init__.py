@@ -147,7 +147,9 @@ class RecoverConfig(StageConfig):
 def default_probes(model: nn.Module, config: DistillConfig) -> dict[str, tuple[str, str]]:
     """Student probes: ``emb`` (input of the last compressible layer unless named),
     ``feat:<layer>`` (default: the embedding) and ``att:<layer>`` (default: every
-    attention module, else every convolution's output)."""
+    attention module, else every convolution's output). Attention modules are
+    ``nn.MultiheadAttention`` and Hugging Face self-attention (one per layer: the module
+    holding the query/key projections, not its wrapper)."""
     layers = compressible_layers(model)
     if not layers:
         raise AutoslimError("distill needs a model with at least one Linear or Conv layer")
@@ -169,9 +171,10 @@ def default_probes(model: nn.Module, config: DistillConfig) -> dict[str, tuple[s
         convs = [n for n, m in layers.items() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
         if not (config.attention_layers or attention or convs):
             raise AutoslimError(
-                "distill attention_weight needs nn.MultiheadAttention or Conv layers to take "
-                f"attention maps from, and {type(model).__name__} has neither (its own "
-                "attention modules are not read): set attention_weight to 0"
+                "distill attention_weight needs attention layers (nn.MultiheadAttention, or "
+                "Hugging Face self-attention with query/key projections) or Conv layers to "
+                f"take attention maps from, and {type(model).__name__} has neither: set "
+                "attention_weight to 0 or name attention_layers"
             )
         for name in config.attention_layers or attention or convs:
             mode = "attention" if _is_attention(model.get_submodule(name)) else "output"

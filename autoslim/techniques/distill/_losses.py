@@ -18,7 +18,6 @@ Conventions follow the papers' reference code, so numbers are comparable:
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 import torch
@@ -87,6 +86,43 @@ def attention_transfer(
     return (a_s - a_t).pow(2).mean()
 
 
+def head_averaged_probs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    num_heads: int,
+    *,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``softmax(q·kᵀ·scale + bias)`` averaged over heads: (batch, Lq, Lk).
+
+    ``q`` and ``k`` are projected, (batch, L, heads·head_dim); ``scale`` defaults to
+    ``head_dim^-½`` and ``bias`` is an additive mask broadcastable to (batch, heads, Lq,
+    Lk). Scores are taken in float32 so a mask's large negatives cannot overflow a half
+    dtype, and masked keys underflow to exactly 0 in every row that keeps a key.
+    """
+    b, lq, inner = q.shape
+    head_dim = inner // num_heads
+    q = q.reshape(b, lq, num_heads, head_dim).transpose(1, 2)
+    k = k.reshape(b, k.shape[1], num_heads, head_dim).transpose(1, 2)
+    scale = head_dim**-0.5 if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)).float() * scale
+    if bias is not None:
+        scores = scores + bias
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+def mask_bias(mask: torch.Tensor) -> torch.Tensor:
+    """An attention mask as a float32 additive bias. A bool mask attends where True and
+    gives the others float32's minimum, as Hugging Face's own float masks do; a float
+    mask is additive already."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, device=mask.device).masked_fill(
+            ~mask, torch.finfo(torch.float32).min
+        )
+    return mask.float()
+
+
 def attention_probs(
     query: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, num_heads: int
 ) -> torch.Tensor:
@@ -96,14 +132,31 @@ def attention_probs(
     attention for no weights; ``weight`` is the (3·inner, embed) in-projection.
     """
     inner = weight.shape[0] // 3
-    head_dim = inner // num_heads
-    wq, wk = weight[:inner], weight[inner : 2 * inner]
     bq, bk = (bias[:inner], bias[inner : 2 * inner]) if bias is not None else (None, None)
-    b, length, _ = query.shape
-    q = F.linear(query, wq, bq).view(b, length, num_heads, head_dim).transpose(1, 2)
-    k = F.linear(query, wk, bk).view(b, length, num_heads, head_dim).transpose(1, 2)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
-    return scores.softmax(dim=-1).mean(dim=1)
+    q = F.linear(query, weight[:inner], bq)
+    k = F.linear(query, weight[inner : 2 * inner], bk)
+    return head_averaged_probs(q, k, num_heads)
+
+
+def projected_attention_probs(
+    hidden: torch.Tensor,
+    query: tuple[torch.Tensor, torch.Tensor | None],
+    key: tuple[torch.Tensor, torch.Tensor | None],
+    num_heads: int,
+    *,
+    scale: float | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Head-averaged self-attention probabilities (batch, L, L) of a layer with separate
+    query and key projections, given as (weight, bias), as Hugging Face's layers have.
+
+    Recomputed from the layer's input because SDPA and other fused kernels never
+    materialise the probabilities. ``mask``: bool (True = attend) or additive float,
+    broadcastable to (batch, heads, L, L).
+    """
+    q, k = F.linear(hidden, *query), F.linear(hidden, *key)
+    bias = None if mask is None else mask_bias(mask)
+    return head_averaged_probs(q, k, num_heads, scale=scale, bias=bias)
 
 
 def attention_map_kd(

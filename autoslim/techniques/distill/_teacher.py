@@ -18,6 +18,7 @@ replay fills it the same way, which keeps replay deterministic.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,10 +37,38 @@ ROW_OVERHEAD = 64  # bytes counted per cached row for its key and index entry
 # ---- probes: named intermediate values captured by forward hooks ----
 
 
-def _is_attention(module: nn.Module) -> bool:
+def _is_mha(module: nn.Module) -> bool:
+    """``nn.MultiheadAttention`` and its pruned stand-in: packed q/k/v in-projection."""
     return hasattr(module, "num_heads") and (
         hasattr(module, "in_proj_weight") or hasattr(module, "in_proj")
     )
+
+
+# Hugging Face self-attention layouts, as (query Linear, key Linear, head-count attribute):
+# BERT/RoBERTa/ELECTRA (and ViT in transformers 4), DistilBERT, ViT as of transformers 5.25.
+# Matched on structure rather than class names, so the families that copy a layout are
+# covered, and only the innermost module (BertSelfAttention, not BertAttention) matches.
+_HF_LAYOUTS = (
+    ("query", "key", "num_attention_heads"),
+    ("q_lin", "k_lin", "n_heads"),
+    ("q_proj", "k_proj", "num_attention_heads"),
+)
+
+
+def _hf_projections(module: nn.Module) -> tuple[nn.Linear, nn.Linear, int] | None:
+    """The (query, key, head count) of a Hugging Face self-attention module, else None.
+
+    Read at each call: head pruning shrinks ``query``/``key`` and updates the count."""
+    for q_name, k_name, heads_name in _HF_LAYOUTS:
+        q, k = getattr(module, q_name, None), getattr(module, k_name, None)
+        heads = getattr(module, heads_name, None)
+        if isinstance(q, nn.Linear) and isinstance(k, nn.Linear) and isinstance(heads, int):
+            return q, k, heads
+    return None
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return _is_mha(module) or _hf_projections(module) is not None
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -57,6 +86,8 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
 def _probe_value(
     name: str, module: nn.Module, mode: str, args: tuple, kwargs: dict, output: Any
 ) -> torch.Tensor:
+    if mode == "attention" and _hf_projections(module) is not None:
+        return _hf_attention_probs(name, module, _arguments(module, args, kwargs))
     if mode in ("input", "attention"):
         value = _first_tensor(args) if args else _first_tensor(list(kwargs.values()))
     else:
@@ -75,6 +106,128 @@ def _probe_value(
         bias = module.in_proj_bias
         return L.attention_probs(query, weight, bias, module.num_heads)
     return value
+
+
+# ---- Hugging Face self-attention maps, recomputed from the layer's input ----
+
+
+def _arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A forward call's arguments by parameter name: Hugging Face layers take the mask
+    by keyword in one model and by position in another."""
+    try:
+        names = [
+            p.name
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):  # no signature to read: keyword arguments only
+        names = []
+    named = dict(zip(names, args, strict=False)) | kwargs
+    if args and names[:1] != ["hidden_states"]:
+        named.setdefault("hidden_states", args[0])
+    return named
+
+
+def _refuse(name: str, module: nn.Module, why: str) -> AutoslimError:
+    return AutoslimError(
+        f"distill: attention layer {name!r} ({type(module).__name__}) {why}; set "
+        "attention_weight to 0 or name other attention_layers"
+    )
+
+
+def _hf_mask(
+    name: str, module: nn.Module, named: dict[str, Any], hidden: torch.Tensor, heads: int
+) -> torch.Tensor | None:
+    """The mask the layer applies, broadcastable to (batch, heads, L, L), or None.
+
+    Transformers 5 passes ``attention_mask`` as a (batch, 1, L, L) additive float (eager)
+    or bool (SDPA, True = attend) mask, and None when nothing is padded."""
+    unread = [k for k, v in named.items() if "mask" in k and k != "attention_mask"]
+    unread = [k for k in unread if named[k] is not None]
+    if unread:
+        raise _refuse(name, module, f"takes a mask as {unread[0]!r}, which is not read")
+    mask = named.get("attention_mask")
+    if mask is None:
+        return _implicit_causal_mask(module, named, hidden)
+    batch, length = hidden.shape[:2]
+    _check_mask(name, module, mask, (batch, heads, length, length))
+    return mask
+
+
+def _implicit_causal_mask(
+    module: nn.Module, named: dict[str, Any], hidden: torch.Tensor
+) -> torch.Tensor | None:
+    """SDPA makes a causal layer causal by itself when it is given no mask, so a decoder's
+    mask may never be passed: the causal (L, L) mask then, else None."""
+    causal = named.get("is_causal")
+    if causal is None:
+        causal = getattr(module, "is_causal", False)
+    if not causal:
+        return None
+    length = hidden.shape[1]
+    return torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()
+
+
+def _check_mask(name: str, module: nn.Module, mask: Any, target: tuple[int, ...]) -> None:
+    """Refuse masks whose meaning is a guess: integer 0/1 masks (keep, or additive?),
+    and fewer than four axes (which axis is the batch?)."""
+    if (
+        isinstance(mask, torch.Tensor)
+        and (mask.dtype == torch.bool or mask.dtype.is_floating_point)
+        and mask.dim() == 4
+        and _broadcasts(mask.shape, target)
+    ):
+        return
+    what = (
+        f"{mask.dtype} mask of shape {tuple(mask.shape)}"
+        if isinstance(mask, torch.Tensor)
+        else type(mask).__name__
+    )
+    raise _refuse(
+        name,
+        module,
+        f"got an attention mask it cannot read ({what}; readable: a 4-D bool or additive "
+        f"float mask broadcastable to {target})",
+    )
+
+
+def _broadcasts(shape: torch.Size, target: tuple[int, ...]) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+def _hf_attention_probs(name: str, module: nn.Module, named: dict[str, Any]) -> torch.Tensor:
+    """Head-averaged probabilities (batch, L, L) from the layer's input, its own query
+    and key projections and the mask it received, whatever kernel the model runs."""
+    q, k, heads = _hf_projections(module)
+    hidden = named.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+        raise _refuse(name, module, "has no (batch, length, width) hidden-state input")
+    # Keys from other states (cross-attention) or rotated by position (RoPE) would make
+    # a map recomputed from the hidden states alone wrong.
+    for arg in ("encoder_hidden_states", "key_value_states", "position_embeddings"):
+        if named.get(arg) is not None:
+            raise _refuse(
+                name, module, f"is called with {arg}: its map is not its hidden states' alone"
+            )
+    if q.out_features != k.out_features or q.out_features % heads:
+        raise _refuse(
+            name,
+            module,
+            f"has query width {q.out_features} and key width {k.out_features} for {heads} "
+            "heads (equal widths, divisible by the head count, are read)",
+        )
+    scale = getattr(module, "scaling", None)
+    return L.projected_attention_probs(
+        hidden,
+        (q.weight, q.bias),
+        (k.weight, k.bias),
+        heads,
+        scale=scale if isinstance(scale, float) else None,
+        mask=_hf_mask(name, module, named, hidden, heads),
+    )
 
 
 @contextmanager

@@ -179,6 +179,14 @@ def test_default_probes_pick_attention_modules_or_convolutions():
     assert tf["att:layers.0.self_attn"] == ("layers.0.self_attn", "attention")
 
 
+def test_attention_maps_need_attention_or_convolutions_said_in_one_line():
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(AutoslimError, match="attention_weight needs attention layers") as info:
+        default_probes(mlp, DistillConfig(attention_weight=1.0))
+    assert "\n" not in str(info.value) and "Sequential has neither" in str(info.value)
+    assert "att:0" not in default_probes(mlp, DistillConfig())  # the term off: no refusal
+
+
 def test_transformer_attention_maps_survive_head_pruning():
     torch.manual_seed(0)
     teacher = TransformerNet(d_model=8, heads=4, layers=1, ffn=8).eval()

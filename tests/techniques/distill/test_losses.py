@@ -16,8 +16,10 @@ from autoslim.techniques.distill._losses import (
     feature_kd,
     info_nce,
     linear_ramp,
+    mask_bias,
     pairwise_distances,
     phase_weights,
+    projected_attention_probs,
     response_kd,
     rkd_angle,
     rkd_distance,
@@ -91,6 +93,39 @@ def test_attention_probs_average_heads():
     row1 = [math.exp(2) / (math.exp(2) + math.exp(4)), math.exp(4) / (math.exp(2) + math.exp(4))]
     expected = (T([[row0, row1]]) + 0.5) / 2
     torch.testing.assert_close(probs, expected)
+
+
+def test_projected_attention_probs_average_heads_and_zero_padded_keys():
+    hidden = T([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # batch 1, 3 tokens, width 2
+    eye = (torch.eye(2), None)  # q = k = hidden: head 0 reads feature 0, head 1 feature 1
+    keep = T([True, True, False]).view(1, 1, 1, 3)  # the third token is padding
+    e = math.e
+    # Per head, softmax over the two real keys of q_i·k_j (head_dim 1: scale 1).
+    a, b = e / (e + 1), 1 / (e + 1)
+    expected = T(
+        [
+            [
+                [(a + 0.5) / 2, (b + 0.5) / 2, 0.0],
+                [(0.5 + b) / 2, (0.5 + a) / 2, 0.0],
+                [0.5, 0.5, 0.0],
+            ]
+        ]
+    )
+    for mask in (keep, mask_bias(keep), torch.where(keep, 0.0, torch.finfo(torch.float32).min)):
+        probs = projected_attention_probs(hidden, eye, eye, 2, mask=mask)
+        torch.testing.assert_close(probs, expected)
+        assert bool((probs[..., 2] == 0).all())  # exactly 0, not merely small
+    # No mask: the third key takes part; one head of width 2 with an explicit scale.
+    probs = projected_attention_probs(hidden, eye, eye, 1, scale=1.0)
+    row = T([1.0, 0.0, 1.0]).exp()
+    torch.testing.assert_close(probs[0, 0], row / row.sum())
+
+
+def test_mask_bias_keeps_true_and_passes_float_masks_through():
+    keep = T([[True, False]])
+    assert mask_bias(keep).tolist() == [[0.0, torch.finfo(torch.float32).min]]
+    bias = mask_bias(T([[0.0, -5.0]], dtype=torch.float16))
+    assert bias.dtype == torch.float32 and bias.tolist() == [[0.0, -5.0]]
 
 
 def test_attention_map_kd_is_row_kl():

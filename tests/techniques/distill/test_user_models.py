@@ -2,7 +2,8 @@
 Hugging Face BERT classifier fed dict batches from a Dataset, and OddMix (tied head,
 depthwise/grouped Conv1d, GRU) fed from DataLoaders. The teacher cache keys rows of any
 input shape, fills lazily from training batches, stops at its byte cap and never reads
-a streamed split by itself."""
+a streamed split by itself. Attention maps of Hugging Face self-attention layers are
+recomputed from their inputs and match the model's own (eager) probabilities."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ from autoslim.data import call_model
 from autoslim.errors import AutoslimError
 from autoslim.pipeline import apply_recipe
 from autoslim.recipe import Recipe
-from autoslim.techniques.distill import DistillConfig, Distiller, _teacher
-from autoslim.techniques.distill._teacher import TeacherCache, row_keys, teacher_forward
+from autoslim.techniques.distill import DistillConfig, Distiller, _losses, _teacher, default_probes
+from autoslim.techniques.distill._teacher import (
+    TeacherCache,
+    capture,
+    row_keys,
+    teacher_forward,
+)
 from autoslim.techniques.prune import prunable_layers
 from autoslim.train import TrainHooks
 from tests.user_models import (
@@ -134,21 +140,134 @@ def test_row_keys_cover_every_tensor_of_tuple_and_dict_inputs():
         row_keys((ids, mask[:2]))
 
 
-def test_unsupported_terms_are_refused_in_one_line():
+def test_mixup_of_token_ids_is_refused_in_one_line():
     task = loader_task("bert", bert_classifier)
-    with pytest.raises(AutoslimError, match="attention_weight") as info:
-        apply_recipe(
-            recipe({"kind": "distill", "attention_weight": 1.0, "epochs": 1}),
-            task=task,
-            model=bert_classifier(),
-        )
-    assert "\n" not in str(info.value)
-    with pytest.raises(AutoslimError, match="mixup needs floating-point inputs"):
+    with pytest.raises(AutoslimError, match="mixup needs floating-point inputs") as info:
         apply_recipe(
             recipe({"kind": "distill", "mixup": 0.4, "epochs": 1}),
             task=task,
             model=bert_classifier(),
         )
+    assert "\n" not in str(info.value)
+
+
+# ---- attention maps of Hugging Face self-attention layers ----
+
+
+def tiny_hf(family: str, attn_implementation: str):
+    """A random-init two-layer, four-head model (no download) and its inputs: padded rows
+    for the text encoders; none for the decoder, whose causal mask SDPA then applies
+    without it ever reaching the layer."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    ids = torch.randint(5, 50, (3, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]])
+    sizes = dict(vocab_size=50, attn_implementation=attn_implementation)
+    if family in ("bert", "bert_decoder"):
+        decoder = family == "bert_decoder"
+        config = tf.BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            is_decoder=decoder,
+            **sizes,
+        )
+        inputs = dict(input_ids=ids) if decoder else dict(input_ids=ids, attention_mask=mask)
+        return tf.BertModel(config).eval(), inputs
+    if family == "distilbert":
+        config = tf.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=37, **sizes)
+        return tf.DistilBertModel(config).eval(), dict(input_ids=ids, attention_mask=mask)
+    config = tf.ViTConfig(
+        image_size=8,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        attn_implementation=attn_implementation,
+    )
+    pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    return tf.ViTModel(config).eval(), dict(pixel_values=pixels)
+
+
+ATTENTION_LAYERS = {
+    "bert": ["encoder.layer.0.attention.self", "encoder.layer.1.attention.self"],
+    "bert_decoder": ["encoder.layer.0.attention.self", "encoder.layer.1.attention.self"],
+    "distilbert": ["transformer.layer.0.attention", "transformer.layer.1.attention"],
+    "vit": ["layers.0.attention", "layers.1.attention"],
+}
+
+
+def attention_probes(model) -> dict[str, tuple[str, str]]:
+    probes = default_probes(model, DistillConfig(attention_weight=1.0))
+    return {k: v for k, v in probes.items() if k.startswith("att:")}
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("family", ["bert", "bert_decoder", "distilbert", "vit"])
+def test_hugging_face_attention_maps_equal_the_models_own(family, attn_implementation):
+    model, inputs = tiny_hf(family, attn_implementation)
+    eager, _ = tiny_hf(family, "eager")  # the same weights (same seed), probabilities returned
+    probes = attention_probes(model)
+    # One probe per layer: the module with the projections, not the wrapper around it.
+    assert [name for name, _ in probes.values()] == ATTENTION_LAYERS[family]
+    assert {mode for _, mode in probes.values()} == {"attention"}
+    with torch.no_grad(), capture(model, probes) as maps:
+        model(**inputs)
+        own = eager(**inputs, output_attentions=True).attentions
+    assert len(own) == len(maps) == 2
+    for probs, reference in zip(maps.values(), own, strict=True):
+        torch.testing.assert_close(probs, reference.mean(dim=1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
+    if "attention_mask" in inputs:
+        padded = inputs["attention_mask"] == 0  # (batch, key)
+        for probs in maps.values():
+            assert bool((probs.transpose(1, 2)[padded] == 0).all())
+    if family == "bert_decoder":
+        for probs in maps.values():
+            assert bool((probs.triu(diagonal=1) == 0).all())  # no query sees a later key
+
+
+def test_an_unreadable_attention_mask_is_refused_in_one_line():
+    model, inputs = tiny_hf("bert", "eager")
+    layer = model.encoder.layer[0].attention.self
+    probes = {"att:self": ("encoder.layer.0.attention.self", "attention")}
+    hidden = torch.randn(3, 6, 32)
+    # Both run in the layer itself, but neither is a form Hugging Face passes: a mask
+    # without its batch and head axes, and a 0/1 integer mask (keep or additive?).
+    for mask in (torch.zeros(6, 6), inputs["attention_mask"][:, None, None, :]):
+        with pytest.raises(AutoslimError, match="cannot read") as info, capture(model, probes):
+            layer(hidden, attention_mask=mask)
+        assert "\n" not in str(info.value)
+
+
+def test_bert_attention_maps_distil_across_head_pruning():
+    task = loader_task("bert", bert_classifier)
+    hooks = TrainHooks()
+    terms: list[float] = []
+    kd_term = _losses.attention_map_kd
+
+    def record(student, teacher):
+        term = kd_term(student, teacher)
+        terms.append(float(term.detach()))
+        return term
+
+    heads = {"kind": "prune_structured", "heads": 0.5, "fine_tune_epochs": 1}
+    kd = {"kind": "distill", "alpha": 0.5, "attention_weight": 1.0}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_losses, "attention_map_kd", record)
+        model = apply_recipe(recipe(kd, heads), task=task, model=bert_classifier(), hooks=hooks)
+    distiller = hooks.loss
+    layers = ["bert.encoder.layer.0.attention.self", "bert.encoder.layer.1.attention.self"]
+    assert [name for name, _ in distiller.student_probes.values() if "attention" in name] == layers
+    for name in layers:
+        assert model.get_submodule(name).num_attention_heads == 2
+        assert distiller.teacher.get_submodule(name).num_attention_heads == 4
+    assert len(terms) == 2 * 6  # two layers, six batches of the one fine-tune epoch
+    assert all(math.isfinite(t) for t in terms) and min(terms[:2]) > 0  # maps differ at once
+    assert math.isfinite(task.evaluate(model, "val"))
 
 
 def test_hugging_face_hidden_states_can_be_distilled():
