@@ -6,11 +6,12 @@ For ResNet-18 (224², torchvision layout) and BERT-base (sequence 128, Hugging F
 - ``fp32 eager``: the reference every ratio is taken against;
 - peers a user would pick instead, in one call and no search:
   ONNX Runtime fp32, ONNX Runtime int8 (static QDQ, per-channel, for the CNN; dynamic for
-  BERT), OpenVINO fp32 and int8 (the same files, for the CNN, where OpenVINO is
-  installed), and on a GPU ``torch.compile`` in fp16 with CUDA graphs;
+  BERT), OpenVINO fp32 and int8 (the same files, for the CNN; NNCF's transformer preset
+  for BERT, where OpenVINO and NNCF are installed), and on a GPU ``torch.compile`` in
+  fp16 with CUDA graphs;
 - autoslim's deployable forms: structured pruning (half of the CNN's channels; half of
-  BERT's heads and FFN neurons) through autoslim's own stage, then the same runtime's
-  int8 (CPU) or fp16 + ``torch.compile`` with CUDA graphs (GPU).
+  BERT's heads and FFN neurons, or half its layers) through autoslim's own stages, then
+  the same runtime's int8 (CPU) or fp16 + ``torch.compile`` with CUDA graphs (GPU).
 
 Each variant is timed in rounds interleaved with fp32 eager on the same batch and
 threads (:mod:`autoslim.measure.paired`), so ``latency_ratio`` comes with its interval.
@@ -134,7 +135,20 @@ def structured(model: nn.Module, recipe: Recipe) -> nn.Module:
 
 
 def file_bytes(path: Path) -> int:
-    return path.stat().st_size
+    """A file's bytes; an OpenVINO IR's XML counts its weights file too."""
+    weights = path.with_suffix(".bin")
+    return path.stat().st_size + (weights.stat().st_size if path.suffix == ".xml" else 0)
+
+
+def nncf_ir(fp32: Path, out: Path, calibration: list[torch.Tensor]) -> Path:
+    """OpenVINO's own int8 of a transformer: NNCF's transformer preset, as autoslim's
+    ``openvino`` runtime ships a model with attention."""
+    import openvino as ov
+
+    from autoslim.deploy.openvino import nncf_int8
+
+    ov.save_model(nncf_int8(ov.convert_model(str(fp32)), calibration), str(out))
+    return out
 
 
 def safetensors_bytes(model: nn.Module, folder: Path, name: str, dtype=None) -> int:
@@ -307,11 +321,24 @@ def cpu_rows(
                 calibration=calibration,
                 activations="qint8",
             )
+        if not static and _has("openvino") and _has("nncf"):
+            files["openvino NNCF int8 (peer)"] = nncf_ir(
+                files["onnxruntime fp32"], folder / "nncf.xml", calibration
+            )
+            files["autoslim structured + openvino NNCF int8"] = nncf_ir(
+                pruned_fp32, folder / "pruned_nncf.xml", calibration
+            )
+            files["autoslim depth 6/12 + openvino NNCF int8"] = nncf_ir(
+                shallow_fp32, folder / "depth_nncf.xml", calibration
+            )
         log(
             f"{name}: files "
             + ", ".join(f"{k} {file_bytes(v) / fp32_bytes:.3f}x" for k, v in files.items())
         )
-        runs = {variant: ("onnxruntime", path) for variant, path in files.items()}
+        runs = {
+            variant: ("openvino" if path.suffix == ".xml" else "onnxruntime", path)
+            for variant, path in files.items()
+        }
         if static and _has("openvino"):  # OpenVINO reads the same files (QDQ int8 stays int8)
             runs["openvino fp32 (peer)"] = ("openvino", files["onnxruntime fp32"])
             runs["openvino int8 (peer)"] = ("openvino", files["onnxruntime int8 (peer)"])

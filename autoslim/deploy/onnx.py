@@ -347,11 +347,13 @@ def calibration_data(loaded: LoadedArtifact, batches: int) -> list[Any]:
     return out
 
 
-def quantize_static(src: Path, dst: Path, batches: list[Any]) -> Path:
+def quantize_static(
+    src: Path, dst: Path, batches: list[Any], op_types: list[str] | None = None
+) -> Path:
     """QDQ int8: per-channel symmetric int8 weights, uint8 activations (min-max calibrated;
     int8 activations ran 3.3x slower on x86, BENCHMARKS.md). ``batches`` are the model's
     inputs, fed to the graph by name (:func:`graph_feeds`); integer inputs keep their
-    dtype."""
+    dtype. ``op_types``: the ops to quantize (default: every op ONNX Runtime can)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
@@ -367,7 +369,7 @@ def quantize_static(src: Path, dst: Path, batches: list[Any]) -> Path:
     with _quiet():
         ort_quantize_static(
             str(_prepared(src, dst)), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=op_types, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )  # fmt: skip
     return dst

@@ -154,7 +154,7 @@ class OnnxRuntime(Runtime):
 
     # Embedding widths gathered from directly: int8 tables, and 4-bit blocks through
     # GatherBlockQuantized. 4-bit MatMul weights (MatMulNBits) are not offered: on
-    # MiniLM they ran no faster than fp32 on an AVX2 CPU (benchmarks/minilm_onnx_forms.py).
+    # MiniLM they ran no faster than fp32 on an AVX2 CPU (benchmarks/minilm_forms.py).
     embedding_bits = frozenset({4, 8})
     gather_bits: int | None = None  # None: as the recipe says
 

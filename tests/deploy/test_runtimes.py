@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from autoslim.artifact import artifact_bytes, save_artifact
+from autoslim.artifact import artifact_bytes, load_artifact, save_artifact
 from autoslim.cli import main
 from autoslim.deploy.runtimes import (
     RUNTIMES,
@@ -212,6 +212,19 @@ def test_a_search_over_two_runtimes_records_each_trials_shipped_form(
     assert main(["pareto", str(tmp_path / "run"), "--json"]) == 0
     front = json.loads(capsys.readouterr().out)["front"]
     assert all("deploy_form" in p and "storage_only" in p for p in front)
+    # the reported test metric is the shipped file's, not the PyTorch model's
+    from autoslim.searching.outputs import test_metric
+    from autoslim.task import load_task
+
+    for point in front:
+        recipe = run.recipe(point["trial"])
+        task, folder = load_task(recipe.task), run.path / "artifacts" / f"trial_{point['trial']}"
+        model = (
+            load_artifact(folder, task=task).model
+            if recipe.target.runtime == "torch"
+            else runtime_named(recipe.target.runtime).deploy(folder, task, recipe.target).module
+        )
+        assert test_metric(run, point["trial"]) == task.evaluate(model, "test")
 
 
 def test_an_artifact_carrying_its_shipped_form_still_loads_and_exports(int8_model, tmp_path):
