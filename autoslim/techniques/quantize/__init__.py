@@ -305,7 +305,9 @@ class WeightQuantHandler(StageHandler[QuantizeConfig]):
             int8_dynamic_linear,
             int8_dynamic_rnn,
             int8_rnn_wins,
+            off_fused_transformer_path,
             supports_int8_dynamic,
+            takes_int8_kernel,
         )
 
         if not (config.int8_kernel and target.device == "cpu" and supports_int8_dynamic()):
@@ -318,8 +320,10 @@ class WeightQuantHandler(StageHandler[QuantizeConfig]):
                 _replace(model, name, int8_dynamic_rnn(layer, spec, weights))
         for name, module in list(compressible_layers(model).items()):
             spec = grid_of(module)
-            if isinstance(module, nn.Linear) and _int8_kernel_grid(spec):
+            swappable = isinstance(module, nn.Linear) and takes_int8_kernel(module)
+            if swappable and _int8_kernel_grid(spec):
                 _replace(model, name, int8_dynamic_linear(module, spec))
+        off_fused_transformer_path(model)
         return model
 
     def shortest_form(self, config: QuantizeConfig, same_structure) -> QuantizeConfig:

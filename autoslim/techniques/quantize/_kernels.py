@@ -48,6 +48,34 @@ def _int8_weight(module: nn.Module, spec: GridSpec, weight: str = "weight") -> t
         return torch._make_per_channel_quantized_tensor(q, scales, zeros, 0)
 
 
+def takes_int8_kernel(linear: nn.Linear) -> bool:
+    """Whether a Linear may be swapped for the int8 kernel: not when its parent reads its
+    ``weight`` tensor instead of calling it (``nn.MultiheadAttention``'s ``out_proj``, which
+    PyTorch marks ``NonDynamicallyQuantizableLinear`` for that reason)."""
+    return not isinstance(linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
+
+
+def off_fused_transformer_path(model: nn.Module) -> None:
+    """Keep PyTorch's transformer layers holding int8 kernels off their fused inference path.
+
+    ``nn.TransformerEncoderLayer`` (and ``nn.TransformerEncoder`` with a padding mask) runs
+    a fused kernel in inference that reads ``linear1.weight`` and ``linear2.weight`` as
+    float tensors; an int8 Linear has none (its ``weight`` is a method), so the check
+    itself crashes. The layer-by-layer path calls the Linears, int8 kernels included.
+    ``activation_relu_or_gelu`` is read only to choose the fused path (0: not fused), and
+    ``use_nested_tensor`` only by the encoder's nested-tensor path.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and _holds_int8(module):
+            module.activation_relu_or_gelu = 0
+        if isinstance(module, nn.TransformerEncoder) and _holds_int8(module):
+            module.use_nested_tensor = False
+
+
+def _holds_int8(module: nn.Module) -> bool:
+    return any(isinstance(m, DynamicInt8Linear) for m in module.modules())
+
+
 def int8_dynamic_linear(linear: nn.Linear, spec: GridSpec) -> nn.Module:
     """The same int8 levels and scales as the artifact, on the int8 GEMM kernel."""
     qweight = _int8_weight(linear, spec)
