@@ -250,7 +250,10 @@ class OpenVinoRuntime(OnnxRuntime):
         from autoslim.deploy.openvino import read_rt_info
 
         info = read_rt_info(artifact_dir / DEPLOY_DIR / self.file_name)
-        provenance = json.loads(info[PROVENANCE_KEY.split(".", 1)[1]])
+        stored = info.get(PROVENANCE_KEY.split(".", 1)[1])
+        if stored is None:  # an IR written without provenance: it is in the ONNX file beside it
+            return super().form(artifact_dir)
+        provenance = json.loads(stored)
         form = f"{self.name} {_mode_name(provenance['quantize'])}"
         return f"{form} (NNCF)" if provenance.get("quantizer") == "nncf" else form
 

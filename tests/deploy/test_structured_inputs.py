@@ -287,6 +287,18 @@ def test_the_measured_session_feeds_dict_batches_to_the_shipped_file(
     np.testing.assert_allclose(got, bert["expected"], rtol=0, atol=1e-5)
 
 
+def test_an_ir_without_provenance_takes_its_form_from_the_onnx_file_beside_it(bert, tmp_path):
+    ov = pytest.importorskip("openvino")
+    from autoslim.deploy.runtimes import runtime_named
+
+    deploy_dir = shutil.copytree(bert["artifact"], tmp_path / "artifact") / "deploy"
+    deploy_dir.mkdir()
+    shutil.copyfile(bert["onnx"], deploy_dir / "model.onnx")
+    bare = deploy.finish(bert["onnx"], tmp_path / "bare.onnx", {}, keep=False)
+    ov.save_model(ov.convert_model(str(bare)), str(deploy_dir / "model.xml"))
+    assert runtime_named("openvino").form(deploy_dir.parent) == "openvino fp32"
+
+
 # --- a model of two positional inputs -------------------------------------------------------
 
 
