@@ -194,6 +194,11 @@ class ComponentSpec(StrictModel):
         left to search), with one line per choice dropped. By default it is kept whole."""
         return self, []
 
+    def model_notes(self, model: nn.Module) -> list[str]:
+        """One line per searched dimension that does nothing on ``model`` (a part of the
+        model this technique cannot act on), shown before the search starts."""
+        return []
+
 
 def component_types() -> dict[str, type[ComponentSpec]]:
     """Every registered component type, techniques loaded."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 from pydantic import ValidationError
+from torch import nn
 
 from autoslim.artifact import save_artifact
 from autoslim.baseline import Baseline, load_baseline
@@ -107,10 +108,13 @@ def run_search(
     reads both from files; :func:`autoslim.compress` builds them in Python)."""
     _check_backend(backend, address)
     check_objectives(experiment, task.metric_name, OBJECTIVE_NAMES, task.metric_direction)
-    check_space(space, build_probe_model(task), experiment)
+    model = build_probe_model(task)
+    check_space(space, ModelInfo.from_model(model), experiment)
     if progress:  # stderr: stdout carries results
         for note in space.notes:
             print(f"search space on {experiment.target.runtime}: {note}", file=sys.stderr)
+        for note in (n for c in space.components for n in c.model_notes(model)):
+            print(f"search space on {task.name}: {note}", file=sys.stderr)
     connect_backend(
         backend, address
     )  # before anything is written: a wrong --address leaves no run folder
@@ -222,10 +226,10 @@ def check_space(space: SearchSpace, info: ModelInfo, experiment: Experiment) -> 
         probe.tell(trial, 0.0)
 
 
-def build_probe_model(task) -> ModelInfo:
+def build_probe_model(task) -> nn.Module:
     """The task's model, built once; a factory that rejects its params is a user error."""
     try:
-        return ModelInfo.from_model(task.build_model())
+        return task.build_model()
     except (TypeError, ValueError, RuntimeError) as exc:
         raise AutoslimError(
             f"task {task.name} could not build its model: {str(exc).splitlines()[0]}"

@@ -97,6 +97,7 @@ from autoslim.techniques.structured._depth import (
 )
 from autoslim.techniques.structured._heads import (
     bert_layers,
+    ffn_pairs,
     ffn_up_layers,
     is_bert_layer,
     prune_bert_heads,
@@ -876,6 +877,30 @@ def _fewer_digits(value: float) -> list[float]:
     return shorter
 
 
+def head_prunable(model: nn.Module) -> bool:
+    """Whether ``heads`` can remove anything: the model has ``nn.MultiheadAttention`` or
+    BERT-style self-attention."""
+    return bool(bert_layers(model)) or any(
+        isinstance(m, (*ATTENTION, PrunedMultiheadAttention)) for m in model.modules()
+    )
+
+
+def other_attention(model: nn.Module) -> list[tuple[str, str]]:
+    """(name, class) of attention-like modules (they count their heads) that ``heads``
+    cannot prune: a timm ``Attention`` with its fused ``qkv`` Linear, for one."""
+    read = {f"{name}.attention.self" for name in bert_layers(model)}
+    return [
+        (name, type(m).__name__)
+        for name, m in model.named_modules()
+        if any(isinstance(getattr(m, a, None), int) for a in HEAD_COUNTS)
+        and not isinstance(m, (*ATTENTION, PrunedMultiheadAttention))
+        and name not in read
+    ]
+
+
+HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads")
+
+
 class StructuredPruneSpace(ComponentSpec):
     """Search dimensions: channel ratio, per-group multipliers, head, FFN and hidden-size
     fractions, criterion, channel rounding, fine-tune epochs and learning rate."""
@@ -900,6 +925,22 @@ class StructuredPruneSpace(ComponentSpec):
             if len(choices) == 1
             else trial.suggest_categorical(f"{self.name}.{key}", choices)
         )
+
+    def model_notes(self, model: nn.Module) -> list[str]:
+        notes = []
+        if self.heads.high > 0 and not head_prunable(model):
+            others = other_attention(model)
+            unread = f"; {others[0][0]} ({others[0][1]}) is neither" if others else ""
+            notes.append(
+                f"{self.name}: heads does nothing on this model: it removes heads of "
+                f"nn.MultiheadAttention and BERT-style self-attention{unread}"
+            )
+        if self.ffn.high > 0 and not ffn_pairs(model):
+            notes.append(
+                f"{self.name}: ffn does nothing on this model: it removes FFN neurons of "
+                "nn.TransformerEncoderLayer and BERT-style layers"
+            )
+        return notes
 
     def suggest(self, trial: optuna.Trial, info: ModelInfo) -> StructuredPruneConfig | None:
         if "bn_scale" in self.importance and not (

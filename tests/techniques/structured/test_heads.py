@@ -264,3 +264,30 @@ def test_real_minilm_heads_and_ffn_removal_is_exact():
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+class TimmStyleAttention(nn.Module):
+    """timm's ``Attention``: one fused qkv Linear and a head count, no per-head Linears."""
+
+    def __init__(self, dim: int = 16, num_heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.qkv, self.proj = (
+            num_heads,
+            nn.Linear(dim, 3 * dim),
+            nn.Linear(dim, dim),
+        )
+
+
+def test_the_space_says_which_searched_fractions_do_nothing_on_the_model():
+    space = StructuredPruneSpace(heads={"low": 0.0, "high": 0.5}, ffn={"low": 0.0, "high": 0.5})
+    assert space.model_notes(TinyBert()) == []
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 1)
+    assert space.model_notes(encoder) == []
+    vit = nn.Sequential(nn.Conv2d(3, 16, 4), TimmStyleAttention(), nn.Linear(16, 16))
+    assert space.model_notes(vit) == [
+        "structured: heads does nothing on this model: it removes heads of "
+        "nn.MultiheadAttention and BERT-style self-attention; 1 (TimmStyleAttention) is neither",
+        "structured: ffn does nothing on this model: it removes FFN neurons of "
+        "nn.TransformerEncoderLayer and BERT-style layers",
+    ]
+    assert StructuredPruneSpace().model_notes(vit) == []  # heads and ffn not searched
