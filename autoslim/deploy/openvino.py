@@ -106,7 +106,7 @@ def build_ir(
         batches = onnx_export.calibration_data(loaded, calibration_batches)
         model = nncf_int8(model, batches)
         metadata[onnx_export.PROVENANCE_KEY] = _quantized_by_nncf(
-            metadata[onnx_export.PROVENANCE_KEY], batches
+            metadata[onnx_export.PROVENANCE_KEY], sum(batch_len(b) for b in batches)
         )
     for key, value in metadata.items():
         if key.startswith(f"{RT_INFO}."):
@@ -167,14 +167,11 @@ def _quiet_nncf():
         nncf_logger.setLevel(level)
 
 
-def _quantized_by_nncf(provenance: str, batches: list[Any]) -> str:
+def _quantized_by_nncf(provenance: str, samples: int) -> str:
     record = json.loads(provenance)
     record["quantize"] = "static"
     record["quantizer"] = "nncf"
-    record["calibration"] = {
-        "split": "train",
-        "samples": sum(batch_len(b) for b in batches),
-    }
+    record["calibration"] = {"split": "train", "samples": samples}
     record["versions"]["nncf"] = package_version("nncf")
     return json.dumps(record, sort_keys=True)
 
